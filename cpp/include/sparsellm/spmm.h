@@ -1,0 +1,72 @@
+// Sparse × dense matrix multiply on tensor cores ("load as sparse, compute as
+// dense"):
+//
+//   Y[N, M] = X[N, K] · W[M, K]ᵀ (+ bias[M])
+//
+// W is encoded offline (sparsellm/tiled_csl.h); X and Y are row-major and
+// contiguous; fp16 or bf16 values, fp32 accumulation. Any N ≥ 1, M, K ≥ 1.
+//
+// Work split (stream-K). The weight's tiles, in storage order, form one byte
+// stream. A plan cuts it into ranges of nearly equal cost (bytes plus a fixed
+// cost per tile), one per thread block, computed once per weight and GPU from
+// the host copy of the tile offsets. A tile row whose tiles fall to several
+// blocks is summed through fp32 partials in the workspace, in block order, by
+// whichever block finishes last: the result is deterministic.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "sparsellm/types.h"
+
+namespace sparsellm {
+
+// One thread block's share of a stream-K plan. Units are tiles in storage
+// order (unit u = tile row u / tiles_k, tile column u % tiles_k).
+struct StreamKBlock {
+  int32_t unit_begin = 0, unit_end = 0;  // [begin, end) units; empty when equal
+  int32_t first_row_lead = 0;            // first block contributing to this block's first tile row
+  int32_t first_row_parts = 1;           // how many blocks contribute to it
+  int32_t last_row_lead = 0;             // the same for this block's last tile row
+  int32_t last_row_parts = 1;
+};
+
+// Encoded weight as the kernel sees it: device pointers and shape.
+struct TiledCslView {
+  const uint32_t* words = nullptr;         // [tile_offsets[tiles]]
+  const uint32_t* tile_offsets = nullptr;  // [tiles_m · tiles_k + 1]
+  int64_t m = 0, k = 0;
+  DType dtype = DType::kFloat16;
+};
+
+struct SpmmParams {
+  const void* x = nullptr;       // [n, k]
+  const void* bias = nullptr;    // [m] or nullptr
+  void* y = nullptr;             // [n, m]
+  int64_t n = 0;
+  TiledCslView weight;
+  const StreamKBlock* plan = nullptr;  // device copy of spmm_plan()'s result
+  int plan_blocks = 0;
+  void* workspace = nullptr;     // spmm_workspace_bytes(); zero-filled once before first use
+  size_t workspace_bytes = 0;
+};
+
+// Thread blocks a plan should have on the current GPU.
+int spmm_plan_blocks();
+
+// The stream-K plan for a weight from its host tile offsets.
+std::vector<StreamKBlock> spmm_plan(const uint32_t* tile_offsets, int64_t m, int64_t k, int blocks);
+
+// Workspace bytes for a product with n rows of X under a plan of `blocks` blocks.
+// The kernel leaves the workspace as it found it (counters back at zero), so
+// one zero-filled workspace serves every later call on the same stream.
+size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks);
+
+// Enqueues Y = X · Wᵀ (+ bias) on `stream`. Validates arguments (throws
+// InvalidArgument) and the device; never synchronizes.
+void spmm_tiled_csl(const SpmmParams& params, cudaStream_t stream);
+
+}  // namespace sparsellm

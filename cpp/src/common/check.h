@@ -1,0 +1,61 @@
+// Status checks: each turns a failed call into the typed exception of
+// sparsellm/error.h, naming the statement, file and line.
+//
+// SPARSELLM_DEBUG_SYNC=1 in the environment makes SPARSELLM_CHECK_LAUNCH
+// synchronize the device after every kernel launch, so that an asynchronous
+// fault is reported at the launch that caused it.
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <sstream>
+#include <string>
+
+#include "sparsellm/error.h"
+
+namespace sparsellm::detail {
+
+[[noreturn]] void throw_cuda(cudaError_t status, const char* stmt, const char* file, int line);
+[[noreturn]] void throw_cublas(cublasStatus_t status, const char* stmt, const char* file, int line);
+bool debug_sync_enabled();
+
+template <typename... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+}  // namespace sparsellm::detail
+
+#define SPARSELLM_CHECK_CUDA(stmt)                                               \
+  do {                                                                           \
+    cudaError_t sparsellm_status_ = (stmt);                                      \
+    if (sparsellm_status_ != cudaSuccess)                                        \
+      ::sparsellm::detail::throw_cuda(sparsellm_status_, #stmt, __FILE__, __LINE__); \
+  } while (0)
+
+#define SPARSELLM_CHECK_CUBLAS(stmt)                                             \
+  do {                                                                           \
+    cublasStatus_t sparsellm_status_ = (stmt);                                   \
+    if (sparsellm_status_ != CUBLAS_STATUS_SUCCESS)                              \
+      ::sparsellm::detail::throw_cublas(sparsellm_status_, #stmt, __FILE__, __LINE__); \
+  } while (0)
+
+// After a kernel launch: the launch error, and with SPARSELLM_DEBUG_SYNC=1 the
+// execution error too.
+#define SPARSELLM_CHECK_LAUNCH(kernel_name)                                      \
+  do {                                                                           \
+    SPARSELLM_CHECK_CUDA(cudaGetLastError());                                    \
+    if (::sparsellm::detail::debug_sync_enabled())                               \
+      SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());                             \
+  } while (0)
+
+// Argument validation at the API boundary.
+#define SPARSELLM_CHECK_ARG(cond, ...)                                           \
+  do {                                                                           \
+    if (!(cond))                                                                 \
+      throw ::sparsellm::InvalidArgument(::sparsellm::detail::concat(__VA_ARGS__)); \
+  } while (0)

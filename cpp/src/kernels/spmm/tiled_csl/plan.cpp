@@ -1,0 +1,64 @@
+// Stream-K plan for the Tiled-CSL SpMM (see sparsellm/spmm.h).
+//
+// cost(u) = words(u) + kTileCostWords: the bytes a tile brings in, plus what
+// expanding and multiplying a tile costs whatever its nonzero count (zeroing
+// and reading a 16 KiB dense tile ≈ the time to stream ~2 KiB). Block b gets
+// the units whose cost prefix lies in [b·C/B, (b+1)·C/B), C the total cost.
+#include <algorithm>
+
+#include "common/check.h"
+#include "sparsellm/device.h"
+#include "sparsellm/spmm.h"
+#include "sparsellm/tiled_csl.h"
+
+namespace sparsellm {
+namespace {
+
+constexpr int64_t kTileCostWords = 512;
+constexpr int kBlocksPerSm = 2;
+
+int64_t tiles_of(int64_t extent, int tile) { return (extent + tile - 1) / tile; }
+
+}  // namespace
+
+int spmm_plan_blocks() { return current_device().sm_count * kBlocksPerSm; }
+
+std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t k, int blocks) {
+  SPARSELLM_CHECK_ARG(m > 0 && k > 0, "spmm_plan: invalid shape ", m, "x", k);
+  SPARSELLM_CHECK_ARG(blocks > 0, "spmm_plan: blocks must be positive, got ", blocks);
+  const int64_t tk = tiles_of(k, tiled_csl::kTileK);
+  const int64_t units = tiles_of(m, tiled_csl::kTileM) * tk;
+  SPARSELLM_CHECK_ARG(units < INT32_MAX, "spmm_plan: too many tiles");
+  auto prefix = [&](int64_t u) { return int64_t(offsets[u]) + u * kTileCostWords; };
+  const int64_t total = prefix(units);
+
+  std::vector<StreamKBlock> plan(blocks);
+  std::vector<int32_t> begin(blocks + 1);
+  int64_t u = 0;
+  for (int b = 0; b <= blocks; ++b) {
+    const int64_t target = total * b / blocks;
+    while (u < units && prefix(u) < target) ++u;
+    begin[b] = int32_t(b == blocks ? units : u);
+  }
+  // block_of(v): the non-empty block whose range holds unit v.
+  auto block_of = [&](int64_t v) {
+    return int32_t(std::upper_bound(begin.begin(), begin.end(), int32_t(v)) - begin.begin() - 1);
+  };
+  auto row_owners = [&](int64_t row, int32_t& lead, int32_t& parts) {
+    lead = block_of(row * tk);
+    const int32_t last = block_of((row + 1) * tk - 1);
+    parts = 0;
+    for (int32_t b = lead; b <= last; ++b) parts += begin[b] < begin[b + 1];
+  };
+  for (int b = 0; b < blocks; ++b) {
+    StreamKBlock& blk = plan[b];
+    blk.unit_begin = begin[b];
+    blk.unit_end = begin[b + 1];
+    if (blk.unit_begin == blk.unit_end) continue;
+    row_owners(blk.unit_begin / tk, blk.first_row_lead, blk.first_row_parts);
+    row_owners((blk.unit_end - 1) / tk, blk.last_row_lead, blk.last_row_parts);
+  }
+  return plan;
+}
+
+}  // namespace sparsellm

@@ -1,0 +1,394 @@
+// Tiled-CSL SpMM: Y[N, M] = X[N, K] · W[M, K]ᵀ (+ bias), W in Tiled-CSL.
+//
+// In MMA terms the block computes Yᵀ tiles: A = W (a 128×64 tile, expanded to
+// dense in shared memory), B = Xᵀ (X's rows [n0, n0 + BN) × the tile's 64
+// columns), fp32 accumulators in registers. mma.sync m16n8k16; 8 warps, warp w
+// owns rows [16w, 16w + 16) of the tile and all BN columns.
+//
+// Per thread block (one range of a stream-K plan, sparsellm/spmm.h):
+//   compressed words  global ──bulk copy (sm_90) / loads──▶ ring of kChunks × 4 KiB chunks
+//   ring ──ld.shared.v4, one 16-bit st.shared per nonzero──▶ dense tile (3 buffers)
+//   X tile            global ──cp.async (zero-filled past N and K)──▶ kXStages buffers
+//   dense tile, X tile ──ldmatrix──▶ mma.sync ──▶ accumulators ──▶ Y or fp32 partials
+//
+// The ring streams the block's words as one contiguous range, cut into fixed
+// chunks independent of tile boundaries, so a tile of any density (up to a full
+// 8192 nonzeros) passes through the same pipeline. One __syncthreads per tile:
+// a dense buffer is scattered at step t, read by the MMA at t, and zeroed at
+// t + 1 (after the barrier of t + 1) for its next use at t + 3 — three buffers
+// make that race-free with a single barrier.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "common/check.h"
+#include "kernels/spmm/ptx.cuh"
+#include "sparsellm/device.h"
+#include "sparsellm/spmm.h"
+#include "sparsellm/tiled_csl.h"
+
+namespace sparsellm {
+namespace {
+
+using namespace tiled_csl;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunkBytes = 4096;
+constexpr int kChunkWords = kChunkBytes / 4;
+constexpr int kDenseStages = 3;
+constexpr int kDenseBytes = kTileBytes + 128;  // + the padding words' scratch row
+constexpr int kXStages = 3;
+static_assert(kWarps * 16 == kTileM, "one m16 slice per warp");
+
+// Ring chunks: a whole tile (≤ 32 KiB) must fit beside the chunk being read.
+template <int BN>
+struct Config {
+  static constexpr int kChunks = BN <= 32 ? 10 : 16;
+  static constexpr int kXBytes = BN * kTileK * 2;
+  static constexpr int kRingOffset = 0;
+  static constexpr int kDenseOffset = kRingOffset + kChunks * kChunkBytes;
+  static constexpr int kXOffset = kDenseOffset + kDenseStages * kDenseBytes;
+  static constexpr int kBarOffset = kXOffset + kXStages * kXBytes;
+  static constexpr int kSmemBytes = kBarOffset + kChunks * 8 + 16;
+  static_assert((kChunks - 1) * kChunkBytes >= kTileM * kTileK * 4, "ring too small for a dense tile");
+};
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+struct KernelArgs {
+  const uint32_t* words;
+  const uint32_t* offsets;
+  const StreamKBlock* plan;
+  const T* x;      // [n, k]
+  const T* bias;   // [m] or null
+  T* y;            // [n, m]
+  float* slots;    // [passes][2 · blocks][kTileM · BN] partials
+  int* counters;   // [passes][tiles_m] arrival counters, zero between launches
+  int m, k, n, tiles_m, tiles_k, blocks;
+  bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
+};
+
+// Byte offset of element (row, 16-byte chunk) in a swizzled 128-byte-row tile.
+__device__ __forceinline__ uint32_t swizzle(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
+
+// X[n0 + r, c0 + 8j .. +8] → row r, chunk j of the X stage.
+template <typename T, int BN>
+__device__ __forceinline__ void load_x_tile(const KernelArgs<T>& a, int n0, int kt, uint32_t stage) {
+  const int c0 = kt * kTileK;
+  for (int i = threadIdx.x; i < BN * 8; i += kThreads) {
+    const int r = i >> 3, j = i & 7;
+    const int row = n0 + r, col = c0 + j * 8;
+    const uint32_t dst = stage + swizzle(r, j);
+    if (a.x_vectors) {
+      const bool valid = row < a.n && col < a.k;
+      const T* src = valid ? a.x + int64_t(row) * a.k + col : a.x;
+      ptx::cp_async_16(dst, src, valid ? 16 : 0);
+    } else {  // unaligned rows: element loads, zeros past the edges
+      uint32_t packed[4];
+      for (int e = 0; e < 8; e += 2) {
+        uint16_t lo = 0, hi = 0;
+        if (row < a.n && col + e < a.k) lo = reinterpret_cast<const uint16_t*>(a.x)[int64_t(row) * a.k + col + e];
+        if (row < a.n && col + e + 1 < a.k)
+          hi = reinterpret_cast<const uint16_t*>(a.x)[int64_t(row) * a.k + col + e + 1];
+        packed[e / 2] = uint32_t(lo) | (uint32_t(hi) << 16);
+      }
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
+                   "r"(packed[2]), "r"(packed[3]));
+    }
+  }
+}
+
+// acc += dense tile (rows of this warp) · X stageᵀ.
+template <typename T, int BN>
+__device__ __forceinline__ void mma_tile(uint32_t dense, uint32_t xs, float (&acc)[BN / 8][4]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int ks = 0; ks < kTileK / 16; ++ks) {
+    uint32_t a[4];
+    ptx::ldmatrix_x4(dense + swizzle(a_row, 2 * ks + (lane >> 4)), a);
+    if constexpr (BN == 8) {
+      uint32_t b[2];
+      ptx::ldmatrix_x2(xs + swizzle(lane & 7, 2 * ks + ((lane >> 3) & 1)), b);
+      ptx::mma_m16n8k16<T>(acc[0], a, b[0], b[1]);
+    } else {
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t b[4];
+        ptx::ldmatrix_x4(xs + swizzle(np * 16 + (lane & 7) + (lane >> 4) * 8, 2 * ks + ((lane >> 3) & 1)), b);
+        ptx::mma_m16n8k16<T>(acc[2 * np], a, b[0], b[1]);
+        ptx::mma_m16n8k16<T>(acc[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+}
+
+// Y[n, m] = acc (+ bias) for this thread's fragment of tile row `row`.
+template <typename T, int BN>
+__device__ __forceinline__ void store_y(const KernelArgs<T>& a, int row, int n0, const float (&acc)[BN / 8][4]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = row * kTileM + warp * 16 + (lane >> 2) + h * 8;
+    if (m >= a.m) continue;
+    const float b = a.bias ? to_float(a.bias[m]) : 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
+        if (n < a.n) a.y[int64_t(n) * a.m + m] = from_float<T>(acc[nt][h * 2 + e] + b);
+      }
+  }
+}
+
+// A finished tile row segment: written directly when this block owns the whole
+// row, else through partials summed in block order by the last block to arrive.
+template <typename T, int BN>
+__device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, int n0,
+                          float (&acc)[BN / 8][4], int* last_flag) {
+  const bool first = row == blk.unit_begin / a.tiles_k;
+  const bool last = row == (blk.unit_end - 1) / a.tiles_k;
+  const int parts = first ? blk.first_row_parts : (last ? blk.last_row_parts : 1);
+  if (parts == 1) {
+    store_y<T, BN>(a, row, n0, acc);
+    return;
+  }
+  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const size_t slot_elems = size_t(kTileM) * BN;
+  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * slot_elems;
+  const int fragment = (warp * (BN / 8)) * 32 + lane;  // float4 index of nt = 0
+
+  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * slot_elems);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt)
+    __stcg(mine + fragment + nt * 32, make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]));
+  __threadfence();
+  __syncthreads();
+  int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
+  if (threadIdx.x == 0) *last_flag = atomicAdd(counter, 1) == parts - 1;
+  __syncthreads();
+  if (!*last_flag) return;
+  __threadfence();
+
+  float sum[BN / 8][4] = {};
+  for (int b = lead, seen = 0; seen < parts; ++b) {
+    const StreamKBlock other = a.plan[b];
+    if (other.unit_begin == other.unit_end) continue;
+    ++seen;
+    const int slot = 2 * b + (other.unit_begin / a.tiles_k == row ? 0 : 1);
+    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * slot_elems);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const float4 v = __ldcg(part + fragment + nt * 32);
+      sum[nt][0] += v.x;
+      sum[nt][1] += v.y;
+      sum[nt][2] += v.z;
+      sum[nt][3] += v.w;
+    }
+  }
+  store_y<T, BN>(a, row, n0, sum);
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
+}
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(kThreads) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
+  using C = Config<BN>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const StreamKBlock blk = a.plan[blockIdx.x];
+  if (blk.unit_begin == blk.unit_end) return;
+
+  const int tid = threadIdx.x;
+  const int n0 = blockIdx.y * BN;
+  const uint32_t ring = ptx::smem_addr(smem + C::kRingOffset);
+  const uint32_t dense0 = ptx::smem_addr(smem + C::kDenseOffset);
+  const uint32_t x0 = ptx::smem_addr(smem + C::kXOffset);
+  const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
+  int* last_flag = reinterpret_cast<int*>(smem + C::kBarOffset + C::kChunks * 8);
+
+  const uint32_t s0 = a.offsets[blk.unit_begin];
+  const uint32_t stream_words = a.offsets[blk.unit_end] - s0;
+  const int num_chunks = int((stream_words + kChunkWords - 1) / kChunkWords);
+
+  // Chunk c of the block's stream → ring slot c % kChunks.
+  auto issue_chunk = [&](int c) {
+    const uint32_t first = uint32_t(c) * kChunkWords;
+    const uint32_t words = min(uint32_t(kChunkWords), stream_words - first);
+    const uint32_t dst = ring + (c % C::kChunks) * kChunkBytes;
+#if __CUDA_ARCH__ >= 900
+    const uint32_t bar = bars + (c % C::kChunks) * 8;
+    ptx::mbarrier_arrive_expect_tx(bar, words * 4);
+    ptx::bulk_copy_g2s(dst, a.words + s0 + first, words * 4, bar);
+#else
+    for (uint32_t i = tid * 4; i < words; i += kThreads * 4) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(a.words + s0 + first + i));
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + i * 4), "r"(v.x), "r"(v.y),
+                   "r"(v.z), "r"(v.w));
+    }
+#endif
+  };
+  // sm_90: thread 0 drives the bulk copies; earlier GPUs copy with every thread.
+#if __CUDA_ARCH__ >= 900
+  const bool producer = tid == 0;
+#else
+  const bool producer = true;
+#endif
+
+  for (int i = tid; i < kDenseStages * kDenseBytes / 16; i += kThreads) ptx::st_shared_zero_v4(dense0 + i * 16);
+#if __CUDA_ARCH__ >= 900
+  if (tid == 0) {
+    for (int c = 0; c < C::kChunks; ++c) ptx::mbarrier_init(bars + c * 8, 1);
+    ptx::fence_mbarrier_init();
+  }
+#endif
+  __syncthreads();
+  int issued = min(C::kChunks, num_chunks);
+  if (producer)
+    for (int c = 0; c < issued; ++c) issue_chunk(c);
+#pragma unroll
+  for (int s = 0; s < kXStages - 1; ++s) {
+    if (blk.unit_begin + s < blk.unit_end)
+      load_x_tile<T, BN>(a, n0, (blk.unit_begin + s) % a.tiles_k, x0 + s * C::kXBytes);
+    ptx::cp_async_commit();
+  }
+
+  float acc[BN / 8][4] = {};
+  uint32_t w_begin = 0;  // current tile's words, relative to s0
+  uint32_t w_end = a.offsets[blk.unit_begin + 1] - s0;
+  for (int u = blk.unit_begin, t = 0; u < blk.unit_end; ++u, ++t) {
+    const uint32_t w_next = u + 2 <= blk.unit_end ? a.offsets[u + 2] - s0 : w_end;  // prefetched
+    const uint32_t dense = dense0 + (t % kDenseStages) * kDenseBytes;
+
+#if __CUDA_ARCH__ >= 900
+    if (w_end > w_begin)
+      for (int c = int(w_begin / kChunkWords); c <= int((w_end - 1) / kChunkWords); ++c)
+        ptx::mbarrier_wait(bars + (c % C::kChunks) * 8, (c / C::kChunks) & 1);
+#else
+    __syncthreads();
+#endif
+    // Expand: 4 words per thread per step, one 16-bit store per word.
+    for (uint32_t w = w_begin + tid * 4; w < w_end; w += kThreads * 4) {
+      const uint32_t c = w / kChunkWords;
+      const uint4 v = ptx::ld_shared_v4(ring + (c % C::kChunks) * kChunkBytes + (w % kChunkWords) * 4);
+      ptx::st_shared_u16(dense + (v.x >> 16), v.x);
+      ptx::st_shared_u16(dense + (v.y >> 16), v.y);
+      ptx::st_shared_u16(dense + (v.z >> 16), v.z);
+      ptx::st_shared_u16(dense + (v.w >> 16), v.w);
+    }
+    ptx::cp_async_wait<kXStages - 2>();
+    __syncthreads();
+
+    // Refill the ring: chunks wholly before the next tile are consumed.
+    if (producer) {
+      const int free_below = int(w_end / kChunkWords);
+      for (; issued < num_chunks && issued < free_below + C::kChunks; ++issued) issue_chunk(issued);
+    }
+    if (u + kXStages - 1 < blk.unit_end)
+      load_x_tile<T, BN>(a, n0, (u + kXStages - 1) % a.tiles_k, x0 + ((t + kXStages - 1) % kXStages) * C::kXBytes);
+    ptx::cp_async_commit();
+    {  // zero the dense buffer read at t - 1, scattered again at t + 2
+      const uint32_t stale = dense0 + ((t + 2) % kDenseStages) * kDenseBytes;
+      for (int i = tid; i < kTileBytes / 16; i += kThreads) ptx::st_shared_zero_v4(stale + i * 16);
+    }
+    if (w_end > w_begin) mma_tile<T, BN>(dense, x0 + (t % kXStages) * C::kXBytes, acc);
+
+    if ((u + 1) % a.tiles_k == 0 || u + 1 == blk.unit_end) {
+      flush_row<T, BN>(a, blk, u / a.tiles_k, n0, acc, last_flag);
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    }
+    w_begin = w_end;
+    w_end = w_next;
+  }
+}
+
+template <typename T, int BN>
+void launch(const SpmmParams& p, cudaStream_t stream) {
+  using C = Config<BN>;
+  auto kernel = spmm_tiled_csl_kernel<T, BN>;
+  static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
+  const int device = current_device().id;
+  if (device >= 64 || !(configured_devices.load() >> device & 1)) {
+    SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
+  }
+  const TiledCslView& w = p.weight;
+  KernelArgs<T> a;
+  a.words = w.words;
+  a.offsets = w.tile_offsets;
+  a.plan = p.plan;
+  a.x = static_cast<const T*>(p.x);
+  a.bias = static_cast<const T*>(p.bias);
+  a.y = static_cast<T*>(p.y);
+  a.m = int(w.m);
+  a.k = int(w.k);
+  a.n = int(p.n);
+  a.tiles_m = int((w.m + kTileM - 1) / kTileM);
+  a.tiles_k = int((w.k + kTileK - 1) / kTileK);
+  a.blocks = p.plan_blocks;
+  const size_t counter_bytes = (size_t(a.tiles_m) * sizeof(int) + 255) / 256 * 256;
+  const int passes = int((p.n + BN - 1) / BN);
+  a.counters = static_cast<int*>(p.workspace);
+  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + passes * counter_bytes);
+  a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  const dim3 grid(p.plan_blocks, passes);
+  kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(a);
+  SPARSELLM_CHECK_LAUNCH("spmm_tiled_csl_kernel");
+}
+
+template <typename T>
+void dispatch_bn(const SpmmParams& p, cudaStream_t stream) {
+  if (p.n <= 8) return launch<T, 8>(p, stream);
+  if (p.n <= 16) return launch<T, 16>(p, stream);
+  if (p.n <= 32) return launch<T, 32>(p, stream);
+  if (p.n <= 64) return launch<T, 64>(p, stream);
+  return launch<T, 128>(p, stream);
+}
+
+int block_columns(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : n <= 64 ? 64 : 128; }
+
+}  // namespace
+
+size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
+  const int bn = block_columns(n);
+  const int64_t passes = (n + bn - 1) / bn;
+  const size_t counter_bytes = (size_t((m + kTileM - 1) / kTileM) * sizeof(int) + 255) / 256 * 256;
+  return size_t(passes) * (counter_bytes + 2 * size_t(blocks) * kTileM * bn * sizeof(float));
+}
+
+void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
+  const TiledCslView& w = p.weight;
+  SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
+  SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
+  SPARSELLM_CHECK_ARG(w.m < INT32_MAX && w.k < INT32_MAX && p.n < INT32_MAX, "spmm: dimensions must fit in int32");
+  SPARSELLM_CHECK_ARG(p.x && p.y && w.words && w.tile_offsets && p.plan,
+                      "spmm: x, y, weight buffers and plan must be device pointers, not null");
+  SPARSELLM_CHECK_ARG(p.plan_blocks > 0, "spmm: the plan has no blocks");
+  const size_t need = spmm_workspace_bytes(w.m, p.n, p.plan_blocks);
+  SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
+                      " bytes given, ", need, " needed");
+  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
+  current_device();
+  if (w.dtype == DType::kFloat16)
+    dispatch_bn<__half>(p, stream);
+  else
+    dispatch_bn<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace sparsellm

@@ -1,0 +1,36 @@
+"""GPU timing in the style every benchmark here uses: warm-up, then many
+launches each timed by CUDA events with the L2 cache flushed before it (a
+decode step reads each weight once, so a warm L2 would flatter small weights);
+the median is reported."""
+from __future__ import annotations
+
+import statistics
+
+
+class Timer:
+    def __init__(self, torch, device, flush_bytes: int = 256 << 20):
+        self.torch = torch
+        self.device = device
+        self.flush = torch.empty(flush_bytes, dtype=torch.uint8, device=device)
+
+    def median_us(self, fn, reps: int = 50, warmup: int = 5) -> float:
+        torch = self.torch
+        for _ in range(warmup):
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for i in range(reps):
+            self.flush.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize(self.device)
+        return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e3
+
+    def copy_gbps(self, nbytes: int = 2 << 30) -> float:
+        """Device-to-device copy rate, counting bytes read plus bytes written."""
+        torch = self.torch
+        src = torch.empty(nbytes // 2, dtype=torch.uint8, device=self.device).random_()
+        dst = torch.empty_like(src)
+        us = self.median_us(lambda: dst.copy_(src), reps=20, warmup=3)
+        return 2 * src.numel() / (us * 1e-6) / 1e9

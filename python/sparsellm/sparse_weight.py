@@ -1,0 +1,77 @@
+"""A weight matrix encoded in a sparse format and resident on the GPU."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsellm._native import native
+from sparsellm._torch import dtype_name, torch
+from sparsellm.errors import InvalidArgument
+
+
+@dataclass
+class SparseWeight:
+    """W[M, K] encoded for the SpMM kernels.
+
+    ``buffers`` holds the format's device arrays (Tiled-CSL: ``words``,
+    ``tile_offsets``) and ``plan`` the stream-K plan for the GPU it lives on.
+    """
+
+    format: str
+    shape: tuple[int, int]
+    dtype: object  # torch.dtype
+    nnz: int
+    buffers: dict
+    plan: object  # torch.int32 [blocks, 6] on the device
+    host_offsets: np.ndarray
+
+    @property
+    def device(self):
+        return self.plan.device
+
+    @property
+    def sparsity(self) -> float:
+        m, k = self.shape
+        return 1.0 - self.nnz / float(m * k)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernel streams from memory for this weight."""
+        return sum(int(b.numel() * b.element_size()) for b in self.buffers.values())
+
+    @classmethod
+    def from_dense(cls, weight, format: str = "tiled_csl", device=None, threads: int = 0) -> "SparseWeight":
+        """Encode a dense [M, K] float16/bfloat16 tensor; zeros are the pruned entries."""
+        torch_ = torch()
+        if not isinstance(weight, torch_.Tensor) or weight.dim() != 2:
+            raise InvalidArgument("SparseWeight.from_dense expects a 2-D torch.Tensor [out_features, in_features]")
+        name = dtype_name(weight.dtype)
+        if format != "tiled_csl":
+            raise InvalidArgument(f"unknown sparse format '{format}' (available: 'tiled_csl')")
+        device = torch_.device(device) if device is not None else (weight.device if weight.is_cuda else None)
+        if device is None or device.type != "cuda":
+            raise InvalidArgument("SparseWeight needs a CUDA device: pass device='cuda' or a CUDA weight")
+        bits = weight.detach().contiguous().cpu().view(torch_.int16).numpy().view(np.uint16)
+        enc = native().encode_tiled_csl(bits, name, threads)
+        return cls.from_components(enc["words"], enc["tile_offsets"], int(enc["m"]), int(enc["k"]), weight.dtype,
+                                   int(enc["nnz"]), device)
+
+    @classmethod
+    def from_components(cls, words: np.ndarray, tile_offsets: np.ndarray, m: int, k: int, dtype, nnz: int,
+                        device) -> "SparseWeight":
+        """Upload encoded host arrays (validated first) and plan for the device."""
+        torch_ = torch()
+        C = native()
+        words = np.ascontiguousarray(words, dtype=np.uint32)
+        tile_offsets = np.ascontiguousarray(tile_offsets, dtype=np.uint32)
+        C.validate_tiled_csl(tile_offsets, words, m, k)
+        with torch_.cuda.device(device):
+            blocks = C.spmm_plan_blocks()
+            plan = C.spmm_plan(tile_offsets, m, k, blocks)
+        as_i32 = lambda a: torch_.from_numpy(a.view(np.int32))  # noqa: E731
+        buffers = {
+            "words": as_i32(words).to(device),
+            "tile_offsets": as_i32(tile_offsets).to(device),
+        }
+        return cls("tiled_csl", (m, k), dtype, nnz, buffers, torch_.from_numpy(plan).to(device), tile_offsets)

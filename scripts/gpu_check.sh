@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU check: builds from a clean tree, runs ctest, every pytest test (GPU
+# ones included), compute-sanitizer memcheck and racecheck on the kernel test
+# binary, and the benchmarks; writes logs and a summary into OUTDIR.
+#
+#   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--gtest-root DIR]
+#
+# Needs: an NVIDIA GPU (sm_80+), CUDA toolkit (nvcc, cuBLAS), NCCL, a python3
+# with torch, numpy, pybind11, pytest (transformers, safetensors for the
+# model tests). Nothing is downloaded.
+set -uo pipefail
+
+out=${1:?usage: gpu_check.sh OUTDIR [--bench full|quick|none] [--gtest-root DIR]}
+shift
+bench=quick
+gtest_root=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --bench) bench=$2; shift 2 ;;
+    --gtest-root) gtest_root=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+python=${PYTHON:-python3}
+cuda_home=${CUDA_HOME:-/usr/local/cuda}
+export PATH="$cuda_home/bin:$PATH"
+summary="$out/summary.md"
+status=0
+step() {  # step NAME CMD...: runs CMD, logs to OUTDIR/NAME.log, records the result
+  local name=$1; shift
+  local t0=$(date +%s)
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local tail_line=$(grep -E "passed|failed|tests passed|ERROR SUMMARY|error" "$out/$name.log" | tail -n 1)
+  printf '| %s | %s | %ss | %s |\n' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" "$dt" "$tail_line" >>"$summary"
+  [ $rc -eq 0 ] || status=1
+  echo "== $name: rc=$rc (${dt}s) $tail_line"
+  return $rc
+}
+
+{
+  echo "# GPU check $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvcc --version | tail -n 1
+  $python -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__)"
+  echo '```'
+  echo
+  echo "| step | result | time | last line |"
+  echo "|---|---|---|---|"
+} >"$summary"
+
+build="$root/build/gpu-check"
+rm -rf "$build"
+cmake_args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSELLM_PTXAS_VERBOSE=ON
+  -DPython_EXECUTABLE="$(command -v $python)" -Dpybind11_DIR="$($python -m pybind11 --cmakedir)"
+  -DSPARSELLM_DEV_LINKS=ON)
+[ -n "$gtest_root" ] && cmake_args+=(-DGTest_ROOT="$gtest_root")
+step configure cmake "${cmake_args[@]}" || { cat "$summary"; exit 1; }
+step build cmake --build "$build" -j "$(nproc)" || { cat "$summary"; exit 1; }
+grep -A2 "Compiling entry" "$out/build.log" | grep -E "entry|registers|spill" >"$out/ptxas.txt" || true
+
+step ctest ctest --test-dir "$build" --output-on-failure -j 4
+test_gpu="$build/tests/cpp/test_gpu"
+if [ -x "$test_gpu" ]; then
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_gpu"
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_gpu" \
+    --gtest_filter='*SpmmVsCublas*/0:*SpmmVsCublas*/3:*SpmmVsCublas*/4'
+fi
+export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+step pytest $python -m pytest tests/python -q -rs --junitxml="$out/pytest.xml"
+case $bench in
+  full) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" ;;
+  quick) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" --shapes anchor --ns 1,8,16,32,64,128 \
+           --dtypes float16 --no-baselines --reps 30 ;;
+  none) ;;
+esac
+echo >>"$summary"
+[ $status -eq 0 ] && echo "All steps passed." >>"$summary" || echo "SOME STEPS FAILED." >>"$summary"
+cat "$summary"
+exit $status

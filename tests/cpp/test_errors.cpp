@@ -1,0 +1,60 @@
+// The check macros turn failed statuses into typed exceptions that name the statement.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "common/check.h"
+#include "sparsellm/device.h"
+#include "sparsellm/gemm.h"
+
+namespace sparsellm {
+namespace {
+
+TEST(Errors, CudaStatusBecomesTypedException) {
+  try {
+    SPARSELLM_CHECK_CUDA(cudaErrorInvalidValue);
+    FAIL() << "no exception";
+  } catch (const CudaError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("cudaErrorInvalidValue"), std::string::npos) << what;
+    EXPECT_NE(what.find("test_errors.cpp"), std::string::npos) << what;
+  }
+}
+
+TEST(Errors, AllocationFailureIsOutOfMemory) {
+  EXPECT_THROW(SPARSELLM_CHECK_CUDA(cudaErrorMemoryAllocation), OutOfMemory);
+}
+
+TEST(Errors, CublasStatusBecomesTypedException) {
+  try {
+    SPARSELLM_CHECK_CUBLAS(CUBLAS_STATUS_INVALID_VALUE);
+    FAIL() << "no exception";
+  } catch (const CublasError& e) {
+    EXPECT_NE(std::string(e.what()).find("CUBLAS_STATUS_INVALID_VALUE"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Errors, ArgumentCheckNamesTheProblem) {
+  try {
+    SPARSELLM_CHECK_ARG(1 + 1 == 3, "n must be ", 3, ", got ", 2);
+    FAIL() << "no exception";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(std::string(e.what()), "n must be 3, got 2");
+  }
+}
+
+TEST(Errors, DenseGemmRejectsBadShapesBeforeTouchingTheGpu) {
+  DenseGemmParams p;
+  p.n = 0;
+  p.m = 4;
+  p.k = 4;
+  EXPECT_THROW(dense_gemm(p, nullptr), InvalidArgument);
+}
+
+TEST(Errors, NoGpuIsADeviceErrorNotACrash) {
+  if (device_count() > 0) GTEST_SKIP() << "a GPU is present";
+  EXPECT_THROW(current_device(), DeviceError);
+}
+
+}  // namespace
+}  // namespace sparsellm
