@@ -74,7 +74,7 @@ if [ -x "$test_gpu" ]; then
     --gtest_filter='*SpmmVsCublas*/0:*SpmmVsCublas*/3:*SpmmVsCublas*/4'
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
-step pytest $python -m pytest tests/python -q -rs --junitxml="$out/pytest.xml"
+step pytest $python -m pytest tests/python -v -rs --junitxml="$out/pytest.xml"
 case $bench in
   full) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" ;;
   quick) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" --shapes anchor --ns 1,8,16,32,64,128 \

@@ -70,8 +70,10 @@ class SparseWeight:
             blocks = C.spmm_plan_blocks()
             plan = C.spmm_plan(tile_offsets, m, k, blocks)
         as_i32 = lambda a: torch_.from_numpy(a.view(np.int32))  # noqa: E731
+        # An empty matrix has no words; one padding vector keeps the buffer non-null.
+        stored = words if words.size else np.zeros(4, np.uint32)
         buffers = {
-            "words": as_i32(words).to(device),
+            "words": as_i32(stored).to(device),
             "tile_offsets": as_i32(tile_offsets).to(device),
         }
         return cls("tiled_csl", (m, k), dtype, nnz, buffers, torch_.from_numpy(plan).to(device), tile_offsets)

@@ -36,7 +36,7 @@ struct StreamKBlock {
 
 // Encoded weight as the kernel sees it: device pointers and shape.
 struct TiledCslView {
-  const uint32_t* words = nullptr;         // [tile_offsets[tiles]]
+  const uint32_t* words = nullptr;         // [tile_offsets[tiles]]; may be null when that is 0
   const uint32_t* tile_offsets = nullptr;  // [tiles_m · tiles_k + 1]
   int64_t m = 0, k = 0;
   DType dtype = DType::kFloat16;

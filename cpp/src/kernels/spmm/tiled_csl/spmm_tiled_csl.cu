@@ -41,6 +41,10 @@ constexpr int kChunkWords = kChunkBytes / 4;
 constexpr int kDenseStages = 3;
 constexpr int kDenseBytes = kTileBytes + 128;  // + the padding words' scratch row
 constexpr int kXStages = 3;
+// Arrival counters live at the start of the workspace, at a fixed size, so that
+// the fp32 partials of a call with other shapes never land on them.
+constexpr int kCounters = 1 << 16;
+constexpr size_t kCounterBytes = kCounters * sizeof(int);
 static_assert(kWarps * 16 == kTileM, "one m16 slice per warp");
 
 // Ring chunks: a whole tile (≤ 32 KiB) must fit beside the chunk being read.
@@ -342,10 +346,11 @@ void launch(const SpmmParams& p, cudaStream_t stream) {
   a.tiles_m = int((w.m + kTileM - 1) / kTileM);
   a.tiles_k = int((w.k + kTileK - 1) / kTileK);
   a.blocks = p.plan_blocks;
-  const size_t counter_bytes = (size_t(a.tiles_m) * sizeof(int) + 255) / 256 * 256;
   const int passes = int((p.n + BN - 1) / BN);
+  SPARSELLM_CHECK_ARG(int64_t(passes) * a.tiles_m <= kCounters, "spmm: ", passes, " column passes × ", a.tiles_m,
+                      " tile rows exceed the ", kCounters, " arrival counters of the workspace");
   a.counters = static_cast<int*>(p.workspace);
-  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + passes * counter_bytes);
+  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
   const dim3 grid(p.plan_blocks, passes);
   kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(a);
@@ -368,8 +373,7 @@ int block_columns(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 :
 size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
   const int bn = block_columns(n);
   const int64_t passes = (n + bn - 1) / bn;
-  const size_t counter_bytes = (size_t((m + kTileM - 1) / kTileM) * sizeof(int) + 255) / 256 * 256;
-  return size_t(passes) * (counter_bytes + 2 * size_t(blocks) * kTileM * bn * sizeof(float));
+  return kCounterBytes + size_t(passes) * 2 * size_t(blocks) * kTileM * bn * sizeof(float);
 }
 
 void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
@@ -377,8 +381,8 @@ void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
   SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
   SPARSELLM_CHECK_ARG(w.m < INT32_MAX && w.k < INT32_MAX && p.n < INT32_MAX, "spmm: dimensions must fit in int32");
-  SPARSELLM_CHECK_ARG(p.x && p.y && w.words && w.tile_offsets && p.plan,
-                      "spmm: x, y, weight buffers and plan must be device pointers, not null");
+  SPARSELLM_CHECK_ARG(p.x && p.y && w.tile_offsets && p.plan,
+                      "spmm: x, y, tile offsets and plan must be device pointers, not null");
   SPARSELLM_CHECK_ARG(p.plan_blocks > 0, "spmm: the plan has no blocks");
   const size_t need = spmm_workspace_bytes(w.m, p.n, p.plan_blocks);
   SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
