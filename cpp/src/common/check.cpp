@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <cstring>
 
+namespace sparsellm {
+Error::~Error() = default;
+}  // namespace sparsellm
+
 namespace sparsellm::detail {
 
 namespace {

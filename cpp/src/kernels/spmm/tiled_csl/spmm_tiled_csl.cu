@@ -47,9 +47,17 @@ constexpr int kCounters = 1 << 16;
 constexpr size_t kCounterBytes = kCounters * sizeof(int);
 static_assert(kWarps * 16 == kTileM, "one m16 slice per warp");
 
-// Ring chunks: a whole tile (≤ 32 KiB) must fit beside the chunk being read.
+// Warp layout: kWarps = WARPS_M × WARPS_N warps tile the 128 × BN block tile;
+// a warp owns WM × WN = (128 / WARPS_M) × (BN / WARPS_N). Small BN keeps every
+// warp on all columns (m16 × BN); large BN splits the columns so that no warp
+// re-reads the whole X tile from shared memory.
 template <int BN>
 struct Config {
+  static constexpr int kWarpsN = BN <= 32 ? 1 : (BN == 64 ? 2 : 4);
+  static constexpr int kWarpsM = kWarps / kWarpsN;
+  static constexpr int kWM = kTileM / kWarpsM, kWN = BN / kWarpsN;
+  static constexpr int kMT = kWM / 16, kNT = kWN / 8;  // m16 and n8 fragments per warp
+  // Ring chunks: a whole tile (≤ 32 KiB) must fit beside the chunk being read.
   static constexpr int kChunks = BN <= 32 ? 10 : 16;
   static constexpr int kXBytes = BN * kTileK * 2;
   static constexpr int kRingOffset = 0;
@@ -57,7 +65,9 @@ struct Config {
   static constexpr int kXOffset = kDenseOffset + kDenseStages * kDenseBytes;
   static constexpr int kBarOffset = kXOffset + kXStages * kXBytes;
   static constexpr int kSmemBytes = kBarOffset + kChunks * 8 + 16;
+  static constexpr int kXPieces = (BN * 8 + kThreads - 1) / kThreads;  // 16-byte X pieces per thread
   static_assert((kChunks - 1) * kChunkBytes >= kTileM * kTileK * 4, "ring too small for a dense tile");
+  static_assert(kWM % 16 == 0 && kWN % 8 == 0, "warp tile must hold whole fragments");
 };
 
 template <typename T>
@@ -87,102 +97,159 @@ struct KernelArgs {
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
 };
 
-// Byte offset of element (row, 16-byte chunk) in a swizzled 128-byte-row tile.
+template <int BN>
+using Accumulators = float[Config<BN>::kMT][Config<BN>::kNT][4];
+
+// Byte offset of (row, 16-byte chunk) in a tile of 128-byte rows whose chunks
+// are XOR-swizzled by row & 7 (the layout the encoder targets).
 __device__ __forceinline__ uint32_t swizzle(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 
-// X[n0 + r, c0 + 8j .. +8] → row r, chunk j of the X stage.
+// Per-thread part of the X tile load, fixed for the whole kernel: up to
+// kXPieces 16-byte pieces (row r, chunk j) of the BN × 64 tile.
 template <typename T, int BN>
-__device__ __forceinline__ void load_x_tile(const KernelArgs<T>& a, int n0, int kt, uint32_t stage) {
-  const int c0 = kt * kTileK;
-  for (int i = threadIdx.x; i < BN * 8; i += kThreads) {
-    const int r = i >> 3, j = i & 7;
-    const int row = n0 + r, col = c0 + j * 8;
-    const uint32_t dst = stage + swizzle(r, j);
-    if (a.x_vectors) {
-      const bool valid = row < a.n && col < a.k;
-      const T* src = valid ? a.x + int64_t(row) * a.k + col : a.x;
-      ptx::cp_async_16(dst, src, valid ? 16 : 0);
-    } else {  // unaligned rows: element loads, zeros past the edges
-      uint32_t packed[4];
-      for (int e = 0; e < 8; e += 2) {
-        uint16_t lo = 0, hi = 0;
-        if (row < a.n && col + e < a.k) lo = reinterpret_cast<const uint16_t*>(a.x)[int64_t(row) * a.k + col + e];
-        if (row < a.n && col + e + 1 < a.k)
-          hi = reinterpret_cast<const uint16_t*>(a.x)[int64_t(row) * a.k + col + e + 1];
-        packed[e / 2] = uint32_t(lo) | (uint32_t(hi) << 16);
-      }
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
-                   "r"(packed[2]), "r"(packed[3]));
+struct XLoader {
+  const T* src[Config<BN>::kXPieces];  // x row n0 + r, column 8 j (add the tile's column)
+  uint32_t dst[Config<BN>::kXPieces];  // swizzled offset in the stage
+  int col[Config<BN>::kXPieces];       // 8 j
+  bool row_ok[Config<BN>::kXPieces];
+
+  __device__ __forceinline__ XLoader(const KernelArgs<T>& a, int n0) {
+#pragma unroll
+    for (int p = 0; p < Config<BN>::kXPieces; ++p) {
+      const int i = threadIdx.x + p * kThreads;
+      const int r = i >> 3, j = i & 7;
+      row_ok[p] = i < BN * 8 && n0 + r < a.n;
+      src[p] = a.x + (row_ok[p] ? int64_t(n0 + r) * a.k + j * 8 : 0);
+      dst[p] = swizzle(r, j);
+      col[p] = j * 8;
     }
   }
-}
 
-// acc += dense tile (rows of this warp) · X stageᵀ.
+  // X[n0 .., kt·64 ..] → stage; zeros past N and K.
+  __device__ __forceinline__ void load(const KernelArgs<T>& a, int kt, uint32_t stage) const {
+    const int c0 = kt * kTileK;
+#pragma unroll
+    for (int p = 0; p < Config<BN>::kXPieces; ++p) {
+      if (threadIdx.x + p * kThreads >= BN * 8) continue;
+      const int col = c0 + this->col[p];
+      if (a.x_vectors) {
+        const bool valid = row_ok[p] && col < a.k;
+        ptx::cp_async_16(stage + dst[p], valid ? src[p] + c0 : a.x, valid ? 16 : 0);
+      } else {  // rows not 16-byte aligned: element loads
+        uint32_t packed[4];
+        const uint16_t* s = reinterpret_cast<const uint16_t*>(src[p] + c0);
+#pragma unroll
+        for (int e = 0; e < 8; e += 2) {
+          const uint32_t lo = row_ok[p] && col + e < a.k ? s[e] : 0;
+          const uint32_t hi = row_ok[p] && col + e + 1 < a.k ? s[e + 1] : 0;
+          packed[e / 2] = lo | (hi << 16);
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(stage + dst[p]), "r"(packed[0]),
+                     "r"(packed[1]), "r"(packed[2]), "r"(packed[3]));
+      }
+    }
+  }
+};
+
+// Per-thread ldmatrix offsets, fixed for the whole kernel. Warp rows and
+// columns start at multiples of 8, so a lane's swizzle term is lane & 7.
+template <int BN>
+struct FragmentOffsets {
+  uint32_t a_row, b_row;  // byte offset of the lane's first A / B row
+  uint32_t a_chunk[kTileK / 16], b_chunk[kTileK / 16];
+
+  __device__ __forceinline__ FragmentOffsets() {
+    using C = Config<BN>;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm0 = (warp / C::kWarpsN) * C::kWM, wn0 = (warp % C::kWarpsN) * C::kWN;
+    a_row = (wm0 + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+    b_row = (wn0 + (lane & 7) + (BN == 8 ? 0 : (lane >> 4) * 8)) * 128;
+#pragma unroll
+    for (int ks = 0; ks < kTileK / 16; ++ks) {
+      a_chunk[ks] = ((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4;
+      b_chunk[ks] = ((2 * ks + ((lane >> 3) & 1)) ^ (lane & 7)) << 4;
+    }
+  }
+};
+
+// acc += (this warp's rows of the dense tile) · (its columns of the X stage)ᵀ.
 template <typename T, int BN>
-__device__ __forceinline__ void mma_tile(uint32_t dense, uint32_t xs, float (&acc)[BN / 8][4]) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int a_row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+__device__ __forceinline__ void mma_tile(uint32_t dense, uint32_t xs, const FragmentOffsets<BN>& f,
+                                         Accumulators<BN>& acc) {
+  using C = Config<BN>;
 #pragma unroll
   for (int ks = 0; ks < kTileK / 16; ++ks) {
-    uint32_t a[4];
-    ptx::ldmatrix_x4(dense + swizzle(a_row, 2 * ks + (lane >> 4)), a);
-    if constexpr (BN == 8) {
+    uint32_t a[C::kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < C::kMT; ++mt) ptx::ldmatrix_x4(dense + f.a_row + mt * 2048 + f.a_chunk[ks], a[mt]);
+    if constexpr (C::kNT == 1) {
       uint32_t b[2];
-      ptx::ldmatrix_x2(xs + swizzle(lane & 7, 2 * ks + ((lane >> 3) & 1)), b);
-      ptx::mma_m16n8k16<T>(acc[0], a, b[0], b[1]);
+      ptx::ldmatrix_x2(xs + f.b_row + f.b_chunk[ks], b);
+#pragma unroll
+      for (int mt = 0; mt < C::kMT; ++mt) ptx::mma_m16n8k16<T>(acc[mt][0], a[mt], b[0], b[1]);
     } else {
 #pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
+      for (int np = 0; np < C::kNT / 2; ++np) {
         uint32_t b[4];
-        ptx::ldmatrix_x4(xs + swizzle(np * 16 + (lane & 7) + (lane >> 4) * 8, 2 * ks + ((lane >> 3) & 1)), b);
-        ptx::mma_m16n8k16<T>(acc[2 * np], a, b[0], b[1]);
-        ptx::mma_m16n8k16<T>(acc[2 * np + 1], a, b[2], b[3]);
+        ptx::ldmatrix_x4(xs + f.b_row + np * 2048 + f.b_chunk[ks], b);
+#pragma unroll
+        for (int mt = 0; mt < C::kMT; ++mt) {
+          ptx::mma_m16n8k16<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+          ptx::mma_m16n8k16<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
       }
     }
   }
 }
 
-// Y[n, m] = acc (+ bias) for this thread's fragment of tile row `row`.
+// Y[n, m] = acc (+ bias) for this thread's fragments of tile row `row`.
 template <typename T, int BN>
-__device__ __forceinline__ void store_y(const KernelArgs<T>& a, int row, int n0, const float (&acc)[BN / 8][4]) {
+__device__ __forceinline__ void store_y(const KernelArgs<T>& a, int row, int n0, const Accumulators<BN>& acc) {
+  using C = Config<BN>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm0 = (warp / C::kWarpsN) * C::kWM, wn0 = (warp % C::kWarpsN) * C::kWN;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int m = row * kTileM + warp * 16 + (lane >> 2) + h * 8;
-    if (m >= a.m) continue;
-    const float b = a.bias ? to_float(a.bias[m]) : 0.0f;
+  for (int mt = 0; mt < C::kMT; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt)
+    for (int h = 0; h < 2; ++h) {
+      const int m = row * kTileM + wm0 + mt * 16 + (lane >> 2) + h * 8;
+      if (m >= a.m) continue;
+      const float b = a.bias ? to_float(a.bias[m]) : 0.0f;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
-        if (n < a.n) a.y[int64_t(n) * a.m + m] = from_float<T>(acc[nt][h * 2 + e] + b);
-      }
-  }
+      for (int nt = 0; nt < C::kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int n = n0 + wn0 + nt * 8 + (lane & 3) * 2 + e;
+          if (n < a.n) a.y[int64_t(n) * a.m + m] = from_float<T>(acc[mt][nt][h * 2 + e] + b);
+        }
+    }
 }
 
 // A finished tile row segment: written directly when this block owns the whole
 // row, else through partials summed in block order by the last block to arrive.
 template <typename T, int BN>
-__device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, int n0,
-                          float (&acc)[BN / 8][4], int* last_flag) {
-  const bool first = row == blk.unit_begin / a.tiles_k;
-  const bool last = row == (blk.unit_end - 1) / a.tiles_k;
-  const int parts = first ? blk.first_row_parts : (last ? blk.last_row_parts : 1);
+__device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, int first_row, int last_row,
+                          int n0, const Accumulators<BN>& acc, int* last_flag) {
+  using C = Config<BN>;
+  const bool first = row == first_row;
+  const int parts = first ? blk.first_row_parts : (row == last_row ? blk.last_row_parts : 1);
   if (parts == 1) {
     store_y<T, BN>(a, row, n0, acc);
     return;
   }
   const int lead = first ? blk.first_row_lead : blk.last_row_lead;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const size_t slot_elems = size_t(kTileM) * BN;
-  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * slot_elems;
-  const int fragment = (warp * (BN / 8)) * 32 + lane;  // float4 index of nt = 0
+  constexpr size_t kSlotElems = size_t(kTileM) * BN;
+  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
+  const int fragment = warp * C::kMT * C::kNT * 32 + lane;  // float4 index of fragment (0, 0)
 
-  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * slot_elems);
+  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt)
-    __stcg(mine + fragment + nt * 32, make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]));
+  for (int mt = 0; mt < C::kMT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < C::kNT; ++nt)
+      __stcg(mine + fragment + (mt * C::kNT + nt) * 32,
+             make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]));
   __threadfence();
   __syncthreads();
   int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
@@ -191,28 +258,30 @@ __device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int r
   if (!*last_flag) return;
   __threadfence();
 
-  float sum[BN / 8][4] = {};
+  Accumulators<BN> sum = {};
   for (int b = lead, seen = 0; seen < parts; ++b) {
     const StreamKBlock other = a.plan[b];
     if (other.unit_begin == other.unit_end) continue;
     ++seen;
     const int slot = 2 * b + (other.unit_begin / a.tiles_k == row ? 0 : 1);
-    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * slot_elems);
+    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      const float4 v = __ldcg(part + fragment + nt * 32);
-      sum[nt][0] += v.x;
-      sum[nt][1] += v.y;
-      sum[nt][2] += v.z;
-      sum[nt][3] += v.w;
-    }
+    for (int mt = 0; mt < C::kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < C::kNT; ++nt) {
+        const float4 v = __ldcg(part + fragment + (mt * C::kNT + nt) * 32);
+        sum[mt][nt][0] += v.x;
+        sum[mt][nt][1] += v.y;
+        sum[mt][nt][2] += v.z;
+        sum[mt][nt][3] += v.w;
+      }
   }
   store_y<T, BN>(a, row, n0, sum);
   if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(128) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -229,6 +298,7 @@ __global__ void __launch_bounds__(kThreads) spmm_tiled_csl_kernel(const KernelAr
   const uint32_t s0 = a.offsets[blk.unit_begin];
   const uint32_t stream_words = a.offsets[blk.unit_end] - s0;
   const int num_chunks = int((stream_words + kChunkWords - 1) / kChunkWords);
+  const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
 
   // Chunk c of the block's stream → ring slot c % kChunks.
   auto issue_chunk = [&](int c) {
@@ -265,19 +335,27 @@ __global__ void __launch_bounds__(kThreads) spmm_tiled_csl_kernel(const KernelAr
   int issued = min(C::kChunks, num_chunks);
   if (producer)
     for (int c = 0; c < issued; ++c) issue_chunk(c);
+
+  const XLoader<T, BN> x_loader(a, n0);
+  const FragmentOffsets<BN> frag;
+  // Tile columns of the current unit and of the unit whose X is loaded next;
+  // advanced incrementally (no division in the loop).
+  int kt = blk.unit_begin - first_row * a.tiles_k, row = first_row;
+  int kt_x = kt;
 #pragma unroll
   for (int s = 0; s < kXStages - 1; ++s) {
-    if (blk.unit_begin + s < blk.unit_end)
-      load_x_tile<T, BN>(a, n0, (blk.unit_begin + s) % a.tiles_k, x0 + s * C::kXBytes);
+    if (blk.unit_begin + s < blk.unit_end) x_loader.load(a, kt_x, x0 + s * C::kXBytes);
     ptx::cp_async_commit();
+    kt_x = kt_x + 1 == a.tiles_k ? 0 : kt_x + 1;
   }
 
-  float acc[BN / 8][4] = {};
+  Accumulators<BN> acc = {};
   uint32_t w_begin = 0;  // current tile's words, relative to s0
   uint32_t w_end = a.offsets[blk.unit_begin + 1] - s0;
-  for (int u = blk.unit_begin, t = 0; u < blk.unit_end; ++u, ++t) {
+  int dense_stage = 0, x_stage = 0;
+  for (int u = blk.unit_begin; u < blk.unit_end; ++u) {
     const uint32_t w_next = u + 2 <= blk.unit_end ? a.offsets[u + 2] - s0 : w_end;  // prefetched
-    const uint32_t dense = dense0 + (t % kDenseStages) * kDenseBytes;
+    const uint32_t dense = dense0 + dense_stage * kDenseBytes;
 
 #if __CUDA_ARCH__ >= 900
     if (w_end > w_begin)
@@ -303,22 +381,33 @@ __global__ void __launch_bounds__(kThreads) spmm_tiled_csl_kernel(const KernelAr
       const int free_below = int(w_end / kChunkWords);
       for (; issued < num_chunks && issued < free_below + C::kChunks; ++issued) issue_chunk(issued);
     }
-    if (u + kXStages - 1 < blk.unit_end)
-      load_x_tile<T, BN>(a, n0, (u + kXStages - 1) % a.tiles_k, x0 + ((t + kXStages - 1) % kXStages) * C::kXBytes);
+    const int x_fill = x_stage == 0 ? kXStages - 1 : x_stage - 1;  // the stage read at the previous step
+    if (u + kXStages - 1 < blk.unit_end) x_loader.load(a, kt_x, x0 + x_fill * C::kXBytes);
     ptx::cp_async_commit();
-    {  // zero the dense buffer read at t - 1, scattered again at t + 2
-      const uint32_t stale = dense0 + ((t + 2) % kDenseStages) * kDenseBytes;
-      for (int i = tid; i < kTileBytes / 16; i += kThreads) ptx::st_shared_zero_v4(stale + i * 16);
-    }
-    if (w_end > w_begin) mma_tile<T, BN>(dense, x0 + (t % kXStages) * C::kXBytes, acc);
-
-    if ((u + 1) % a.tiles_k == 0 || u + 1 == blk.unit_end) {
-      flush_row<T, BN>(a, blk, u / a.tiles_k, n0, acc, last_flag);
+    kt_x = kt_x + 1 == a.tiles_k ? 0 : kt_x + 1;
+    {  // zero the dense buffer read at the previous step; it is scattered again two steps on
+      const int stale_stage = dense_stage == 0 ? kDenseStages - 1 : dense_stage - 1;
+      const uint32_t stale = dense0 + stale_stage * kDenseBytes;
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+      for (int i = 0; i < kTileBytes / 16 / kThreads; ++i) ptx::st_shared_zero_v4(stale + (tid + i * kThreads) * 16);
+    }
+    if (w_end > w_begin) mma_tile<T, BN>(dense, x0 + x_stage * C::kXBytes, frag, acc);
+
+    if (kt + 1 == a.tiles_k || u + 1 == blk.unit_end) {
+      flush_row<T, BN>(a, blk, row, first_row, last_row, n0, acc, last_flag);
+#pragma unroll
+      for (int mt = 0; mt < C::kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < C::kNT; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+      kt = 0;
+      ++row;
+    } else {
+      ++kt;
     }
     w_begin = w_end;
     w_end = w_next;
+    dense_stage = dense_stage + 1 == kDenseStages ? 0 : dense_stage + 1;
+    x_stage = x_stage + 1 == kXStages ? 0 : x_stage + 1;
   }
 }
 
