@@ -44,7 +44,7 @@ step() {  # step NAME CMD...: runs CMD, logs to OUTDIR/NAME.log, records the res
 }
 
 {
-  echo "# GPU check $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "# GPU check $(date -u +%Y-%m-%dT%H:%MZ) commit ${SPARSELLM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo
   echo '```'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

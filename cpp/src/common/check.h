@@ -10,8 +10,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "sparsellm/error.h"
 
@@ -21,11 +21,20 @@ namespace sparsellm::detail {
 [[noreturn]] void throw_cublas(cublasStatus_t status, const char* stmt, const char* file, int line);
 bool debug_sync_enabled();
 
+// Message building without iostreams (no locale machinery on the error path).
+inline void append(std::string& out, const std::string& s) { out += s; }
+inline void append(std::string& out, const char* s) { out += s; }
+inline void append(std::string& out, char c) { out += c; }
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+void append(std::string& out, T v) {
+  out += std::to_string(v);
+}
+
 template <typename... Parts>
 std::string concat(const Parts&... parts) {
-  std::ostringstream out;
-  (out << ... << parts);
-  return out.str();
+  std::string out;
+  (append(out, parts), ...);
+  return out;
 }
 
 }  // namespace sparsellm::detail

@@ -45,6 +45,8 @@ def add_arguments(p) -> None:
 
 
 def _commit() -> str:
+    if os.environ.get("SPARSELLM_COMMIT"):
+        return os.environ["SPARSELLM_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).resolve().parent, check=True).stdout.strip()

@@ -40,7 +40,6 @@ constexpr int kChunkBytes = 4096;
 constexpr int kChunkWords = kChunkBytes / 4;
 constexpr int kDenseStages = 3;
 constexpr int kDenseBytes = kTileBytes + 128;  // + the padding words' scratch row
-constexpr int kXStages = 3;
 // Arrival counters live at the start of the workspace, at a fixed size, so that
 // the fp32 partials of a call with other shapes never land on them.
 constexpr int kCounters = 1 << 16;
@@ -57,8 +56,10 @@ struct Config {
   static constexpr int kWarpsM = kWarps / kWarpsN;
   static constexpr int kWM = kTileM / kWarpsM, kWN = BN / kWarpsN;
   static constexpr int kMT = kWM / 16, kNT = kWN / 8;  // m16 and n8 fragments per warp
-  // Ring chunks: a whole tile (≤ 32 KiB) must fit beside the chunk being read.
-  static constexpr int kChunks = BN <= 32 ? 10 : 16;
+  // Ring chunks: a whole tile (≤ 32 KiB, spanning ≤ 9 chunks) must fit.
+  static constexpr int kChunks = 9;
+  // X stages: deep for narrow X (cheap), so that first touches of X in L2 stay hidden.
+  static constexpr int kXStages = BN <= 32 ? 6 : 3;
   static constexpr int kXBytes = BN * kTileK * 2;
   static constexpr int kRingOffset = 0;
   static constexpr int kDenseOffset = kRingOffset + kChunks * kChunkBytes;
@@ -67,6 +68,7 @@ struct Config {
   static constexpr int kSmemBytes = kBarOffset + kChunks * 8 + 16;
   static constexpr int kXPieces = (BN * 8 + kThreads - 1) / kThreads;  // 16-byte X pieces per thread
   static_assert((kChunks - 1) * kChunkBytes >= kTileM * kTileK * 4, "ring too small for a dense tile");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory over the per-block limit");
   static_assert(kWM % 16 == 0 && kWN % 8 == 0, "warp tile must hold whole fragments");
 };
 
@@ -343,7 +345,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
   int kt = blk.unit_begin - first_row * a.tiles_k, row = first_row;
   int kt_x = kt;
 #pragma unroll
-  for (int s = 0; s < kXStages - 1; ++s) {
+  for (int s = 0; s < C::kXStages - 1; ++s) {
     if (blk.unit_begin + s < blk.unit_end) x_loader.load(a, kt_x, x0 + s * C::kXBytes);
     ptx::cp_async_commit();
     kt_x = kt_x + 1 == a.tiles_k ? 0 : kt_x + 1;
@@ -354,7 +356,9 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
   uint32_t w_end = a.offsets[blk.unit_begin + 1] - s0;
   int dense_stage = 0, x_stage = 0;
   for (int u = blk.unit_begin; u < blk.unit_end; ++u) {
-    const uint32_t w_next = u + 2 <= blk.unit_end ? a.offsets[u + 2] - s0 : w_end;  // prefetched
+    const uint32_t w_next = u + 2 <= blk.unit_end ? a.offsets[u + 2] - s0 : w_end;  // used next step
+    if (tid == 0 && u + 34 <= blk.unit_end)  // keep the offsets ahead in L1: no load latency per tile
+      asm volatile("prefetch.global.L1 [%0];\n" ::"l"(a.offsets + u + 34));
     const uint32_t dense = dense0 + dense_stage * kDenseBytes;
 
 #if __CUDA_ARCH__ >= 900
@@ -373,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
       ptx::st_shared_u16(dense + (v.z >> 16), v.z);
       ptx::st_shared_u16(dense + (v.w >> 16), v.w);
     }
-    ptx::cp_async_wait<kXStages - 2>();
+    ptx::cp_async_wait<C::kXStages - 2>();
     __syncthreads();
 
     // Refill the ring: chunks wholly before the next tile are consumed.
@@ -381,8 +385,8 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
       const int free_below = int(w_end / kChunkWords);
       for (; issued < num_chunks && issued < free_below + C::kChunks; ++issued) issue_chunk(issued);
     }
-    const int x_fill = x_stage == 0 ? kXStages - 1 : x_stage - 1;  // the stage read at the previous step
-    if (u + kXStages - 1 < blk.unit_end) x_loader.load(a, kt_x, x0 + x_fill * C::kXBytes);
+    const int x_fill = x_stage == 0 ? C::kXStages - 1 : x_stage - 1;  // the stage read at the previous step
+    if (u + C::kXStages - 1 < blk.unit_end) x_loader.load(a, kt_x, x0 + x_fill * C::kXBytes);
     ptx::cp_async_commit();
     kt_x = kt_x + 1 == a.tiles_k ? 0 : kt_x + 1;
     {  // zero the dense buffer read at the previous step; it is scattered again two steps on
@@ -407,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
     w_begin = w_end;
     w_end = w_next;
     dense_stage = dense_stage + 1 == kDenseStages ? 0 : dense_stage + 1;
-    x_stage = x_stage + 1 == kXStages ? 0 : x_stage + 1;
+    x_stage = x_stage + 1 == C::kXStages ? 0 : x_stage + 1;
   }
 }
 
