@@ -115,10 +115,16 @@ struct XLoader {
   int col[Config<BN>::kXPieces];       // 8 j
   bool row_ok[Config<BN>::kXPieces];
 
+  // Piece p of this thread: lanes first, so that every warp gets an equal share
+  // when the tile has fewer pieces than threads.
+  static __device__ __forceinline__ int piece(int p) {
+    return p * kThreads + (threadIdx.x & 31) * kWarps + (threadIdx.x >> 5);
+  }
+
   __device__ __forceinline__ XLoader(const KernelArgs<T>& a, int n0) {
 #pragma unroll
     for (int p = 0; p < Config<BN>::kXPieces; ++p) {
-      const int i = threadIdx.x + p * kThreads;
+      const int i = piece(p);
       const int r = i >> 3, j = i & 7;
       row_ok[p] = i < BN * 8 && n0 + r < a.n;
       src[p] = a.x + (row_ok[p] ? int64_t(n0 + r) * a.k + j * 8 : 0);
@@ -132,7 +138,7 @@ struct XLoader {
     const int c0 = kt * kTileK;
 #pragma unroll
     for (int p = 0; p < Config<BN>::kXPieces; ++p) {
-      if (threadIdx.x + p * kThreads >= BN * 8) continue;
+      if (piece(p) >= BN * 8) continue;
       const int col = c0 + this->col[p];
       if (a.x_vectors) {
         const bool valid = row_ok[p] && col < a.k;
@@ -283,7 +289,7 @@ __device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int r
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, BN >= 128 ? 1 : 2) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(128) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -355,6 +361,8 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
   uint32_t w_begin = 0;  // current tile's words, relative to s0
   uint32_t w_end = a.offsets[blk.unit_begin + 1] - s0;
   int dense_stage = 0, x_stage = 0;
+  int next_wait = 0, wait_slot = 0;  // next chunk to wait for, and its ring slot and phase parity
+  uint32_t wait_parity = 0;
   for (int u = blk.unit_begin; u < blk.unit_end; ++u) {
     const uint32_t w_next = u + 2 <= blk.unit_end ? a.offsets[u + 2] - s0 : w_end;  // used next step
     if (tid == 0 && u + 34 <= blk.unit_end)  // keep the offsets ahead in L1: no load latency per tile
@@ -362,9 +370,15 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_tiled_csl_kernel(const Kerne
     const uint32_t dense = dense0 + dense_stage * kDenseBytes;
 
 #if __CUDA_ARCH__ >= 900
+    // Every thread observes each chunk's arrival once, in stream order.
     if (w_end > w_begin)
-      for (int c = int(w_begin / kChunkWords); c <= int((w_end - 1) / kChunkWords); ++c)
-        ptx::mbarrier_wait(bars + (c % C::kChunks) * 8, (c / C::kChunks) & 1);
+      for (const int last = int((w_end - 1) / kChunkWords); next_wait <= last; ++next_wait) {
+        ptx::mbarrier_wait(bars + wait_slot * 8, wait_parity);
+        if (++wait_slot == C::kChunks) {
+          wait_slot = 0;
+          wait_parity ^= 1;
+        }
+      }
 #else
     __syncthreads();
 #endif
