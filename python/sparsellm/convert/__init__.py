@@ -1,0 +1,1 @@
+"""Checkpoint conversion: importers of other formats and the converter to sparsellm checkpoints."""
