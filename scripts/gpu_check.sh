@@ -71,7 +71,7 @@ test_gpu="$build/tests/cpp/test_gpu"
 if [ -x "$test_gpu" ]; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_gpu"
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_gpu" \
-    --gtest_filter='*SpmmVsCublas*/0:*SpmmVsCublas*/3:*SpmmVsCublas*/4'
+    --gtest_filter='*SpmmVsCublas*m64_*:*SpmmVsCublas*m512_*:*SpmmVsCublas*m384_*'
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 step pytest $python -m pytest tests/python -v -rs --junitxml="$out/pytest.xml"

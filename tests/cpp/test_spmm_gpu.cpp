@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -43,6 +44,12 @@ float from_bits(uint16_t b, DType t) {
 using Case = std::tuple<int64_t, int64_t, int64_t, double, DType>;  // m, k, n, sparsity, dtype
 
 class SpmmVsCublas : public ::testing::TestWithParam<Case> {};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const auto& [m, k, n, sparsity, dtype] = info.param;
+  return "m" + std::to_string(m) + "_k" + std::to_string(k) + "_n" + std::to_string(n) + "_s" +
+         std::to_string(int(sparsity * 100)) + (dtype == DType::kFloat16 ? "_fp16" : "_bf16");
+}
 
 TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
@@ -110,7 +117,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{64, 172, 1, 0.5, DType::kFloat16}, Case{1000, 3000, 7, 0.7, DType::kBFloat16},
                       Case{4097, 4095, 17, 0.9, DType::kFloat16}, Case{512, 1024, 64, 0.0, DType::kBFloat16},
                       Case{384, 256, 100, 0.99, DType::kFloat16}, Case{256, 512, 200, 0.5, DType::kFloat16},
-                      Case{2048, 2048, 16, 0.8, DType::kBFloat16}));
+                      Case{2048, 2048, 16, 0.8, DType::kBFloat16}),
+    case_name);
 
 TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";

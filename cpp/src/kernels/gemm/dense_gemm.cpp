@@ -7,6 +7,7 @@
 #include "sparsellm/gemm.h"
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <tuple>
 
@@ -30,16 +31,19 @@ cublasLtHandle_t lt_handle() {
   return handle;
 }
 
-// Descriptors and the chosen algorithm for one problem, built once.
+// Descriptors and the chosen algorithm for one problem, built once. The bias
+// pointer is an attribute of the descriptor, so setting it and enqueuing the
+// product happen under the plan's own lock.
 struct GemmPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  std::unique_ptr<std::mutex> enqueue = std::make_unique<std::mutex>();
 };
 
 using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, bool, size_t>;
 
-const GemmPlan& plan_for(cublasLtHandle_t handle, const DenseGemmParams& p) {
+GemmPlan& plan_for(cublasLtHandle_t handle, const DenseGemmParams& p) {
   static std::mutex mutex;
   static std::map<PlanKey, GemmPlan> plans;
   const PlanKey key{current_device().id, p.n, p.m, p.k, static_cast<int>(p.dtype), p.bias != nullptr,
@@ -82,7 +86,7 @@ const GemmPlan& plan_for(cublasLtHandle_t handle, const DenseGemmParams& p) {
                                      " dtype=", dtype_name(p.dtype)));
   }
   plan.algo = result.algo;
-  return plans.emplace(key, plan).first->second;
+  return plans.emplace(key, std::move(plan)).first->second;
 }
 
 }  // namespace
@@ -94,8 +98,9 @@ void dense_gemm(const DenseGemmParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(p.workspace != nullptr || p.workspace_bytes == 0,
                       "dense_gemm: workspace_bytes > 0 needs a workspace pointer");
   cublasLtHandle_t handle = lt_handle();
-  const GemmPlan& plan = plan_for(handle, p);
+  GemmPlan& plan = plan_for(handle, p);
   const float alpha = 1.0f, beta = 0.0f;
+  std::lock_guard<std::mutex> lock(*plan.enqueue);
   if (p.bias != nullptr) {
     SPARSELLM_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
                                                           sizeof(p.bias)));
