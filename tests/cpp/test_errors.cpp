@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "comm/check.h"
 #include "common/check.h"
 #include "sparsellm/device.h"
 #include "sparsellm/gemm.h"
@@ -31,6 +32,17 @@ TEST(Errors, CublasStatusBecomesTypedException) {
     FAIL() << "no exception";
   } catch (const CublasError& e) {
     EXPECT_NE(std::string(e.what()).find("CUBLAS_STATUS_INVALID_VALUE"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Errors, NcclStatusBecomesTypedException) {
+  try {
+    SPARSELLM_CHECK_NCCL(ncclInvalidArgument);
+    FAIL() << "no exception";
+  } catch (const NcclError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("ncclInvalidArgument"), std::string::npos) << what;
+    EXPECT_NE(what.find("invalid argument"), std::string::npos) << what;
   }
 }
 
