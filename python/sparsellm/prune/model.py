@@ -179,7 +179,7 @@ def _walk_layers(
         inputs = _run_layer(layer, inputs)
 
 
-def _tensor_targets(
+def tensor_targets(
     model: nn.Module, sparsity: float | None, per_layer: Mapping[int | str, float] | None
 ) -> dict[str, float]:
     """Target sparsity of every prunable tensor (module name -> sparsity)."""
@@ -284,7 +284,7 @@ def prune_model(
             per_layer = dict(enumerate(layer_values))
         elif layer_sparsity is not None:
             per_layer = load_sparsity_map(layer_sparsity)
-        targets = _tensor_targets(model, sparsity, per_layer)
+        targets = tensor_targets(model, sparsity, per_layer)
 
         def prune_layer(index: int, layer: nn.Module, stats: dict[str, InputStatistics]) -> None:
             for name, linear in layer_linears(layer):
