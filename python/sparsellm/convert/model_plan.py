@@ -52,27 +52,6 @@ class ModelPlan:
     tensors: list[TensorPlan]
     meta_model: Any  # torch.nn.Module on the meta device
 
-    @property
-    def pruned(self) -> bool:
-        return self.module is not None
-
-    def ranks(self, tp: int) -> list[int]:
-        return shard_ranks(self.split, tp)
-
-    def shard_shape(self, tp: int) -> tuple[int, ...]:
-        return shard_shape(self.shape, self.split, tp, self.name)
-
-
-@dataclass
-class ModelPlan:
-    """The tensors of a model in storage order (that of the model's parameters), with the
-    meta-device model they came from."""
-
-    arch: Architecture
-    config: Any
-    tensors: list[TensorPlan]
-    meta_model: Any  # torch.nn.Module on the meta device
-
     def groups(self) -> list[list[TensorPlan]]:
         """The order of conversion, in groups read together: each tensor outside the decoder
         layers on its own (embeddings and LM head are the largest tensors), then one group
