@@ -155,11 +155,14 @@ def test_subcommands_and_bench_forwarding(capsys):
 def test_sigterm_during_conversion_leaves_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
     out = tmp_path / "random"
-    process = subprocess.Popen([sys.executable, "-m", "sparsellm", "convert", "--random", "opt-125m", "--out",
+    # A model large enough that no machine finishes it before the signal arrives.
+    process = subprocess.Popen([sys.executable, "-m", "sparsellm", "convert", "--random", "opt-1.3b", "--out",
                                 str(out), "--sparsity", "0.5", "--quiet"], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".random.partial-") for p in tmp_path.iterdir()):
-        assert process.poll() is None and time.monotonic() < deadline, "conversion never started"
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"conversion never started (exit {process.wait()}): {process.stderr.read().decode()}")
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     status = process.wait(timeout=60)
