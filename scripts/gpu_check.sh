@@ -7,7 +7,9 @@
 #
 # Needs: an NVIDIA GPU (sm_80+), CUDA toolkit (nvcc, cuBLAS), NCCL, a python3
 # with torch, numpy, pybind11, pytest (transformers, safetensors for the
-# model tests). Nothing is downloaded.
+# model tests). Nothing is downloaded. Without GoogleTest on the machine, pass
+# --gtest-root DIR: a relocatable install prefix (include/gtest and
+# lib/<arch>/{libgtest*.a,cmake/GTest}, e.g. the files of Debian's libgtest-dev).
 set -uo pipefail
 
 out=${1:?usage: gpu_check.sh OUTDIR [--bench full|quick|none] [--gtest-root DIR]}
