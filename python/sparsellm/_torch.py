@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from sparsellm.errors import InvalidArgument
 
-_DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
-
-
 def torch():
     try:
         import torch as _torch

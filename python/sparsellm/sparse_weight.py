@@ -8,6 +8,7 @@ import numpy as np
 from sparsellm._native import native
 from sparsellm._torch import dtype_name, torch
 from sparsellm.errors import InvalidArgument
+from sparsellm.formats import encode_tiled_csl
 
 
 @dataclass
@@ -53,7 +54,7 @@ class SparseWeight:
         if device is None or device.type != "cuda":
             raise InvalidArgument("SparseWeight needs a CUDA device: pass device='cuda' or a CUDA weight")
         bits = weight.detach().contiguous().cpu().view(torch_.int16).numpy().view(np.uint16)
-        enc = native().encode_tiled_csl(bits, name, threads)
+        enc = encode_tiled_csl(bits, name, threads)
         return cls.from_components(enc["words"], enc["tile_offsets"], int(enc["m"]), int(enc["k"]), weight.dtype,
                                    int(enc["nnz"]), device)
 

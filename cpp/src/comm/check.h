@@ -20,18 +20,7 @@ namespace sparsellm::detail {
 
 }  // namespace sparsellm::detail
 
-#define SPARSELLM_CHECK_NCCL(stmt)                                               \
-  do {                                                                           \
-    ncclResult_t sparsellm_status_ = (stmt);                                     \
-    if (sparsellm_status_ != ncclSuccess)                                        \
-      ::sparsellm::detail::throw_nccl(sparsellm_status_, #stmt, __FILE__, __LINE__); \
-  } while (0)
-
+#define SPARSELLM_CHECK_NCCL(stmt) SPARSELLM_CHECK_STATUS(stmt, ncclSuccess, ::sparsellm::detail::throw_nccl)
 #if defined(SPARSELLM_HAVE_MPI)
-#define SPARSELLM_CHECK_MPI(stmt)                                                \
-  do {                                                                           \
-    int sparsellm_status_ = (stmt);                                              \
-    if (sparsellm_status_ != MPI_SUCCESS)                                        \
-      ::sparsellm::detail::throw_mpi(sparsellm_status_, #stmt, __FILE__, __LINE__); \
-  } while (0)
+#define SPARSELLM_CHECK_MPI(stmt) SPARSELLM_CHECK_STATUS(stmt, MPI_SUCCESS, ::sparsellm::detail::throw_mpi)
 #endif

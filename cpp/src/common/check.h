@@ -39,19 +39,18 @@ std::string concat(const Parts&... parts) {
 
 }  // namespace sparsellm::detail
 
-#define SPARSELLM_CHECK_CUDA(stmt)                                               \
+// Evaluates `stmt` once; any status other than `success` goes to
+// `thrower(status, statement text, file, line)`, which throws.
+#define SPARSELLM_CHECK_STATUS(stmt, success, thrower)                           \
   do {                                                                           \
-    cudaError_t sparsellm_status_ = (stmt);                                      \
-    if (sparsellm_status_ != cudaSuccess)                                        \
-      ::sparsellm::detail::throw_cuda(sparsellm_status_, #stmt, __FILE__, __LINE__); \
+    const auto sparsellm_status_ = (stmt);                                       \
+    if (sparsellm_status_ != (success))                                          \
+      thrower(sparsellm_status_, #stmt, __FILE__, __LINE__);                     \
   } while (0)
 
-#define SPARSELLM_CHECK_CUBLAS(stmt)                                             \
-  do {                                                                           \
-    cublasStatus_t sparsellm_status_ = (stmt);                                   \
-    if (sparsellm_status_ != CUBLAS_STATUS_SUCCESS)                              \
-      ::sparsellm::detail::throw_cublas(sparsellm_status_, #stmt, __FILE__, __LINE__); \
-  } while (0)
+#define SPARSELLM_CHECK_CUDA(stmt) SPARSELLM_CHECK_STATUS(stmt, cudaSuccess, ::sparsellm::detail::throw_cuda)
+#define SPARSELLM_CHECK_CUBLAS(stmt) \
+  SPARSELLM_CHECK_STATUS(stmt, CUBLAS_STATUS_SUCCESS, ::sparsellm::detail::throw_cublas)
 
 // After a kernel launch: the launch error, and with SPARSELLM_DEBUG_SYNC=1 the
 // execution error too.
