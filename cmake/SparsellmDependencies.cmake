@@ -3,7 +3,7 @@
 # that drives the build. Creates the targets
 #   sparsellm::cublas   cuBLAS + cuBLASLt
 #   sparsellm::nccl     NCCL
-# and MPI::MPI_CXX when MPI is found.
+# nlohmann_json::nlohmann_json, and MPI::MPI_CXX when MPI is found.
 find_package(CUDAToolkit 12.0 REQUIRED)
 find_package(Python 3.9 COMPONENTS Interpreter Development.Module REQUIRED)
 
@@ -52,6 +52,9 @@ sparsellm_find_shared(nccl nccl.h NAMES nccl libnccl.so.2)
 add_library(sparsellm::nccl INTERFACE IMPORTED)
 target_include_directories(sparsellm::nccl INTERFACE ${SPARSELLM_NCCL_INCLUDE_DIR})
 target_link_libraries(sparsellm::nccl INTERFACE ${SPARSELLM_NCCL_LIBRARY})
+
+# JSON for checkpoint configs and safetensors headers (Debian: nlohmann-json3-dev).
+find_package(nlohmann_json 3.10 REQUIRED)
 
 if(SPARSELLM_WITH_MPI)
   find_package(MPI COMPONENTS CXX)

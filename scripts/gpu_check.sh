@@ -3,23 +3,25 @@
 # ones included), compute-sanitizer memcheck and racecheck on the kernel test
 # binary, and the benchmarks; writes logs and a summary into OUTDIR.
 #
-#   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--gtest-root DIR]
+#   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR]
 #
 # Needs: an NVIDIA GPU (sm_80+), CUDA toolkit (nvcc, cuBLAS), NCCL, a python3
 # with torch, numpy, pybind11, pytest (transformers, safetensors for the
-# model tests). Nothing is downloaded. Without GoogleTest on the machine, pass
-# --gtest-root DIR: a relocatable install prefix (include/gtest and
-# lib/<arch>/{libgtest*.a,cmake/GTest}, e.g. the files of Debian's libgtest-dev).
+# model tests). Nothing is downloaded. Without GoogleTest or nlohmann-json on
+# the machine, pass --deps-prefix DIR: a relocatable install prefix holding
+# them (include/{gtest,nlohmann}, lib/<arch>/{libgtest*.a,cmake/GTest},
+# share/cmake/nlohmann_json: the files of Debian's libgtest-dev and
+# nlohmann-json3-dev).
 set -uo pipefail
 
-out=${1:?usage: gpu_check.sh OUTDIR [--bench full|quick|none] [--gtest-root DIR]}
+out=${1:?usage: gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR]}
 shift
 bench=quick
-gtest_root=""
+deps_prefix=""
 while [ $# -gt 0 ]; do
   case $1 in
     --bench) bench=$2; shift 2 ;;
-    --gtest-root) gtest_root=$2; shift 2 ;;
+    --deps-prefix) deps_prefix=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -63,7 +65,7 @@ rm -rf "$build"
 cmake_args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPARSELLM_PTXAS_VERBOSE=ON
   -DPython_EXECUTABLE="$(command -v $python)" -Dpybind11_DIR="$($python -m pybind11 --cmakedir)"
   -DSPARSELLM_DEV_LINKS=ON)
-[ -n "$gtest_root" ] && cmake_args+=(-DGTest_ROOT="$gtest_root")
+[ -n "$deps_prefix" ] && cmake_args+=(-DCMAKE_PREFIX_PATH="$deps_prefix" -DGTest_ROOT="$deps_prefix")
 step configure cmake "${cmake_args[@]}" || { cat "$summary"; exit 1; }
 step build cmake --build "$build" -j "$(nproc)" || { cat "$summary"; exit 1; }
 grep -A2 "Compiling entry" "$out/build.log" | grep -E "entry|registers|spill" >"$out/ptxas.txt" || true

@@ -1,0 +1,66 @@
+// A linear layer whose weight is dense (cuBLASLt) or sparse (an SpMM format),
+// as the checkpoint says per tensor:
+//
+//   y[n, out] = x[n, in] · W[out, in]ᵀ (+ b[out])
+//
+// The weight is uploaded once (and, for sparse formats, its stream-K plan
+// computed once); forward() only enqueues work on the stream it is given.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/checkpoint.h"
+#include "runtime/device_buffer.h"
+#include "sparsellm/types.h"
+
+namespace sparsellm {
+
+// Scratch shared by every Linear of a model on one stream. The SpMM part is
+// zero-filled once at creation (the kernels leave it as they found it).
+struct LinearWorkspace {
+  void* spmm = nullptr;
+  size_t spmm_bytes = 0;
+  void* gemm = nullptr;
+  size_t gemm_bytes = 0;
+};
+
+class Linear {
+ public:
+  // Uploads `weight_name` (any supported format) and, when bias_name is not
+  // empty, that dense vector; validates their shapes against each other.
+  Linear(const Checkpoint& checkpoint, const std::string& weight_name, const std::string& bias_name,
+         cudaStream_t stream);
+  // A dense weight already on the device (not owned), e.g. a tied LM head.
+  static Linear dense_view(const void* weight, int64_t out_features, int64_t in_features, DType dtype);
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  const std::string& format() const { return format_; }
+  size_t device_bytes() const;  // bytes of the weight (and bias) on the device
+  // Workspace this layer needs for inputs of up to max_n rows.
+  size_t spmm_workspace_bytes(int64_t max_n) const;
+
+  void forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream) const;
+
+ private:
+  Linear() = default;
+  std::string name_, format_;
+  int64_t in_ = 0, out_ = 0;
+  DType dtype_ = DType::kFloat16;
+  const void* weight_ptr_ = nullptr;  // dense: the [out, in] matrix
+  std::vector<DeviceBuffer> buffers_;  // owned device arrays (weight components, plan, bias)
+  const void* bias_ = nullptr;
+  // Sparse formats: encoded arrays and the stream-K plan on the device.
+  const uint32_t* words_ = nullptr;
+  const uint32_t* tile_offsets_ = nullptr;
+  const void* plan_ = nullptr;
+  int plan_blocks_ = 0;
+};
+
+}  // namespace sparsellm
