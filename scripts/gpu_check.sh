@@ -73,16 +73,18 @@ grep -A2 "Compiling entry" "$out/build.log" | grep -E "entry|registers|spill" >"
 step ctest ctest --test-dir "$build" --output-on-failure -j 4
 test_gpu="$build/tests/cpp/test_gpu"
 if [ -x "$test_gpu" ]; then
-  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_gpu"
+  # The statistical sampling test and the 4,000-token attention case are slow under the sanitizer.
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_gpu" \
+    --gtest_filter='-*StepsFollow*:*LongContext*'
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$test_gpu" \
-    --gtest_filter='*SpmmVsCublas*m64_*:*SpmmVsCublas*m512_*:*SpmmVsCublas*m384_*'
+    --gtest_filter='*SpmmVsCublas*m64_*:*SpmmVsCublas*m512_*:*SpmmVsCublas*m384_*:*AttentionTest.Prefill*:*SamplingDtype.TopK*'
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
-step pytest $python -m pytest tests/python -v -rs --junitxml="$out/pytest.xml"
+step pytest timeout "${PYTEST_TIMEOUT_S:-900}" $python -m pytest tests/python -v -rs --junitxml="$out/pytest.xml"
 case $bench in
   full) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" ;;
   quick) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" --shapes anchor --ns 1,8,16,32,64,128 \
-           --dtypes float16 --no-baselines --reps 30 ;;
+           --dtypes float16 --formats tiled_csl,bitmap --no-baselines --reps 30 ;;
   none) ;;
 esac
 echo >>"$summary"

@@ -16,6 +16,10 @@
 namespace py = pybind11;
 using namespace sparsellm;
 
+void register_checkpoint(py::module_& m);  // checkpoint_bindings.cpp
+void register_bitmap(py::module_& m);      // bitmap_bindings.cpp
+void register_llm(py::module_& m);         // llm_bindings.cpp
+
 namespace {
 
 template <typename T>
@@ -87,6 +91,9 @@ void register_errors(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "sparsellm native library (formats, kernels, runtime)";
   register_errors(m);
+  register_checkpoint(m);
+  register_bitmap(m);
+  register_llm(m);
 
   m.def("device_count", &device_count, "Visible CUDA GPUs (0 without a driver or GPU).");
   m.def(

@@ -22,12 +22,23 @@ __all__ = [
     "DeviceError",
     "Error",
     "FormatError",
+    "Generation",
     "InvalidArgument",
+    "LLM",
     "NativeLibraryError",
     "OutOfMemory",
     "device_count",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # LLM loads lazily: `import sparsellm` stays free of the runtime and of any GPU.
+    if name in ("LLM", "Generation"):
+        from sparsellm import llm
+
+        return getattr(llm, name)
+    raise AttributeError(f"module 'sparsellm' has no attribute {name!r}")
 
 
 def device_count() -> int:

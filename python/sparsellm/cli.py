@@ -41,7 +41,7 @@ def convert(argv: list[str]) -> int:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one file each)")
     parser.add_argument("--dtype", choices=("fp16", "bf16"),
                         help="stored dtype (default: the model's if fp16/bf16, else fp16; fp16 for --random)")
-    parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "dense"),
+    parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "bitmap", "dense"),
                         help="storage of pruned weights (auto: tiled_csl from 55%% sparsity)")
     parser.add_argument("--layer-sparsity", metavar="owl|FILE", help="OWL, or a JSON sparsity map")
     parser.add_argument("--nm", metavar="N:M", help="semi-structured pattern, e.g. 2:4")
@@ -104,7 +104,23 @@ def bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def generate(argv: list[str]) -> int:
+    """Generate from a checkpoint (cli_generate.py)."""
+    from sparsellm.cli_generate import generate as run
+
+    return run(argv)
+
+
+def demo(argv: list[str]) -> int:
+    """Random-weight OPT, dense and sparse, on this GPU (cli_generate.py)."""
+    from sparsellm.cli_generate import demo as run
+
+    return run(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "demo": (demo, "random-weight OPT sized to the GPU: sparse vs dense decode speed and memory"),
+    "generate": (generate, "generate text or token ids from a checkpoint, with tokens/s"),
     "convert": (convert, "prune a Hugging Face (or random) model into a sparsellm checkpoint"),
     "info": (info, "list a checkpoint's tensors, formats, sparsity and sizes"),
     "bench": (bench, "benchmarks (python -m sparsellm.bench)"),

@@ -23,9 +23,10 @@ class SparseLinear(_nn.Module):
 
     @classmethod
     def from_dense(cls, linear, sparsity: float | None = None, format: str = "tiled_csl", device=None):
-        """Encode ``linear``'s weight. Entries that are zero are the pruned ones;
-        with ``sparsity`` the smallest-magnitude fraction of each row is pruned
-        first (see sparsellm.prune for calibrated methods)."""
+        """Encode ``linear``'s weight in ``format`` ("tiled_csl" or "bitmap").
+        Entries that are zero are the pruned ones; with ``sparsity`` the
+        smallest-magnitude fraction of each row is pruned first (see
+        sparsellm.prune for calibrated methods)."""
         if not isinstance(linear, _nn.Linear):
             raise InvalidArgument(f"from_dense expects a torch.nn.Linear, got {type(linear).__name__}")
         w = linear.weight.detach()

@@ -62,7 +62,7 @@ def linear(x, weight, bias=None, out=None):
 
 
 def spmm(x, weight: SparseWeight, bias=None, out=None):
-    """Sparse Y = X · Wᵀ (+ bias) with W encoded (SparseWeight). Writes into ``out`` when given."""
+    """Sparse Y = X · Wᵀ (+ bias) with W encoded (SparseWeight, any format). Writes into ``out`` when given."""
     torch_ = torch()
     if not isinstance(weight, SparseWeight):
         raise InvalidArgument(f"weight must be a sparsellm SparseWeight, got {type(weight).__name__}")
@@ -76,8 +76,9 @@ def spmm(x, weight: SparseWeight, bias=None, out=None):
     with torch_.cuda.device(x.device):
         nbytes = C.spmm_workspace_bytes(m, n, blocks)
         ws = scratch("spmm", nbytes, x.device, zeroed=True)
-        C.spmm_tiled_csl(x.data_ptr(), bias_ptr, y.data_ptr(), n, weight.buffers["words"].data_ptr(),
-                         weight.buffers["tile_offsets"].data_ptr(), m, k, dtype_name(x.dtype),
-                         weight.plan.data_ptr(), blocks, ws.data_ptr(), ws.numel(),
-                         torch_.cuda.current_stream(x.device).cuda_stream)
+        kernel = C.spmm_bitmap if weight.format == "bitmap" else C.spmm_tiled_csl
+        kernel(x.data_ptr(), bias_ptr, y.data_ptr(), n, weight.data.data_ptr(),
+               weight.buffers["tile_offsets"].data_ptr(), m, k, dtype_name(x.dtype),
+               weight.plan.data_ptr(), blocks, ws.data_ptr(), ws.numel(),
+               torch_.cuda.current_stream(x.device).cuda_stream)
     return y

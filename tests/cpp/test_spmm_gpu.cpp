@@ -1,5 +1,6 @@
-// Tiled-CSL SpMM against cuBLAS on the same masked weights. Small enough to run
-// under compute-sanitizer (memcheck, racecheck); the wide grid lives in pytest.
+// SpMM (Tiled-CSL and bitmap weights) against cuBLAS on the same masked
+// weights. Small enough to run under compute-sanitizer (memcheck, racecheck);
+// the wide grid lives in pytest.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 
 #include "common/check.h"
 #include "sparsellm/device.h"
+#include "sparsellm/bitmap.h"
 #include "sparsellm/gemm.h"
 #include "sparsellm/spmm.h"
 #include "sparsellm/tiled_csl.h"
@@ -41,31 +43,52 @@ float from_bits(uint16_t b, DType t) {
   return t == DType::kFloat16 ? __half2float(__ushort_as_half(b)) : __bfloat162float(__ushort_as_bfloat16(b));
 }
 
-using Case = std::tuple<int64_t, int64_t, int64_t, double, DType>;  // m, k, n, sparsity, dtype
+// m, k, n, sparsity (kUneven: the first half of the rows dense, the rest 99% sparse), dtype
+using Shape = std::tuple<int64_t, int64_t, int64_t, double, DType>;
+using Case = std::tuple<SparseFormat, Shape>;
+constexpr double kUneven = -1.0;
 
 class SpmmVsCublas : public ::testing::TestWithParam<Case> {};
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  const auto& [m, k, n, sparsity, dtype] = info.param;
-  return "m" + std::to_string(m) + "_k" + std::to_string(k) + "_n" + std::to_string(n) + "_s" +
-         std::to_string(int(sparsity * 100)) + (dtype == DType::kFloat16 ? "_fp16" : "_bf16");
+  const auto& [format, shape] = info.param;
+  const auto& [m, k, n, sparsity, dtype] = shape;
+  return std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + "_m" + std::to_string(m) + "_k" +
+         std::to_string(k) + "_n" + std::to_string(n) +
+         (sparsity == kUneven ? std::string("_uneven") : "_s" + std::to_string(int(sparsity * 100))) +
+         (dtype == DType::kFloat16 ? "_fp16" : "_bf16");
+}
+
+// The weight in `format`: tile offsets and data words (host).
+std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat format, const std::vector<uint16_t>& w,
+                                                               int64_t m, int64_t k, DType dtype) {
+  if (format == SparseFormat::kBitmap) {
+    BitmapHost enc = encode_bitmap(w.data(), m, k, dtype);
+    return {std::move(enc.tile_offsets), std::move(enc.data)};
+  }
+  TiledCslHost enc = encode_tiled_csl(w.data(), m, k, dtype);
+  return {std::move(enc.tile_offsets), std::move(enc.words)};
 }
 
 TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  const auto [m, k, n, sparsity, dtype] = GetParam();
-  std::mt19937 rng(uint32_t(m * 131 + k * 7 + n) ^ uint32_t(sparsity * 1000));
+  const auto [format, shape] = GetParam();
+  const auto [m, k, n, sparsity, dtype] = shape;
+  std::mt19937 rng(uint32_t(m * 131 + k * 7 + n) ^ uint32_t(sparsity * 1000 + 5000));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   std::vector<uint16_t> w(m * k), x(n * k), bias(m);
-  for (auto& v : w) v = u(rng) < sparsity ? 0 : to_bits(normal(rng) * 0.05f, dtype);
+  for (int64_t i = 0; i < m * k; ++i) {
+    const double s = sparsity != kUneven ? sparsity : (i / k < m / 2 ? 0.0 : 0.99);
+    w[i] = u(rng) < s ? 0 : to_bits(normal(rng) * 0.05f, dtype);
+  }
   for (auto& v : x) v = to_bits(normal(rng), dtype);
   for (auto& v : bias) v = to_bits(normal(rng), dtype);
 
-  const TiledCslHost enc = encode_tiled_csl(w.data(), m, k, dtype);
+  const auto [tile_offsets, words] = encode(format, w, m, k, dtype);
   const int blocks = spmm_plan_blocks();
-  const std::vector<StreamKBlock> plan = spmm_plan(enc.tile_offsets.data(), m, k, blocks);
-  DeviceBuffer<uint32_t> d_words(enc.words), d_offsets(enc.tile_offsets);
+  const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
+  DeviceBuffer<uint32_t> d_words(words), d_offsets(tile_offsets);
   DeviceBuffer<StreamKBlock> d_plan(plan);
   DeviceBuffer<uint16_t> d_w(w), d_x(x), d_bias(bias), d_y(n * m), d_ref(n * m);
   const size_t ws_bytes = spmm_workspace_bytes(m, n, blocks);
@@ -78,7 +101,7 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   p.bias = d_bias.ptr;
   p.y = d_y.ptr;
   p.n = n;
-  p.weight = {d_words.ptr, d_offsets.ptr, m, k, dtype};
+  p.weight = {d_words.ptr, d_offsets.ptr, m, k, dtype, format};
   p.plan = d_plan.ptr;
   p.plan_blocks = blocks;
   p.workspace = ws.ptr;
@@ -95,7 +118,7 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   g.workspace = gemm_ws.ptr;
   g.workspace_bytes = kDenseGemmWorkspaceBytes;
   for (int rep = 0; rep < 2; ++rep) {  // the second call checks the workspace was left reusable
-    spmm_tiled_csl(p, nullptr);
+    spmm(p, nullptr);
     dense_gemm(g, nullptr);
     SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
     const auto y = d_y.download(n * m), ref = d_ref.download(n * m);
@@ -114,11 +137,53 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
 
 INSTANTIATE_TEST_SUITE_P(
     Grid, SpmmVsCublas,
-    ::testing::Values(Case{64, 172, 1, 0.5, DType::kFloat16}, Case{1000, 3000, 7, 0.7, DType::kBFloat16},
-                      Case{4097, 4095, 17, 0.9, DType::kFloat16}, Case{512, 1024, 64, 0.0, DType::kBFloat16},
-                      Case{384, 256, 100, 0.99, DType::kFloat16}, Case{256, 512, 200, 0.5, DType::kFloat16},
-                      Case{2048, 2048, 16, 0.8, DType::kBFloat16}),
+    ::testing::Combine(
+        ::testing::Values(SparseFormat::kTiledCsl, SparseFormat::kBitmap),
+        ::testing::Values(Shape{64, 172, 1, 0.5, DType::kFloat16}, Shape{1000, 3000, 7, 0.7, DType::kBFloat16},
+                          Shape{4097, 4095, 17, 0.9, DType::kFloat16}, Shape{512, 1024, 64, 0.0, DType::kBFloat16},
+                          Shape{384, 256, 100, 0.99, DType::kFloat16}, Shape{256, 512, 200, 0.5, DType::kFloat16},
+                          Shape{2048, 2048, 16, 0.8, DType::kBFloat16}, Shape{1000, 3000, 3, 0.3, DType::kFloat16},
+                          Shape{640, 1000, 31, kUneven, DType::kBFloat16}, Shape{300, 520, 2, 0.5, DType::kBFloat16},
+                          Shape{1000, 3000, 128, 0.5, DType::kFloat16}, Shape{129, 77, 8, 0.7, DType::kFloat16},
+                          Shape{1000, 3000, 256, 0.9, DType::kBFloat16})),
     case_name);
+
+// A matrix without nonzeros still writes Y = bias (every tile empty).
+TEST(SpmmEmptyWeight, WritesTheBias) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap}) {
+    const int64_t m = 300, k = 200, n = 5;
+    std::vector<uint16_t> w(m * k, 0), x(n * k, to_bits(1.0f, DType::kFloat16)), bias(m);
+    for (int64_t i = 0; i < m; ++i) bias[i] = to_bits(float(i % 7) - 3.0f, DType::kFloat16);
+    const auto [tile_offsets, words] = encode(format, w, m, k, DType::kFloat16);
+    const int blocks = spmm_plan_blocks();
+    const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
+    DeviceBuffer<uint32_t> d_words(std::vector<uint32_t>(4, 0)), d_offsets(tile_offsets);
+    DeviceBuffer<StreamKBlock> d_plan(plan);
+    DeviceBuffer<uint16_t> d_x(x), d_bias(bias), d_y(n * m);
+    const size_t ws_bytes = spmm_workspace_bytes(m, n, blocks);
+    DeviceBuffer<char> ws(ws_bytes);
+    SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
+    SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
+    SpmmParams p;
+    p.x = d_x.ptr;
+    p.bias = d_bias.ptr;
+    p.y = d_y.ptr;
+    p.n = n;
+    p.weight = {d_words.ptr, d_offsets.ptr, m, k, DType::kFloat16, format};
+    p.plan = d_plan.ptr;
+    p.plan_blocks = blocks;
+    p.workspace = ws.ptr;
+    p.workspace_bytes = ws_bytes;
+    spmm(p, nullptr);
+    SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+    EXPECT_EQ(d_y.download(n * m), [&] {
+      std::vector<uint16_t> want(n * m);
+      for (int64_t i = 0; i < n * m; ++i) want[i] = bias[i % m];
+      return want;
+    }());
+  }
+}
 
 TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
@@ -131,6 +196,10 @@ TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   p.plan = reinterpret_cast<const StreamKBlock*>(16);
   p.plan_blocks = 1;
   EXPECT_THROW(spmm_tiled_csl(p, nullptr), InvalidArgument);
+  p.weight.format = SparseFormat::kBitmap;
+  EXPECT_THROW(spmm(p, nullptr), InvalidArgument);
+  p.weight.format = SparseFormat::kTiledCsl;
+  EXPECT_THROW(spmm_bitmap(p, nullptr), InvalidArgument);  // not a bitmap weight
 }
 
 }  // namespace

@@ -146,7 +146,7 @@ def test_usage_errors_exit_2(capsys):
 
 
 def test_subcommands_and_bench_forwarding(capsys):
-    assert set(SUBCOMMANDS) == {"convert", "info", "bench"}
+    assert set(SUBCOMMANDS) == {"convert", "info", "bench", "generate", "demo"}
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
     assert exc.value.code == 0 and "spmm" in capsys.readouterr().out

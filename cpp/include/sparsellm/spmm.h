@@ -3,7 +3,9 @@
 //
 //   Y[N, M] = X[N, K] · W[M, K]ᵀ (+ bias[M])
 //
-// W is encoded offline (sparsellm/tiled_csl.h); X and Y are row-major and
+// W is encoded offline in Tiled-CSL (sparsellm/tiled_csl.h) or bitmap
+// (sparsellm/bitmap.h) — the format is a property of the encoded weight, and
+// both cut W into the same 128 × 64 tiles; X and Y are row-major and
 // contiguous; fp16 or bf16 values, fp32 accumulation. Any N ≥ 1, M, K ≥ 1.
 //
 // Work split (stream-K). The weight's tiles, in storage order, form one byte
@@ -34,20 +36,25 @@ struct StreamKBlock {
   int32_t last_row_parts = 1;
 };
 
-// Encoded weight as the kernel sees it: device pointers and shape.
-struct TiledCslView {
-  const uint32_t* words = nullptr;         // [tile_offsets[tiles]]; may be null when that is 0
+enum class SparseFormat : int { kTiledCsl = 0, kBitmap = 1 };
+
+// Encoded weight as the kernel sees it: device pointers and shape. Both
+// formats are a uint32 array of tiles and uint32 tile offsets in words.
+struct SparseMatrixView {
+  const uint32_t* words = nullptr;         // [tile_offsets[tiles]] Tiled-CSL words or bitmap tile data
   const uint32_t* tile_offsets = nullptr;  // [tiles_m · tiles_k + 1]
   int64_t m = 0, k = 0;
   DType dtype = DType::kFloat16;
+  SparseFormat format = SparseFormat::kTiledCsl;
 };
+using TiledCslView = SparseMatrixView;
 
 struct SpmmParams {
   const void* x = nullptr;       // [n, k]
   const void* bias = nullptr;    // [m] or nullptr
   void* y = nullptr;             // [n, m]
   int64_t n = 0;
-  TiledCslView weight;
+  SparseMatrixView weight;
   const StreamKBlock* plan = nullptr;  // device copy of spmm_plan()'s result
   int plan_blocks = 0;
   void* workspace = nullptr;     // spmm_workspace_bytes(); zero-filled once before first use
@@ -57,7 +64,7 @@ struct SpmmParams {
 // Thread blocks a plan should have on the current GPU.
 int spmm_plan_blocks();
 
-// The stream-K plan for a weight from its host tile offsets.
+// The stream-K plan for a weight from its host tile offsets (either format).
 std::vector<StreamKBlock> spmm_plan(const uint32_t* tile_offsets, int64_t m, int64_t k, int blocks);
 
 // Workspace bytes for a product with n rows of X under a plan of `blocks` blocks.
@@ -68,5 +75,9 @@ size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks);
 // Enqueues Y = X · Wᵀ (+ bias) on `stream`. Validates arguments (throws
 // InvalidArgument) and the device; never synchronizes.
 void spmm_tiled_csl(const SpmmParams& params, cudaStream_t stream);
+// The same for a bitmap weight (params.weight.format == SparseFormat::kBitmap).
+void spmm_bitmap(const SpmmParams& params, cudaStream_t stream);
+// Dispatches on params.weight.format.
+void spmm(const SpmmParams& params, cudaStream_t stream);
 
 }  // namespace sparsellm

@@ -1,4 +1,4 @@
-"""python -m sparsellm.bench {spmm} [options] — see each benchmark's --help."""
+"""python -m sparsellm.bench {spmm,e2e} [options] — see each benchmark's --help."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,16 @@ import sys
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsellm.bench", description=__doc__)
     sub = parser.add_subparsers(dest="which", required=True)
-    from sparsellm.bench import spmm
+    from sparsellm.bench import e2e, spmm
 
     spmm.add_arguments(sub.add_parser("spmm", help="sparse × dense GEMM vs cuBLAS, cuSPARSE and cuSPARSELt"))
+    e2e.add_arguments(sub.add_parser("e2e", help="end-to-end generation: sparse vs dense vs transformers",
+                                     description=e2e.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.which == "spmm":
         return spmm.run(args)
+    if args.which == "e2e":
+        return e2e.run(args)
     return 2
 
 

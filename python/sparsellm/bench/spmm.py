@@ -31,6 +31,7 @@ ANCHOR_SHAPES = [s[0] for s in SHAPES[:5]]
 NS = [1, 8, 16, 32, 64, 128]
 SPARSITIES = [0.5, 0.6, 0.7, 0.8, 0.9]
 CSR_NS = {1, 16, 64}
+FORMATS = ["tiled_csl", "bitmap"]
 
 
 def add_arguments(p) -> None:
@@ -39,6 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ns", default=",".join(map(str, NS)))
     p.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)))
     p.add_argument("--dtypes", default="float16,bfloat16")
+    p.add_argument("--formats", default=",".join(FORMATS), help="our formats to time (impl column)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--no-baselines", action="store_true", help="skip cuSPARSE and cuSPARSELt")
     p.add_argument("--seed", type=int, default=0)
@@ -83,6 +85,7 @@ def run(args) -> int:
     ns = [int(v) for v in args.ns.split(",")]
     sparsities = [float(v) for v in args.sparsities.split(",")]
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    formats = args.formats.split(",")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     records = []
     print(f"{gpu['name']}: copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
@@ -107,13 +110,15 @@ def run(args) -> int:
             del dense_full
             for s in sparsities:
                 w = random_weight(torch, m, k, s, dtype, device, gen)
-                sw = SparseWeight.from_dense(w)
-                for n in ns:
-                    us = timer.median_us(lambda: ops.spmm(xs[n], sw), args.reps)
-                    record(shape, m, k, n, s, dtype, sw.format, us, sw.nbytes + 2 * (n * k + n * m), cublas[n])
+                for fmt in formats:
+                    sw = SparseWeight.from_dense(w, format=fmt)
+                    for n in ns:
+                        us = timer.median_us(lambda: ops.spmm(xs[n], sw), args.reps)
+                        record(shape, m, k, n, s, dtype, sw.format, us, sw.nbytes + 2 * (n * k + n * m), cublas[n])
+                    del sw
                 if not args.no_baselines:
                     _baselines(torch, timer, record, shape, m, k, s, dtype, w, xs, ns, cublas, args.reps)
-                del w, sw
+                del w
                 torch.cuda.empty_cache()
 
     out = Path(args.out)

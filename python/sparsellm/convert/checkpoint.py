@@ -3,9 +3,9 @@
 A checkpoint is a directory with ``config.json`` and one safetensors file per
 tensor-parallel rank, ``rank{r}-of-{tp}.safetensors``. ``read_config`` checks the
 description in config.json; ``load_checkpoint`` also checks one rank's file against it
-(size, sha256, every component's presence, dtype and shape, the Tiled-CSL structure)
-and returns its arrays; ``dense_weights`` decodes them back to dense matrices with the
-numpy reference decoder.
+(size, sha256, every component's presence, dtype and shape, the Tiled-CSL or bitmap
+structure) and returns its arrays; ``dense_weights`` decodes them back to dense
+matrices with the numpy reference decoders.
 
 Needs numpy and safetensors only, plus torch for bfloat16 checkpoints (numpy has no
 bfloat16: such values come back as their uint16 bit patterns).
@@ -28,7 +28,9 @@ from .tensor_parallel import shard_ranks
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
-TENSOR_FORMATS = ("dense", "tiled_csl")
+TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap")
+# Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
+SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
 _REQUIRED_FIELDS = {
     "format_version": int, "architecture": str, "model_config": dict, "dtype": str, "tp": int,
     "tensors": dict, "files": dict, "pruning": dict,
@@ -53,7 +55,8 @@ def _check_components(name: str, entry: dict, dtype: str, rank: str) -> None:
     if entry["format"] == "dense":
         wanted = {name: (dtype, list(entry["shape"]))}
     else:
-        wanted = {f"{name}.tile_offsets": ("uint32", None), f"{name}.words": ("uint32", None)}
+        data = SPARSE_DATA_COMPONENT[entry["format"]]
+        wanted = {f"{name}.tile_offsets": ("uint32", None), f"{name}.{data}": ("uint32", None)}
     if set(components) != set(wanted):
         raise FormatError(f"rank {rank}: components {sorted(components)}, expected {sorted(wanted)}")
     for key, (want_dtype, want_shape) in wanted.items():
@@ -70,7 +73,7 @@ def _check_entry(name: str, entry: dict, dtype: str, tp: int) -> None:
     if entry["format"] not in TENSOR_FORMATS:
         raise FormatError(f"unknown format {entry['format']!r}")
     shape = entry["shape"]
-    ranks_allowed = (2,) if entry["format"] == "tiled_csl" else (1, 2)
+    ranks_allowed = (2,) if entry["format"] in SPARSE_DATA_COMPONENT else (1, 2)
     if not (isinstance(shape, list) and len(shape) in ranks_allowed
             and all(isinstance(s, int) and s >= 0 for s in shape)):
         raise FormatError(f"bad shape {shape!r} for format {entry['format']}")
@@ -187,18 +190,39 @@ def load_checkpoint(
 
     for name, entry in config["tensors"].items():
         shard = entry["shards"].get(str(rank))
-        if shard is None or entry["format"] != "tiled_csl":
+        if shard is None or entry["format"] not in SPARSE_DATA_COMPONENT:
             continue
         rows, cols = entry["shape"]
-        offsets, words = arrays[f"{name}.tile_offsets"], arrays[f"{name}.words"]
+        offsets = arrays[f"{name}.tile_offsets"]
+        words = arrays[f"{name}.{SPARSE_DATA_COMPONENT[entry['format']]}"]
+        bitmap = entry["format"] == "bitmap"
         try:
-            native().validate_tiled_csl(offsets, words, rows, cols)
+            if bitmap:
+                native().validate_bitmap(offsets, words, rows, cols)
+            else:
+                native().validate_tiled_csl(offsets, words, rows, cols)
         except FormatError as exc:
-            raise FormatError(f"{path}: tensor {name}: invalid Tiled-CSL data: {exc}") from None
-        stored = int(np.count_nonzero((words >> 16) < TILE_BYTES))  # the others are padding
+            kind = "bitmap" if bitmap else "Tiled-CSL"
+            raise FormatError(f"{path}: tensor {name}: invalid {kind} data: {exc}") from None
+        if bitmap:
+            stored = _bitmap_nonzeros(offsets, words)
+        else:
+            stored = int(np.count_nonzero((words >> 16) < TILE_BYTES))  # the others are padding
         if stored != shard["nnz"]:
             raise FormatError(f"{path}: tensor {name} stores {stored} nonzeros, config.json says {shard['nnz']}")
     return config, arrays
+
+
+def _bitmap_nonzeros(offsets: np.ndarray, data: np.ndarray, tiles_per_pass: int = 4096) -> int:
+    """Set mask bits of a validated bitmap matrix (each non-empty tile starts with 256 mask words)."""
+    from sparsellm.formats.bitmap import MASK_WORDS
+
+    starts = offsets[:-1][offsets[1:] > offsets[:-1]].astype(np.int64)
+    total = 0
+    for i in range(0, starts.size, tiles_per_pass):
+        index = starts[i : i + tiles_per_pass, None] + np.arange(MASK_WORDS)
+        total += int(np.unpackbits(np.ascontiguousarray(data[index]).view(np.uint8)).sum(dtype=np.int64))
+    return total
 
 
 def as_numpy_values(bits: np.ndarray, dtype: str) -> np.ndarray:
@@ -208,7 +232,7 @@ def as_numpy_values(bits: np.ndarray, dtype: str) -> np.ndarray:
 
 def dense_weights(directory: str | os.PathLike, rank: int = 0) -> dict[str, np.ndarray]:
     """{tensor name: dense array} of one rank: float16, or uint16 bit patterns for bfloat16."""
-    from sparsellm.formats import decode_tiled_csl
+    from sparsellm.formats import decode_bitmap, decode_tiled_csl
 
     config, arrays = load_checkpoint(directory, rank)
     dtype = config["dtype"]
@@ -220,6 +244,9 @@ def dense_weights(directory: str | os.PathLike, rank: int = 0) -> dict[str, np.n
             bits = arrays[name]
         else:
             rows, cols = entry["shape"]
-            bits = decode_tiled_csl(arrays[f"{name}.tile_offsets"], arrays[f"{name}.words"], rows, cols)
+            if entry["format"] == "bitmap":
+                bits = decode_bitmap(arrays[f"{name}.tile_offsets"], arrays[f"{name}.tiles"], rows, cols)
+            else:
+                bits = decode_tiled_csl(arrays[f"{name}.tile_offsets"], arrays[f"{name}.words"], rows, cols)
         weights[name] = as_numpy_values(bits, dtype)
     return weights

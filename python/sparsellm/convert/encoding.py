@@ -1,16 +1,20 @@
 """Per-tensor storage: dtype conversion, format choice and the stored components.
 
-A tensor is stored in one of two formats (the ``"format"`` field of a checkpoint tensor):
+A tensor is stored in one of three formats (the ``"format"`` field of a checkpoint tensor):
 
 * ``dense``: one component ``<name>``, the values as float16 or bfloat16.
 * ``tiled_csl``: two uint32 components ``<name>.tile_offsets`` [tiles + 1] and
   ``<name>.words`` [words], the Tiled-CSL encoding of docs/formats.md (made by the C++
   encoder, ``sparsellm.formats.encode_tiled_csl``).
+* ``bitmap``: two uint32 components ``<name>.tile_offsets`` [tiles + 1] and
+  ``<name>.tiles`` [words], the bitmap encoding of docs/formats.md
+  (``sparsellm.formats.encode_bitmap``).
 
-Only pruned weights may be stored as ``tiled_csl``; embeddings, norms, biases and the
-LM head are always dense. ``auto`` picks ``tiled_csl`` for a pruned weight whose
-sparsity (of the whole tensor, before the tensor-parallel split, so that every rank
-stores it alike) is at least ``TILED_CSL_MIN_SPARSITY``.
+Only pruned weights may be stored sparse; embeddings, norms, biases and the LM head
+are always dense. ``auto`` picks ``tiled_csl`` for a pruned weight whose sparsity (of
+the whole tensor, before the tensor-parallel split, so that every rank stores it
+alike) is at least ``TILED_CSL_MIN_SPARSITY``; ``bitmap`` is chosen only when asked
+for, until its kernel's measured speed on the device decides the threshold.
 
 Values are handled as their 16-bit patterns (numpy has no bfloat16). A stored zero is
 +0: negative zeros in pruned weights are replaced by +0, as the Tiled-CSL encoder
@@ -30,7 +34,9 @@ from sparsellm.errors import InvalidArgument
 # (N = 8..32: 0.93-0.96x at 50 %, 1.04-1.08x at 60 %, docs/benchmarks/spmm-h100-80gb-hbm3.md).
 TILED_CSL_MIN_SPARSITY = 0.55
 
-FORMAT_CHOICES = ("auto", "tiled_csl", "dense")
+FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "dense")
+# Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
+SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 _NEGATIVE_ZERO = np.uint16(0x8000)
 CHUNK_ELEMENTS = 1 << 24  # elements per pass of the checks below (bounds their temporaries)
@@ -81,29 +87,37 @@ def choose_format(requested: str, pruned: bool, sparsity: float) -> str:
     """The format a tensor is stored in (see the module docstring)."""
     if not pruned or requested == "dense":
         return "dense"
-    if requested == "tiled_csl":
-        return "tiled_csl"
+    if requested in SPARSE_DATA_COMPONENT:
+        return requested
     return "tiled_csl" if sparsity >= TILED_CSL_MIN_SPARSITY else "dense"
 
 
 def component_keys(name: str, fmt: str) -> list[str]:
-    return [f"{name}.tile_offsets", f"{name}.words"] if fmt == "tiled_csl" else [name]
+    if fmt in SPARSE_DATA_COMPONENT:
+        return [f"{name}.tile_offsets", f"{name}.{SPARSE_DATA_COMPONENT[fmt]}"]
+    return [name]
 
 
 def possible_components(name: str, ndim: int, pruned: bool) -> list[tuple[str, int]]:
     """(key, ndim) of every component a tensor might be stored as."""
     dense = [(name, ndim)]
-    return dense + [(key, 1) for key in component_keys(name, "tiled_csl")] if pruned else dense
+    if not pruned:
+        return dense
+    sparse = {key for fmt in SPARSE_DATA_COMPONENT for key in component_keys(name, fmt)}
+    return dense + [(key, 1) for key in sorted(sparse)]
 
 
 def encode(name: str, bits: np.ndarray, fmt: str, dtype: str) -> dict[str, tuple[str, np.ndarray]]:
     """Components {key: (dtype, array)} of one shard, bits in [rows, cols] (or 1-D if dense)."""
     if fmt == "dense":
         return {name: (dtype, bits)}
-    from sparsellm.formats import encode_tiled_csl
+    from sparsellm.formats import encode_bitmap, encode_tiled_csl
 
-    encoded = encode_tiled_csl(bits, dtype)
-    return {
-        f"{name}.tile_offsets": ("uint32", encoded["tile_offsets"]),
-        f"{name}.words": ("uint32", encoded["words"]),
-    }
+    if fmt == "bitmap":
+        encoded = encode_bitmap(bits, dtype)
+        data = encoded["data"]
+    else:
+        encoded = encode_tiled_csl(bits, dtype)
+        data = encoded["words"]
+    offsets_key, data_key = component_keys(name, fmt)
+    return {offsets_key: ("uint32", encoded["tile_offsets"]), data_key: ("uint32", data)}

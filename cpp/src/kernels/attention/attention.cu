@@ -1,0 +1,322 @@
+// Causal attention against the KV cache (attention.h), flash-decoding style:
+//
+//   for token t (slot s, position p), head h, kv head g = h / (heads / kv_heads):
+//     out[t, h, :] = Σ_{j ≤ p} softmax_j(scale · q · K[s, g, j, :]) · V[s, g, j, :]
+//
+// Split: the key range [0, max_positions) is cut into `splits` chunks of
+// `chunk` keys (attention_split below: a pure function of tokens, heads and
+// max_positions, so the launch shape never depends on positions in device
+// memory). Pass 1 runs one block of 128 threads per (token, head, chunk):
+//
+//   lanes:   G = 2^⌈log2(head_dim / 8)⌉ lanes share one key; lane l holds q[8l, 8l+8)
+//            (pre-scaled by scale · log2 e) and reads K and V rows 16 bytes at a time
+//   groups:  128 / G groups per block; group i takes keys begin + u · groups + i of
+//            each step of groups · kKeysPerGroup keys (a warp reads consecutive rows),
+//            kKeysPerGroup K and V vectors in flight per lane
+//   online softmax per group in fp32 (base 2): m, l = Σ 2^(s − m), acc = Σ 2^(s − m) · v
+//   merge:   the groups' (m, l, acc) through shared memory into the block's
+//            M = max m, L = Σ l · 2^(m − M), O = Σ acc · 2^(m − M)
+//
+// With one split the block writes out = O / L directly. With several, it
+// writes O (unnormalized, fp32) and (M, L) to the workspace, and pass 2 (one
+// block per (token, head)) merges the chunks that hold keys of the token,
+// ⌈(p + 1) / chunk⌉ of them, the same way. A chunk beyond a token's position
+// has nothing to do and returns at once. A token whose slot or position lies
+// outside the cache gets a zero output; nothing outside the cache is read.
+//
+// Workspace (splits > 1): o [tokens, heads, splits, head_dim] fp32, then
+// ml [tokens, heads, splits, 2] fp32.
+#include "kernels/attention/attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/check.h"
+#include "kernels/device_math.cuh"
+
+namespace sparsellm {
+namespace {
+
+using namespace kernels;
+
+constexpr int kThreads = 128;
+constexpr int kKeysPerGroup = 4;
+constexpr int kMinChunk = 256;        // keys per split at least (≈ 128 KiB of K and V at head_dim 128)
+constexpr int kChunkAlign = 64;
+constexpr int64_t kTargetBlocks = 1024;  // enough blocks of pass 1 to fill a large GPU several times
+constexpr int kMaxSplits = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Split {
+  int splits, chunk;
+};
+
+// splits = min(⌈max_positions / kMinChunk⌉, ⌈kTargetBlocks / (tokens · heads)⌉, kMaxSplits):
+// split only while the (token, head) rows alone leave the GPU idle, and keep
+// every chunk long enough to stream. The workspace then stays below
+// (kTargetBlocks + tokens · heads) chunk records.
+Split attention_split(int64_t tokens, int32_t heads, int32_t max_positions) {
+  const int64_t rows = std::max<int64_t>(1, tokens * heads);
+  int64_t splits = std::min<int64_t>({ceil_div(max_positions, kMinChunk), ceil_div(kTargetBlocks, rows), kMaxSplits});
+  splits = std::max<int64_t>(splits, 1);
+  const int64_t chunk = ceil_div(ceil_div(max_positions, splits), kChunkAlign) * kChunkAlign;
+  return {int(ceil_div(max_positions, chunk)), int(chunk)};
+}
+
+struct AttentionArgs {
+  const void* q;            // [tokens, heads · head_dim], row stride q_stride
+  const void* k;            // [slots, kv_heads, max_seq, head_dim]
+  const void* v;            // [slots, kv_heads, max_seq, head_dim]
+  void* out;                // [tokens, heads · head_dim]
+  const int32_t* slot;      // [tokens]
+  const int32_t* position;  // [tokens]
+  float* ws_o;              // [tokens, heads, splits, head_dim]
+  float* ws_ml;             // [tokens, heads, splits, 2]
+  int64_t q_stride;
+  int32_t heads, kv_heads, head_dim, slots, max_seq, splits, chunk;
+  float scale_log2;         // scale · log2 e
+};
+
+__device__ __forceinline__ bool placed(const AttentionArgs& a, int32_t slot, int32_t pos) {
+  return slot >= 0 && slot < a.slots && pos >= 0 && pos < a.max_seq;
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = to_float(e[i]);
+}
+
+template <typename T>
+__device__ void write_zeros(const AttentionArgs& a, int64_t t, int h) {
+  T* out = static_cast<T*>(a.out) + (t * a.heads + h) * a.head_dim;
+  for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) out[d] = from_float<T>(0.f);
+}
+
+// Pass 1: one block per (token, head, chunk); blockIdx.x = (t · heads + h) · splits + c.
+template <typename T, int G>
+__global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs a) {
+  constexpr int kGroups = kThreads / G;
+  constexpr int kStep = kGroups * kKeysPerGroup;  // keys per step of the block
+  __shared__ float s_acc[kGroups][G * 8];
+  __shared__ float s_m[kGroups], s_l[kGroups], s_w[kGroups];
+
+  const int c = int(blockIdx.x % unsigned(a.splits));
+  const int64_t th = blockIdx.x / unsigned(a.splits);
+  const int h = int(th % a.heads);
+  const int64_t t = th / a.heads;
+  const int32_t slot = a.slot[t], pos = a.position[t];
+  if (!placed(a, slot, pos)) {
+    if (a.splits == 1) write_zeros<T>(a, t, h);
+    return;
+  }
+  const int begin = c * a.chunk;
+  const int end = min(begin + a.chunk, pos + 1);
+  if (begin >= end) return;  // uniform over the block: no barrier is skipped by part of it
+
+  const int lane = threadIdx.x % G, group = threadIdx.x / G;
+  const bool active = lane * 8 < a.head_dim;  // head_dim not a power of two: idle lanes add zeros
+  const int g = h / (a.heads / a.kv_heads);
+
+  float q[8];
+  {
+    const T* qp = static_cast<const T*>(a.q) + t * a.q_stride + int64_t(h) * a.head_dim + lane * 8;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) q[i] = active ? to_float(qp[i]) * a.scale_log2 : 0.f;
+  }
+  const int64_t head_base = ((int64_t(slot) * a.kv_heads + g) * a.max_seq) * a.head_dim + lane * 8;
+  const T* kp = static_cast<const T*>(a.k) + head_base;
+  const T* vp = static_cast<const T*>(a.v) + head_base;
+
+  float m = -INFINITY, l = 0.f, acc[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i] = 0.f;
+
+  for (int j0 = begin; j0 < end; j0 += kStep) {
+    uint4 kr[kKeysPerGroup], vr[kKeysPerGroup];
+#pragma unroll
+    for (int u = 0; u < kKeysPerGroup; ++u) {
+      const int j = j0 + u * kGroups + group;
+      if (active && j < end) {
+        kr[u] = __ldg(reinterpret_cast<const uint4*>(kp + int64_t(j) * a.head_dim));
+        vr[u] = __ldg(reinterpret_cast<const uint4*>(vp + int64_t(j) * a.head_dim));
+      } else {
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    float s[kKeysPerGroup];
+    float m_new = m;
+#pragma unroll
+    for (int u = 0; u < kKeysPerGroup; ++u) {
+      float kf[8];
+      unpack8<T>(kr[u], kf);
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) dot = fmaf(q[i], kf[i], dot);
+      dot = warp_reduce<G>(dot, SumOp{});  // all lanes of the warp take part: the loop is block-uniform
+      s[u] = j0 + u * kGroups + group < end ? dot : -INFINITY;
+      m_new = fmaxf(m_new, s[u]);
+    }
+    if (m_new == -INFINITY) continue;  // no key of this group in this step (same for all its lanes)
+    const float corr = exp2f(m - m_new);  // m = −∞ → 0
+    l *= corr;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] *= corr;
+#pragma unroll
+    for (int u = 0; u < kKeysPerGroup; ++u) {
+      const float pr = exp2f(s[u] - m_new);  // s = −∞ → 0
+      l += pr;
+      float vf[8];
+      unpack8<T>(vr[u], vf);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = fmaf(pr, vf[i], acc[i]);
+    }
+    m = m_new;
+  }
+
+  // Merge the groups: M = max m, weights 2^(m − M), L = Σ l · w, O = Σ acc · w.
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s_acc[group][lane * 8 + i] = acc[i];
+  }
+  if (lane == 0) {
+    s_m[group] = m;
+    s_l[group] = l;
+  }
+  __syncthreads();
+  float big = -INFINITY;
+  for (int i = 0; i < kGroups; ++i) big = fmaxf(big, s_m[i]);  // finite: the chunk holds a key
+  if (threadIdx.x < kGroups) s_w[threadIdx.x] = exp2f(s_m[threadIdx.x] - big);
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < kGroups; ++i) total += s_l[i] * s_w[i];
+  const int64_t row = t * a.heads + h;
+  if (a.splits == 1) {
+    const float inv = 1.f / total;
+    T* out = static_cast<T*>(a.out) + row * a.head_dim;
+    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
+      float o = 0.f;
+      for (int i = 0; i < kGroups; ++i) o += s_acc[i][d] * s_w[i];
+      out[d] = from_float<T>(o * inv);
+    }
+  } else {
+    const int64_t rec = row * a.splits + c;
+    float* ws_o = a.ws_o + rec * a.head_dim;
+    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
+      float o = 0.f;
+      for (int i = 0; i < kGroups; ++i) o += s_acc[i][d] * s_w[i];
+      ws_o[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      a.ws_ml[rec * 2] = big;
+      a.ws_ml[rec * 2 + 1] = total;
+    }
+  }
+}
+
+// Pass 2 (splits > 1): one block per (token, head); merges its chunks 0 … ⌈(p + 1) / chunk⌉ − 1.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionArgs a) {
+  __shared__ float s_w[kMaxSplits];
+  const int64_t row = blockIdx.x;
+  const int h = int(row % a.heads);
+  const int64_t t = row / a.heads;
+  const int32_t slot = a.slot[t], pos = a.position[t];
+  if (!placed(a, slot, pos)) {
+    write_zeros<T>(a, t, h);
+    return;
+  }
+  const int chunks = min(a.splits, (pos + a.chunk) / a.chunk);  // ≥ 1
+  const float* ml = a.ws_ml + row * a.splits * 2;
+  float big = -INFINITY;
+  for (int c = 0; c < chunks; ++c) big = fmaxf(big, ml[2 * c]);
+  if (threadIdx.x < chunks) s_w[threadIdx.x] = exp2f(ml[2 * threadIdx.x] - big);
+  __syncthreads();
+  float total = 0.f;
+  for (int c = 0; c < chunks; ++c) total += ml[2 * c + 1] * s_w[c];
+  const float inv = 1.f / total;
+  const float* ws_o = a.ws_o + row * a.splits * a.head_dim;
+  T* out = static_cast<T*>(a.out) + row * a.head_dim;
+  for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
+    float o = 0.f;
+    for (int c = 0; c < chunks; ++c) o += ws_o[int64_t(c) * a.head_dim + d] * s_w[c];
+    out[d] = from_float<T>(o * inv);
+  }
+}
+
+template <typename T, int G>
+void launch_chunks(const AttentionArgs& args, int64_t blocks, cudaStream_t stream) {
+  attention_chunk_kernel<T, G><<<unsigned(blocks), kThreads, 0, stream>>>(args);
+}
+
+}  // namespace
+
+size_t attention_workspace_bytes(int64_t tokens, int32_t heads, int32_t head_dim, int32_t max_positions) {
+  SPARSELLM_CHECK_ARG(tokens >= 0 && heads > 0 && head_dim > 0 && max_positions > 0,
+                      "attention_workspace_bytes: need tokens >= 0 and heads, head_dim, max_positions > 0; got ",
+                      tokens, ", ", heads, ", ", head_dim, ", ", max_positions);
+  const Split split = attention_split(tokens, heads, max_positions);
+  if (split.splits == 1) return 0;
+  return size_t(tokens) * size_t(heads) * size_t(split.splits) * (size_t(head_dim) + 2) * sizeof(float);
+}
+
+void attention(const AttentionParams& p, cudaStream_t stream) {
+  const KvCacheView& c = p.cache;
+  SPARSELLM_CHECK_ARG(p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16, "attention: unknown dtype");
+  SPARSELLM_CHECK_ARG(p.tokens >= 0, "attention: tokens must be >= 0, got ", p.tokens);
+  SPARSELLM_CHECK_ARG(c.slots > 0 && c.kv_heads > 0 && c.max_seq > 0, "attention: cache needs slots, kv_heads, ",
+                      "max_seq > 0; got ", c.slots, ", ", c.kv_heads, ", ", c.max_seq);
+  SPARSELLM_CHECK_ARG(c.head_dim >= 8 && c.head_dim <= 256 && c.head_dim % 8 == 0,
+                      "attention: head_dim must be a multiple of 8 in [8, 256], got ", c.head_dim);
+  SPARSELLM_CHECK_ARG(p.heads > 0 && p.heads % c.kv_heads == 0, "attention: heads (", p.heads,
+                      ") must be a positive multiple of kv_heads (", c.kv_heads, ")");
+  SPARSELLM_CHECK_ARG(p.max_positions > 0 && p.max_positions <= c.max_seq, "attention: max_positions (",
+                      p.max_positions, ") must lie in [1, max_seq = ", c.max_seq, "]");
+  SPARSELLM_CHECK_ARG(std::isfinite(p.scale) && p.scale > 0.f, "attention: scale must be finite and > 0 (usually ",
+                      "1 / sqrt(head_dim)), got ", p.scale);
+  if (p.tokens == 0) return;
+  SPARSELLM_CHECK_ARG(p.q != nullptr && p.out != nullptr && c.k != nullptr && c.v != nullptr,
+                      "attention: q, out and the cache buffers must not be null");
+  SPARSELLM_CHECK_ARG(p.place.slot != nullptr && p.place.position != nullptr,
+                      "attention: place.slot and place.position must not be null");
+  SPARSELLM_CHECK_ARG(aligned16(c.k) && aligned16(c.v), "attention: cache buffers must be 16-byte aligned");
+  const int64_t width = int64_t(p.heads) * c.head_dim;
+  const int64_t q_stride = p.q_stride == 0 ? width : p.q_stride;
+  SPARSELLM_CHECK_ARG(q_stride >= width, "attention: q_stride (", q_stride, ") must be >= heads * head_dim = ", width);
+
+  const Split split = attention_split(p.tokens, p.heads, p.max_positions);
+  const size_t need = attention_workspace_bytes(p.tokens, p.heads, c.head_dim, p.max_positions);
+  SPARSELLM_CHECK_ARG(p.workspace_bytes >= need && (need == 0 || p.workspace != nullptr), "attention: workspace of ",
+                      p.workspace_bytes, " bytes, need ", need, " (attention_workspace_bytes)");
+  SPARSELLM_CHECK_ARG(need == 0 || aligned16(p.workspace), "attention: workspace must be 16-byte aligned");
+  const int64_t rows = p.tokens * p.heads;
+  const int64_t blocks = rows * split.splits;
+  SPARSELLM_CHECK_ARG(blocks <= INT32_MAX, "attention: tokens * heads = ", rows, " too large for one launch");
+
+  float* ws = static_cast<float*>(p.workspace);
+  const AttentionArgs args{p.q, c.k, c.v, p.out, p.place.slot, p.place.position,
+                           need ? ws : nullptr, need ? ws + rows * split.splits * c.head_dim : nullptr,
+                           q_stride, p.heads, c.kv_heads, c.head_dim, c.slots, c.max_seq, split.splits, split.chunk,
+                           p.scale * kLog2e};
+  const int lanes = c.head_dim <= 8 ? 1 : c.head_dim <= 16 ? 2 : c.head_dim <= 32 ? 4 : c.head_dim <= 64 ? 8
+                  : c.head_dim <= 128 ? 16 : 32;
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    switch (lanes) {
+      case 1: launch_chunks<T, 1>(args, blocks, stream); break;
+      case 2: launch_chunks<T, 2>(args, blocks, stream); break;
+      case 4: launch_chunks<T, 4>(args, blocks, stream); break;
+      case 8: launch_chunks<T, 8>(args, blocks, stream); break;
+      case 16: launch_chunks<T, 16>(args, blocks, stream); break;
+      default: launch_chunks<T, 32>(args, blocks, stream); break;
+    }
+    SPARSELLM_CHECK_LAUNCH("attention_chunk_kernel");
+    if (split.splits > 1) {
+      attention_combine_kernel<T><<<unsigned(rows), kThreads, 0, stream>>>(args);
+      SPARSELLM_CHECK_LAUNCH("attention_combine_kernel");
+    }
+  });
+}
+
+}  // namespace sparsellm

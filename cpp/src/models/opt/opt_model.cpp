@@ -1,0 +1,483 @@
+// OPT model: config parsing, weight upload, the forward over packed tokens
+// (see opt_model.h for the math and the fusions).
+#include "models/opt/opt_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/check.h"
+#include "kernels/attention/attention.h"
+#include "kernels/embedding/embedding.h"
+#include "kernels/norm/norm.h"
+#include "runtime/nvtx_range.h"
+#include "runtime/weights.h"
+#include "sparsellm/gemm.h"
+
+namespace sparsellm {
+namespace {
+
+using nlohmann::json;
+
+// --- config ---------------------------------------------------------------
+
+int32_t positive_int(const json& c, const char* key, const std::string& where) {
+  if (!c.contains(key) || !c.at(key).is_number_integer())
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be an integer"));
+  const int64_t v = c.at(key).get<int64_t>();
+  if (v <= 0 || v > INT32_MAX)
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be positive, got ", v));
+  return int32_t(v);
+}
+
+bool flag(const json& c, const char* key, bool fallback, const std::string& where) {
+  if (!c.contains(key) || c.at(key).is_null()) return fallback;
+  if (!c.at(key).is_boolean())
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be true or false"));
+  return c.at(key).get<bool>();
+}
+
+// eos/bos ids: an integer, a list of integers (the first is used) or null.
+int32_t token_id(const json& c, const char* key, int32_t fallback) {
+  if (!c.contains(key)) return fallback;
+  const json& v = c.at(key);
+  if (v.is_number_integer()) return int32_t(v.get<int64_t>());
+  if (v.is_array() && !v.empty() && v.at(0).is_number_integer()) return int32_t(v.at(0).get<int64_t>());
+  return -1;
+}
+
+// --- checkpoint helpers ---------------------------------------------------
+
+void expect_shape(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape) {
+  const TensorEntry& t = ckpt.tensor(name);  // FormatError naming the file when absent
+  if (t.shape != shape) {
+    std::string got, want;
+    for (int64_t d : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    for (int64_t d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
+    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", got,
+                                     "], the model config implies [", want, "]"));
+  }
+}
+
+DeviceBuffer upload_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, cudaStream_t stream) {
+  expect_shape(ckpt, name, {n});
+  return upload_dense(ckpt, name, stream);
+}
+
+void expect_linear(const Linear& lin, const Checkpoint& ckpt, const std::string& name, int64_t out, int64_t in) {
+  if (lin.out_features() != out || lin.in_features() != in)
+    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", lin.out_features(), ", ",
+                                     lin.in_features(), "], the model config implies [", out, ", ", in, "]"));
+}
+
+std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& module, bool bias, int64_t out,
+                                    int64_t in, cudaStream_t stream) {
+  const std::string weight = module + ".weight";
+  auto lin = std::make_unique<Linear>(ckpt, weight, bias ? module + ".bias" : std::string(), stream);
+  expect_linear(*lin, ckpt, weight, out, in);
+  return lin;
+}
+
+// 1.0 in the storage dtype, for the gamma of norms without learned affine parameters.
+uint16_t one_bits(DType dtype) { return dtype == DType::kFloat16 ? uint16_t(0x3C00) : uint16_t(0x3F80); }
+
+// A LayerNorm's parameters: learned (gamma, beta) or unit gamma and no beta.
+struct NormWeights {
+  DeviceBuffer gamma, beta;
+  const void* gamma_ptr = nullptr;
+  const void* beta_ptr = nullptr;
+};
+
+NormWeights load_norm(const Checkpoint& ckpt, const std::string& module, const OptConfig& cfg,
+                      const DeviceBuffer& ones, cudaStream_t stream) {
+  NormWeights w;
+  if (cfg.norm_affine) {
+    w.gamma = upload_vector(ckpt, module + ".weight", cfg.hidden_size, stream);
+    w.beta = upload_vector(ckpt, module + ".bias", cfg.hidden_size, stream);
+    w.gamma_ptr = w.gamma.data();
+    w.beta_ptr = w.beta.data();
+  } else {
+    w.gamma_ptr = ones.data();
+  }
+  return w;
+}
+
+}  // namespace
+
+OptConfig OptConfig::from_json(const json& c, const std::string& where) {
+  if (!c.is_object()) throw FormatError(where + ": model_config must be an object");
+  if (c.contains("model_type") && c.at("model_type") != "opt")
+    throw InvalidArgument(detail::concat(where, ": model_type '", c.at("model_type").dump(),
+                                         "' is not OPT; this runtime runs OPT models"));
+  OptConfig cfg;
+  cfg.vocab_size = positive_int(c, "vocab_size", where);
+  cfg.hidden_size = positive_int(c, "hidden_size", where);
+  cfg.num_layers = positive_int(c, "num_hidden_layers", where);
+  cfg.num_heads = positive_int(c, "num_attention_heads", where);
+  cfg.ffn_dim = positive_int(c, "ffn_dim", where);
+  cfg.max_positions = positive_int(c, "max_position_embeddings", where);
+  cfg.embed_dim = c.contains("word_embed_proj_dim") && !c.at("word_embed_proj_dim").is_null()
+                      ? positive_int(c, "word_embed_proj_dim", where)
+                      : cfg.hidden_size;
+  if (cfg.hidden_size % cfg.num_heads != 0)
+    throw InvalidArgument(detail::concat(where, ": hidden_size ", cfg.hidden_size,
+                                         " is not a multiple of num_attention_heads ", cfg.num_heads));
+  cfg.head_dim = cfg.hidden_size / cfg.num_heads;
+  if (cfg.head_dim % 8 != 0 || cfg.head_dim > 256)
+    throw InvalidArgument(detail::concat(where, ": head dimension ", cfg.head_dim, " (hidden_size ", cfg.hidden_size,
+                                         " / ", cfg.num_heads, " heads) is not supported: the attention kernel needs "
+                                         "a multiple of 8 up to 256"));
+  cfg.pre_norm = flag(c, "do_layer_norm_before", true, where);
+  cfg.final_norm = cfg.pre_norm && !flag(c, "_remove_final_layer_norm", false, where);
+  cfg.norm_affine = flag(c, "layer_norm_elementwise_affine", true, where);
+  cfg.bias = flag(c, "enable_bias", true, where);
+  cfg.tied_head = flag(c, "tie_word_embeddings", true, where);
+  const std::string act = c.contains("activation_function") && c.at("activation_function").is_string()
+                              ? c.at("activation_function").get<std::string>()
+                              : std::string("relu");
+  try {
+    cfg.activation = activation_from_name(act.c_str());
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(detail::concat(where, ": activation_function '", act,
+                                         "' is not supported (supported: relu, gelu, silu)"));
+  }
+  cfg.eos_token_id = token_id(c, "eos_token_id", 2);
+  cfg.bos_token_id = token_id(c, "bos_token_id", 2);
+  if (cfg.eos_token_id >= cfg.vocab_size) cfg.eos_token_id = -1;
+  return cfg;
+}
+
+// --- decoder layer --------------------------------------------------------
+
+class OptDecoderLayer {
+ public:
+  OptDecoderLayer(const Checkpoint& ckpt, const OptConfig& cfg, int index, const DeviceBuffer& ones,
+                  cudaStream_t stream)
+      : index_(index), range_name_("layer " + std::to_string(index)) {
+    const std::string p = "model.decoder.layers." + std::to_string(index) + ".";
+    const int64_t h = cfg.hidden_size, f = cfg.ffn_dim;
+    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, h, h, stream);
+    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, h, h, stream);
+    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, h, h, stream);
+    out_ = load_linear(ckpt, p + "self_attn.out_proj", cfg.bias, h, h, stream);
+    fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, f, h, stream);
+    fc2_ = load_linear(ckpt, p + "fc2", cfg.bias, h, f, stream);
+    attn_norm_ = load_norm(ckpt, p + "self_attn_layer_norm", cfg, ones, stream);
+    ffn_norm_ = load_norm(ckpt, p + "final_layer_norm", cfg, ones, stream);
+  }
+
+  size_t weight_bytes(const OptConfig& cfg, DType dtype) const {
+    size_t bytes = 0;
+    for (const Linear* l : linears()) bytes += l->device_bytes();
+    if (cfg.norm_affine) bytes += 4 * size_t(cfg.hidden_size) * dtype_size(dtype);
+    return bytes;
+  }
+
+  size_t spmm_workspace_bytes(int64_t max_n) const {
+    size_t bytes = 0;
+    for (const Linear* l : linears()) bytes = std::max(bytes, l->spmm_workspace_bytes(max_n));
+    return bytes;
+  }
+
+  // Pre-LN:   h += fc2_out (pending from the previous layer; none for layer 0)
+  //           h += out_proj(attn(LN1(h)));  fc2_out = FFN(LN2(h))   (left pending)
+  // Post-LN:  h = LN1(h + out_proj(attn(h)));  h = LN2(h + FFN(h))
+  void forward(const OptModel& m, const OptForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
+    NvtxRange layer_range(range_name_.c_str());
+    const OptConfig& cfg = m.config_;
+    const int64_t t = b.tokens_count, h = cfg.hidden_size;
+    const DType dt = m.dtype_;
+
+    NormParams norm;
+    norm.n = t;
+    norm.width = h;
+    norm.eps = cfg.norm_eps;
+    norm.kind = NormKind::kLayerNorm;
+    norm.dtype = dt;
+
+    const void* attn_in = m.hidden_.data();
+    if (cfg.pre_norm) {
+      NvtxRange r("attention norm");
+      norm.x = index_ == 0 ? nullptr : m.fc2_out_.data();
+      norm.residual = m.hidden_.data();
+      norm.gamma = attn_norm_.gamma_ptr;
+      norm.beta = attn_norm_.beta_ptr;
+      norm.out = m.normed_.data();
+      sparsellm::norm(norm, stream);
+      attn_in = m.normed_.data();
+    }
+    {
+      NvtxRange r("qkv");
+      q_->forward(attn_in, m.q_.data(), t, m.linear_ws_, stream);
+      k_->forward(attn_in, m.k_.data(), t, m.linear_ws_, stream);
+      v_->forward(attn_in, m.v_.data(), t, m.linear_ws_, stream);
+    }
+    const KvCacheView view = cache.layer(index_);
+    {
+      NvtxRange r("kv cache write");
+      KvCacheWriteParams kw;
+      kw.k = m.k_.data();
+      kw.v = m.v_.data();
+      kw.k_stride = h;
+      kw.v_stride = h;
+      kw.cache = view;
+      kw.place = b.place;
+      kw.tokens = t;
+      kw.dtype = dt;
+      kv_cache_write(kw, stream);
+    }
+    {
+      NvtxRange r("attention");
+      AttentionParams ap;
+      ap.q = m.q_.data();
+      ap.q_stride = h;
+      ap.cache = view;
+      ap.place = b.place;
+      ap.out = m.attn_.data();
+      ap.tokens = t;
+      ap.heads = cfg.num_heads;
+      ap.max_positions = b.max_positions;
+      ap.scale = 1.0f / std::sqrt(float(cfg.head_dim));
+      ap.workspace = m.attention_ws_.data();
+      ap.workspace_bytes = m.attention_ws_bytes_;
+      ap.dtype = dt;
+      attention(ap, stream);
+    }
+    void* proj = m.q_.data();  // q is dead after attention
+    {
+      NvtxRange r("out_proj");
+      out_->forward(m.attn_.data(), proj, t, m.linear_ws_, stream);
+    }
+    const void* ffn_in;
+    {
+      // Pre-LN: h += proj, x = LN2(h).  Post-LN: h = LN1(h + proj), x = h.
+      NvtxRange r("residual norm");
+      const NormWeights& w = cfg.pre_norm ? ffn_norm_ : attn_norm_;
+      norm.x = proj;
+      norm.residual = m.hidden_.data();
+      norm.gamma = w.gamma_ptr;
+      norm.beta = w.beta_ptr;
+      norm.out = cfg.pre_norm ? m.normed_.data() : m.hidden_.data();
+      sparsellm::norm(norm, stream);
+      ffn_in = norm.out;
+    }
+    {
+      NvtxRange r("ffn");
+      fc1_->forward(ffn_in, m.ffn_.data(), t, m.linear_ws_, stream);
+      ActivationParams act;
+      act.x = m.ffn_.data();
+      act.n = t * cfg.ffn_dim;
+      act.kind = cfg.activation;
+      act.dtype = dt;
+      activation(act, stream);
+      fc2_->forward(m.ffn_.data(), m.fc2_out_.data(), t, m.linear_ws_, stream);
+    }
+    if (!cfg.pre_norm) {
+      NvtxRange r("output norm");
+      norm.x = m.fc2_out_.data();
+      norm.residual = m.hidden_.data();
+      norm.gamma = ffn_norm_.gamma_ptr;
+      norm.beta = ffn_norm_.beta_ptr;
+      norm.out = m.hidden_.data();
+      sparsellm::norm(norm, stream);
+    }
+  }
+
+ private:
+  std::vector<const Linear*> linears() const {
+    return {q_.get(), k_.get(), v_.get(), out_.get(), fc1_.get(), fc2_.get()};
+  }
+
+  int index_;
+  std::string range_name_;
+  std::unique_ptr<Linear> q_, k_, v_, out_, fc1_, fc2_;
+  NormWeights attn_norm_, ffn_norm_;
+};
+
+// --- model ----------------------------------------------------------------
+
+OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tokens, int64_t max_outputs,
+                   int32_t max_seq, cudaStream_t stream)
+    : config_(cfg), dtype_(ckpt.dtype()), max_tokens_(max_tokens), max_outputs_(max_outputs) {
+  SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens,
+                      "OPT model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
+  const int64_t h = cfg.hidden_size, e = cfg.embed_dim, v = cfg.vocab_size, f = cfg.ffn_dim;
+  const size_t es = dtype_size(dtype_);
+  const bool projected = e != h;
+
+  // Unit gamma for norms without learned parameters.
+  {
+    std::vector<uint16_t> ones(size_t(std::max(h, e)), one_bits(dtype_));
+    ones_ = DeviceBuffer(ones.size() * es, "LayerNorm unit gamma");
+    ones_.upload(ones.data(), ones.size() * es, stream);  // pageable: staged before returning
+  }
+
+  // Weights.
+  {
+    NvtxRange r("load weights");
+    expect_shape(ckpt, "model.decoder.embed_tokens.weight", {v, e});
+    embed_tokens_ = upload_dense(ckpt, "model.decoder.embed_tokens.weight", stream);
+    expect_shape(ckpt, "model.decoder.embed_positions.weight", {int64_t(cfg.max_positions) + 2, h});
+    embed_positions_ = upload_dense(ckpt, "model.decoder.embed_positions.weight", stream);
+    weight_bytes_ += embed_tokens_.bytes() + embed_positions_.bytes();
+    if (projected) {
+      project_in_ = load_linear(ckpt, "model.decoder.project_in", false, h, e, stream);
+      project_out_ = load_linear(ckpt, "model.decoder.project_out", false, e, h, stream);
+      weight_bytes_ += project_in_->device_bytes() + project_out_->device_bytes();
+    } else if (ckpt.has("model.decoder.project_in.weight") || ckpt.has("model.decoder.project_out.weight")) {
+      throw FormatError(ckpt.rank_file() + ": holds project_in/project_out although word_embed_proj_dim equals "
+                                           "hidden_size");
+    }
+    if (cfg.final_norm && cfg.norm_affine) {
+      final_gamma_ = upload_vector(ckpt, "model.decoder.final_layer_norm.weight", h, stream);
+      final_beta_ = upload_vector(ckpt, "model.decoder.final_layer_norm.bias", h, stream);
+      weight_bytes_ += final_gamma_.bytes() + final_beta_.bytes();
+    }
+    if (cfg.tied_head) {
+      lm_head_ = std::make_unique<Linear>(Linear::dense_view(embed_tokens_.data(), v, e, dtype_));
+    } else {
+      lm_head_ = load_linear(ckpt, "lm_head", false, v, e, stream);
+      weight_bytes_ += lm_head_->device_bytes();
+    }
+    layers_.reserve(size_t(cfg.num_layers));
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      layers_.push_back(std::make_unique<OptDecoderLayer>(ckpt, cfg, l, ones_, stream));
+      weight_bytes_ += layers_.back()->weight_bytes(cfg, dtype_);
+    }
+    if (ckpt.has("model.decoder.layers." + std::to_string(cfg.num_layers) + ".fc1.weight"))
+      throw FormatError(detail::concat(ckpt.rank_file(), ": holds more decoder layers than num_hidden_layers = ",
+                                       cfg.num_layers));
+  }
+
+  // Activations and workspaces, sized once.
+  auto alloc = [&](DeviceBuffer& buf, int64_t rows, int64_t width, const char* what) {
+    buf = DeviceBuffer(size_t(rows) * size_t(width) * es, std::string("activations: ") + what);
+    workspace_bytes_ += buf.bytes();
+  };
+  alloc(hidden_, max_tokens, h, "hidden states");
+  alloc(normed_, max_tokens, h, "normed hidden states");
+  alloc(q_, max_tokens, h, "queries");
+  alloc(k_, max_tokens, h, "keys");
+  alloc(v_, max_tokens, h, "values");
+  alloc(attn_, max_tokens, h, "attention output");
+  alloc(ffn_, max_tokens, f, "FFN hidden");
+  alloc(fc2_out_, max_tokens, h, "FFN output");
+  alloc(last_, max_outputs, h, "output rows");
+  alloc(last_normed_, max_outputs, h, "normed output rows");
+  if (projected) {
+    alloc(embed_tmp_, max_tokens, e, "token embeddings");
+    alloc(last_proj_, max_outputs, e, "projected output rows");
+  }
+
+  // The split over keys (and so the workspace) grows with max_positions but is
+  // not monotone in the token count: take the largest over every count a
+  // forward may see (a host-only formula, cheap).
+  attention_ws_bytes_ = 0;
+  for (int64_t t = 1; t <= max_tokens; ++t)
+    attention_ws_bytes_ =
+        std::max(attention_ws_bytes_, attention_workspace_bytes(t, cfg.num_heads, cfg.head_dim, max_seq));
+  attention_ws_ = DeviceBuffer(std::max<size_t>(attention_ws_bytes_, 256), "attention workspace");
+  workspace_bytes_ += attention_ws_.bytes();
+
+  size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
+  for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));
+  if (projected) {
+    spmm_bytes = std::max(spmm_bytes, project_in_->spmm_workspace_bytes(max_tokens));
+    spmm_bytes = std::max(spmm_bytes, project_out_->spmm_workspace_bytes(max_outputs));
+  }
+  if (spmm_bytes > 0) {
+    spmm_ws_ = DeviceBuffer(spmm_bytes, "SpMM workspace");
+    spmm_ws_.zero(stream);  // the SpMM kernels return their counters to zero
+    workspace_bytes_ += spmm_ws_.bytes();
+  }
+  gemm_ws_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "cuBLASLt workspace");
+  workspace_bytes_ += gemm_ws_.bytes();
+  linear_ws_.spmm = spmm_ws_.data();
+  linear_ws_.spmm_bytes = spmm_ws_.bytes();
+  linear_ws_.gemm = gemm_ws_.data();
+  linear_ws_.gemm_bytes = gemm_ws_.bytes();
+}
+
+OptModel::~OptModel() = default;
+
+void OptModel::forward(const OptForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
+  const OptConfig& cfg = config_;
+  SPARSELLM_CHECK_ARG(b.tokens_count >= 1 && b.tokens_count <= max_tokens_, "OPT forward: ", b.tokens_count,
+                      " tokens, the workspace holds 1 to ", max_tokens_);
+  SPARSELLM_CHECK_ARG(b.outputs >= 0 && b.outputs <= max_outputs_, "OPT forward: ", b.outputs,
+                      " output rows, the workspace holds 0 to ", max_outputs_);
+  SPARSELLM_CHECK_ARG(b.max_positions >= 1 && b.max_positions <= cache.max_seq() &&
+                          b.max_positions <= cfg.max_positions,
+                      "OPT forward: max_positions ", b.max_positions, " outside [1, ",
+                      std::min(cache.max_seq(), cfg.max_positions), "]");
+  SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
+                      "OPT forward: a device pointer is null");
+  const int64_t t = b.tokens_count, h = cfg.hidden_size, e = cfg.embed_dim;
+  const bool projected = e != h;
+
+  {
+    NvtxRange r("embedding");
+    EmbeddingParams emb;
+    emb.table = embed_tokens_.data();
+    emb.ids = b.tokens;
+    emb.out = projected ? embed_tmp_.data() : hidden_.data();
+    emb.n = t;
+    emb.width = e;
+    emb.rows = cfg.vocab_size;
+    emb.dtype = dtype_;
+    embedding(emb, stream);
+    if (projected) project_in_->forward(embed_tmp_.data(), hidden_.data(), t, linear_ws_, stream);
+    EmbeddingParams pos;
+    pos.table = embed_positions_.data();
+    pos.ids = b.place.position;
+    pos.out = hidden_.data();
+    pos.n = t;
+    pos.width = h;
+    pos.rows = int64_t(cfg.max_positions) + 2;
+    pos.offset = 2;  // OPT's learned positions start at row 2
+    pos.accumulate = true;
+    pos.dtype = dtype_;
+    embedding(pos, stream);
+  }
+
+  for (const auto& layer : layers_) layer->forward(*this, b, cache, stream);
+  if (b.outputs == 0) return;  // a prefill chunk in which no prompt ends
+
+  NvtxRange r("lm head");
+  // Gather the output rows of the residual stream (plus the pending FFN output of pre-LN models).
+  EmbeddingParams gather;
+  gather.table = hidden_.data();
+  gather.ids = b.out_rows;
+  gather.out = last_.data();
+  gather.n = b.outputs;
+  gather.width = h;
+  gather.rows = t;
+  gather.dtype = dtype_;
+  embedding(gather, stream);
+  if (cfg.pre_norm) {
+    gather.table = fc2_out_.data();
+    gather.accumulate = true;
+    embedding(gather, stream);
+  }
+  const void* x = last_.data();
+  if (cfg.final_norm) {
+    NormParams norm;
+    norm.x = last_.data();
+    norm.gamma = cfg.norm_affine ? final_gamma_.data() : ones_.data();
+    norm.beta = cfg.norm_affine ? final_beta_.data() : nullptr;
+    norm.out = last_normed_.data();
+    norm.n = b.outputs;
+    norm.width = h;
+    norm.eps = cfg.norm_eps;
+    norm.dtype = dtype_;
+    sparsellm::norm(norm, stream);
+    x = last_normed_.data();
+  }
+  if (projected) {
+    project_out_->forward(x, last_proj_.data(), b.outputs, linear_ws_, stream);
+    x = last_proj_.data();
+  }
+  lm_head_->forward(x, b.logits, b.outputs, linear_ws_, stream);
+}
+
+}  // namespace sparsellm

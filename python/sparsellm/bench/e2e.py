@@ -1,0 +1,733 @@
+"""End-to-end generation benchmark: prefill and decode latency, tokens/s, tokens per
+GPU-second and peak GPU memory of random-weight OPT models of real shapes, dense and
+pruned to several sparsities in each sparse format, in our runtime (``sparsellm.LLM``)
+and — with ``--hf`` — in Hugging Face transformers (fp16, same card, static and default
+dynamic cache) at the same settings. Nothing to download.
+
+Per model, one checkpoint per (sparsity, format) is converted into the work directory
+(``convert_random``: magnitude pruning per row, seeded, so every sparsity of a model
+prunes the same random weights), loaded once with max_batch = the largest batch that
+fits, and run greedily on random prompt ids at each batch: one warm-up generate, then
+``--reps`` timed ones (median). A checkpoint is deleted once measured unless ``--keep``;
+conversions run ``--jobs`` at a time ahead of the GPU, within the free disk space.
+Conversion is CPU-bound (drawing, magnitude-pruning and encoding every tensor): about
+5–10 s per 10⁸ parameters per job (opt-125m, opt-350m) — 10–20 minutes per
+OPT-13B checkpoint, so
+``--convert-only --keep`` can prepare the work directory ahead of a timed run.
+
+Timing, for both implementations:
+  prefill_ms          the prompt's forward pass up to the first new token
+  decode_ms_per_step  (total − prefill) / (gen_len − 1): one new token for every sequence
+  tokens_per_s        batch · gen_len / (prefill + decode_ms_per_step · (gen_len − 1))
+  floor_ms            weight bytes ÷ the device-to-device copy rate measured in the same
+                      run (read + write bytes ÷ time, as in bench/spmm.py): the decode step
+                      of a runtime that only streams its weights; floor_ratio = decode/floor
+
+Configurations that cannot run (checkpoint larger than the free disk, weights + KV cache
+larger than the GPU) are skipped with a message in the output and in the JSON
+(``skipped``), never silently. Writes e2e-<gpu>.json, .md and .png into ``--out``, after
+every configuration, so that an interrupted run keeps what it measured; ``--append``
+merges into an existing JSON (e.g. one model per invocation).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GIB = float(1 << 30)
+RECORD_FIELDS = ("model", "tp", "gpus", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity", "prefill_ms",
+                 "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
+# GPU memory that neither the weights nor the KV cache take: CUDA context, cuBLAS workspaces, torch's allocator
+GPU_RESERVE_BYTES = 2 << 30
+DISK_RESERVE_BYTES = 2 << 30
+DEFAULT_JOBS = max(1, min(4, (os.cpu_count() or 1) // 4))  # each job also runs multithreaded torch ops
+HEARTBEAT_S = 60  # progress line while waiting for a conversion
+CONVERT_PARAMS_PER_S = 1.5e7  # one conversion job's rate, measured on opt-125m / opt-350m (for estimates)
+
+
+def conversion_estimate_s(jobs: list, parallel: int) -> float:
+    """Rough wall time to convert ``jobs`` ``parallel`` at a time."""
+    return sum(job.shape.params for job in jobs) / CONVERT_PARAMS_PER_S / max(1, min(parallel, len(jobs) or 1))
+FIRST_TOKEN_ID = 3  # OPT: 0 <s>-like, 1 pad, 2 eos; random prompts avoid them
+
+
+DEFAULTS = dict(models="opt-13b,opt-30b", batches="1,8,16,32,64", sparsities="0,0.5,0.7,0.8", gen_len=256)
+QUICK = dict(models="opt-125m", batches="1,8", sparsities="0,0.7", gen_len=32)
+
+
+def _csv(kind, text: str) -> list:
+    return [kind(v) for v in text.split(",") if v.strip()]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", default="docs/benchmarks", help="output directory (default docs/benchmarks)")
+    p.add_argument("--models", help=f"comma-separated OPT shapes of sparsellm.convert.NAMED_CONFIGS or "
+                                    f"config.json paths (default {DEFAULTS['models']})")
+    p.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
+    p.add_argument("--sparsities", help=f"0 is the dense model (default {DEFAULTS['sparsities']})")
+    p.add_argument("--formats", default="tiled_csl",
+                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl)")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, help=f"new tokens per sequence (default {DEFAULTS['gen_len']})")
+    p.add_argument("--hf", action="store_true", help="also Hugging Face transformers fp16 (static and dynamic cache)")
+    p.add_argument("--quick", action="store_true",
+                   help="defaults of a quick check: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    p.add_argument("--workdir", help="where checkpoints are converted (default: OUT/e2e-work)")
+    p.add_argument("--keep", action="store_true", help="keep the converted checkpoints (and reuse them next time)")
+    p.add_argument("--convert-only", action="store_true",
+                   help="only convert the checkpoints into --workdir (implies --keep)")
+    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                   help=f"conversions running at once (default: CPU cores / 4, 1 to 4: here {DEFAULT_JOBS})")
+    p.add_argument("--reps", type=int, default=2, help="timed generates per batch (median; default 2)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run our decode steps without CUDA graphs")
+    p.add_argument("--append", action="store_true", help="merge into an existing e2e-<gpu>.json")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the random weights and prompts")
+
+
+# ----------------------------------------------------------------------------------------------- estimates
+
+@dataclass
+class ModelShape:
+    """What the estimates need of a named OPT shape."""
+    name: str
+    hf_config: Any = field(repr=False)  # the transformers config
+    tensors: list[tuple[int, bool]] = field(repr=False)  # (elements, pruned) per tensor
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.hf_config.to_dict()
+
+    @property
+    def params(self) -> int:
+        return sum(n for n, _ in self.tensors)
+
+    def checkpoint_bytes(self, sparsity: float, fmt: str) -> int:
+        """Bytes of the converted fp16 checkpoint (docs/formats.md): per element of a pruned
+        weight at density d, Tiled-CSL stores 4d (value + in-tile position), bitmap 2d + 0.127
+        (a 1,040-byte mask and row header per 128×64 tile); + 2% for offsets and padding."""
+        per_element = {"tiled_csl": lambda d: 4 * d, "bitmap": lambda d: 2 * d + 1040 / 8192}
+        total = 0
+        for n, pruned in self.tensors:
+            if pruned and fmt in per_element and sparsity > 0:
+                total += int(per_element[fmt](1.0 - sparsity) * n * 1.02)
+            else:
+                total += 2 * n
+        return total + (1 << 20)
+
+    def kv_bytes(self, batch: int, seq_len: int) -> int:
+        c = self.config
+        return 2 * c["num_hidden_layers"] * batch * seq_len * c["hidden_size"] * 2
+
+    def workspace_bytes(self, batch: int, prompt_len: int) -> int:
+        """Activations of a prefill of batch × prompt_len tokens (fp16) and fp32 logits."""
+        c = self.config
+        tokens = batch * prompt_len
+        return tokens * (4 * c["hidden_size"] + c["ffn_dim"]) * 2 * 2 + batch * c["vocab_size"] * 4 * 2
+
+
+def model_shape(name: str) -> ModelShape:
+    from math import prod
+
+    from sparsellm.convert.architectures import architecture_of
+    from sparsellm.convert.model_plan import model_plan
+    from sparsellm.convert.random_model import random_model_config
+
+    config, description = random_model_config(name)
+    plan = model_plan(config, architecture_of(config, description))
+    return ModelShape(name, config, [(prod(t.shape), t.pruned) for t in plan.tensors])
+
+
+def gpu_tag(name: str) -> str:
+    return name.replace("NVIDIA ", "").replace(" ", "-").lower()
+
+
+def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(FIRST_TOKEN_ID, vocab, size=(batch, prompt_len)).tolist()
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+@dataclass
+class Job:
+    """One checkpoint: a model shape at one sparsity in one format."""
+    shape: ModelShape
+    sparsity: float
+    fmt: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Directory name of the checkpoint (a shape given as a config.json path is flattened)."""
+        shape = re.sub(r"[^A-Za-z0-9._-]+", "_", self.shape.name).strip("_")
+        return f"{shape}-{self.fmt}-s{round(self.sparsity * 100):02d}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape.name} {self.fmt} {self.sparsity:.0%}"
+
+    @property
+    def bytes(self) -> int:
+        return self.shape.checkpoint_bytes(self.sparsity, self.fmt)
+
+
+def _convert(name: str, out: str, sparsity: float, fmt: str, seed: int) -> float:
+    """convert_random in a worker process; returns the seconds it took."""
+    from sparsellm.convert import convert_random
+
+    start = time.perf_counter()
+    convert_random(name, out, sparsity=sparsity, format=fmt, seed=seed, progress=False)
+    return time.perf_counter() - start
+
+
+def _reusable(path: Path, job: Job) -> bool:
+    """An existing checkpoint at ``path`` made from the same shape, seed, sparsity and format."""
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        from sparsellm.convert import read_config
+
+        config = read_config(path)
+    except Exception:
+        return False
+    source, pruning = config.get("source", {}), config.get("pruning", {})
+    formats = {t["format"] for t in config["tensors"].values() if t["pruned"]}
+    want = {"dense"} if job.fmt == "dense" or job.sparsity == 0 else {job.fmt}
+    return (source.get("config") == job.shape.name and source.get("seed") == job.seed
+            and math.isclose(pruning.get("sparsity") or 0.0, job.sparsity) and formats == want)
+
+
+class CheckpointPipeline:
+    """Converts the jobs' checkpoints into ``workdir``, up to ``jobs`` at once ahead of their use,
+    never more at once than the free disk space holds. ``ready(i)`` waits for job i's checkpoint
+    and returns its path, or None (with a message) when it could not be made; ``done(i)`` deletes
+    it unless ``keep``."""
+
+    def __init__(self, job_list: list[Job], workdir: Path, jobs: int, keep: bool, log) -> None:
+        self.jobs, self.workdir, self.keep, self.log = job_list, workdir, keep, log
+        self.pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) if job_list else None
+        self.width = max(1, jobs)
+        self.futures: dict[int, Any] = {}
+        self.reused: set[int] = set()
+        self.skipped: dict[int, str] = {}
+        self.in_use: set[int] = set()  # checkpoints handed out by ready() and not yet done()
+        self.next = 0
+
+    def path(self, i: int) -> Path:
+        return self.workdir / self.jobs[i].name
+
+    def _pending_bytes(self) -> int:
+        return sum(self.jobs[i].bytes for i, f in self.futures.items() if not f.done())
+
+    def _fill(self) -> None:
+        while self.next < len(self.jobs) and len(self.futures) < self.width:
+            i, job = self.next, self.jobs[self.next]
+            path = self.path(i)
+            if _reusable(path, job):
+                self.log(f"  reusing {path}")
+                self.reused.add(i)
+                self.next += 1
+                continue
+            free = shutil.disk_usage(self.workdir).free - self._pending_bytes() - DISK_RESERVE_BYTES
+            if job.bytes > free:
+                if (self.futures or self.in_use) and not self.keep:
+                    return  # wait until a checkpoint converting or in use is done and deleted
+                self.skipped[i] = (f"skipped {job.label}: its checkpoint needs ~{job.bytes / GIB:.1f} GiB, "
+                                   f"{self.workdir} has {max(free, 0) / GIB:.1f} GiB free (use --workdir elsewhere)")
+                self.log("  " + self.skipped[i])
+                self.next += 1
+                continue
+            if path.exists():
+                shutil.rmtree(path)
+            self.log(f"  converting {job.label} -> {path} (~{job.bytes / GIB:.1f} GiB)")
+            self.futures[i] = self.pool.submit(_convert, job.shape.name, str(path), job.sparsity, job.fmt, job.seed)
+            self.next += 1
+
+    def ready(self, i: int) -> Path | None:
+        # called for i = 0, 1, 2, ... with every earlier job done: nothing else holds the disk
+        # when job i is not started yet, so _fill() starts, reuses or skips it
+        self._fill()
+        assert i < self.next, "CheckpointPipeline.ready() must be called in job order"
+        if i in self.skipped:
+            return None
+        if i in self.reused:
+            self.in_use.add(i)
+            return self.path(i)
+        future = self.futures.pop(i)
+        waited = time.perf_counter()
+        try:
+            while True:
+                try:
+                    seconds = future.result(timeout=HEARTBEAT_S)
+                    break
+                except FuturesTimeout:
+                    self.log(f"  ... still converting {self.jobs[i].label} "
+                             f"(waiting {time.perf_counter() - waited:.0f} s)")
+        except Exception as exc:  # report, go on with the other configurations
+            self.skipped[i] = f"skipped {self.jobs[i].label}: conversion failed: {exc}"
+            self.log("  " + self.skipped[i])
+            shutil.rmtree(self.path(i), ignore_errors=True)
+            self._fill()
+            return None
+        self.log(f"  converted {self.jobs[i].label} in {seconds:.0f} s "
+                 f"(waited {time.perf_counter() - waited:.0f} s for it)")
+        self.in_use.add(i)
+        self._fill()
+        return self.path(i)
+
+    def done(self, i: int) -> None:
+        self.in_use.discard(i)
+        if not self.keep:
+            shutil.rmtree(self.path(i), ignore_errors=True)
+        self._fill()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if not self.keep:
+            for i in list(self.futures) + list(self.in_use):
+                shutil.rmtree(self.path(i), ignore_errors=True)
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+def measure_copy_gbps() -> float:
+    """The device-to-device copy rate of the current GPU (bench/timing.py), its buffers freed after."""
+    import torch
+
+    from sparsellm.bench.timing import Timer
+
+    timer = Timer(torch, torch.device("cuda", torch.cuda.current_device()))
+    gbps = timer.copy_gbps()
+    del timer
+    torch.cuda.empty_cache()
+    return gbps
+
+
+def measure_llm(llm, prompts: list[list[int]], gen_len: int, reps: int) -> dict[str, float]:
+    """One warm-up generate (CUDA graph capture, allocator, clocks), then ``reps`` timed ones:
+    greedy, no stop at EOS, so that every sequence makes gen_len tokens. Medians; the peak
+    memory is the largest seen. Returns the record's timing fields plus the token ids."""
+    llm.generate(prompts, max_new_tokens=gen_len, temperature=0.0, stop_at_eos=False)
+    runs, tokens = [], None
+    for _ in range(max(1, reps)):
+        out = llm.generate(prompts, max_new_tokens=gen_len, temperature=0.0, stop_at_eos=False)
+        runs.append(dict(llm.last_stats))
+        tokens = [g.token_ids for g in out]
+    prefill = statistics.median(r["prefill_ms"] for r in runs)
+    decode = statistics.median(r["decode_ms_per_step"] for r in runs)
+    return dict(prefill_ms=prefill, decode_ms_per_step=decode,
+                peak_mem_bytes=max(r.get("peak_mem_bytes", 0) for r in runs),
+                weight_bytes=runs[-1].get("weight_bytes", 0), tokens=tokens)
+
+
+def throughput(batch: int, gen_len: int, prefill_ms: float, decode_ms: float) -> float:
+    total_ms = prefill_ms + decode_ms * max(gen_len - 1, 0)
+    return batch * gen_len * 1e3 / total_ms if total_ms > 0 else float("nan")
+
+
+def fits_gpu(shape: ModelShape, weight_bytes: int, batch: int, prompt_len: int, seq_len: int, gpu_bytes: int) -> bool:
+    need = weight_bytes + shape.kv_bytes(batch, seq_len) + shape.workspace_bytes(batch, prompt_len) + GPU_RESERVE_BYTES
+    return need <= gpu_bytes
+
+
+def hf_random_model(torch, shape: ModelShape, device, seed: int):
+    """OPTForCausalLM in fp16 with random weights, built on the meta device and materialized on
+    the GPU (never in host memory): the same distribution as the converter's random weights."""
+    from transformers import OPTForCausalLM
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        with torch.device("meta"):
+            model = OPTForCausalLM(shape.hf_config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.to_empty(device=device)
+    model.tie_weights()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+            if p.ndim == 1 and name.endswith("weight") and "norm" in name.rpartition(".")[0].rpartition(".")[2]:
+                p.add_(1.0)
+    return model.eval()
+
+
+def hf_measure(torch, model, prompts, gen_len: int, cache: str, reps: int) -> dict[str, float]:
+    """Prefill = generate with 1 new token; decode = (full generate − prefill) / (gen_len − 1).
+    ``cache``: "static" (transformers compiles the decode step) or "dynamic" (its default)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    ids = torch.tensor(prompts, device=device)
+    mask = torch.ones_like(ids)
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+
+    def generate_ms(new_tokens: int) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=1, **extra)
+        if cuda:
+            torch.cuda.synchronize(device)
+        assert out.shape == (ids.shape[0], ids.shape[1] + new_tokens), out.shape
+        return (time.perf_counter() - start) * 1e3
+
+    with torch.inference_mode():
+        for _ in range(2 if cache == "static" else 1):  # compilation and its cudagraph warm-up
+            generate_ms(gen_len)
+        generate_ms(1)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        prefill = statistics.median(generate_ms(1) for _ in range(max(1, reps)))
+        full = statistics.median(generate_ms(gen_len) for _ in range(max(1, reps)))
+    decode = (full - prefill) / max(gen_len - 1, 1)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else 0
+    return dict(prefill_ms=prefill, decode_ms_per_step=decode, peak_mem_bytes=peak)
+
+
+def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dict, copy_gbps: float) -> dict:
+    tps = throughput(batch, args.gen_len, m["prefill_ms"], m["decode_ms_per_step"])
+    rec = dict(model=shape.name, tp=1, gpus=1, batch=batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
+               impl=impl, format=fmt, sparsity=sparsity, prefill_ms=round(m["prefill_ms"], 3),
+               decode_ms_per_step=round(m["decode_ms_per_step"], 4), tokens_per_s=round(tps, 1),
+               tokens_per_gpu_s=round(tps, 1), peak_mem_gib=round(m["peak_mem_bytes"] / GIB, 3), setting=setting)
+    if m.get("weight_bytes"):
+        floor_ms = m["weight_bytes"] / (copy_gbps * 1e9) * 1e3
+        rec.update(weight_gib=round(m["weight_bytes"] / GIB, 3), floor_ms=round(floor_ms, 4),
+                   floor_ratio=round(m["decode_ms_per_step"] / floor_ms, 3))
+    return rec
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+def _settings(args) -> None:
+    for name, value in (QUICK if args.quick else DEFAULTS).items():  # what the command line leaves unset
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("prompt_len", "gen_len", "jobs", "reps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    args.model_list = _csv(str, args.models)
+    args.batch_list = sorted(set(_csv(int, args.batches)))
+    args.sparsity_list = sorted(set(_csv(float, args.sparsities)))
+    args.format_list = _csv(str, args.formats)
+    if not args.model_list or not args.batch_list or not args.sparsity_list:
+        raise ValueError("--models, --batches and --sparsities must each name at least one value")
+    if any(b < 1 for b in args.batch_list):
+        raise ValueError("--batches must be positive")
+    if any(not 0 <= s < 1 for s in args.sparsity_list):
+        raise ValueError("--sparsities must be in [0, 1)")
+    if "dense" in args.format_list or "auto" in args.format_list:
+        raise ValueError("--formats names sparse formats (sparsity 0 is the dense model)")
+    from sparsellm.convert import NAMED_CONFIGS
+    from sparsellm.convert.encoding import check_format
+
+    for fmt in args.format_list:
+        check_format(fmt)
+    for name in args.model_list:
+        if not (name in NAMED_CONFIGS and name.startswith("opt-")) and not Path(name).is_file():
+            raise ValueError(f"unknown model shape {name!r}: one of "
+                             f"{', '.join(n for n in NAMED_CONFIGS if n.startswith('opt-'))}, or a config.json")
+
+
+def _jobs(args) -> list[Job]:
+    jobs = []
+    for name in args.model_list:
+        shape = model_shape(name)
+        for s in args.sparsity_list:
+            for fmt in (["dense"] if s == 0 else args.format_list):
+                jobs.append(Job(shape, s, fmt, args.seed))
+    return jobs
+
+
+def run(args) -> int:
+    _settings(args)
+    out = Path(args.out)
+    workdir = Path(args.workdir) if args.workdir else out / "e2e-work"
+    keep = args.keep or args.convert_only
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    jobs = _jobs(args)
+    seq_len = args.prompt_len + args.gen_len
+
+    if args.convert_only:
+        log(f"{len(jobs)} checkpoints into {workdir} (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min, "
+            f"{args.jobs} at a time, unless reused)")
+        workdir.mkdir(parents=True, exist_ok=True)
+        pipeline = CheckpointPipeline(jobs, workdir, args.jobs, keep=True, log=log)
+        try:
+            made = [pipeline.ready(i) for i in range(len(jobs))]
+        finally:
+            pipeline.close()
+        log(f"{sum(p is not None for p in made)} of {len(jobs)} checkpoints in {workdir}")
+        return 0 if all(p is not None for p in made) else 1
+
+    from sparsellm._native import require_gpu
+
+    try:
+        gpu = require_gpu()
+    except Exception as exc:
+        print(f"sparsellm bench e2e needs a CUDA GPU: {exc}", file=sys.stderr)
+        return 2
+    from sparsellm.bench.spmm import _commit
+    from sparsellm.llm import LLM
+
+    copy_gbps = measure_copy_gbps()
+    gpu_bytes = int(gpu["global_mem_bytes"])
+    tag = gpu_tag(gpu["name"])
+    out.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"e2e-{tag}.json"
+    previous = json.loads(json_path.read_text()) if args.append and json_path.exists() else None
+    doc = dict(gpu=gpu["name"], commit=_commit(), date=datetime.date.today().isoformat(),
+               copy_gbps=round(copy_gbps, 1),
+               settings=dict(models=args.model_list, batches=args.batch_list, sparsities=args.sparsity_list,
+                             formats=args.format_list, prompt_len=args.prompt_len, gen_len=args.gen_len,
+                             reps=args.reps, cuda_graphs=not args.no_cuda_graphs, seed=args.seed, hf=args.hf),
+               records=[], skipped=[])
+    log(f"{gpu['name']}: {gpu_bytes / GIB:.1f} GiB, copy bandwidth {copy_gbps:.0f} GB/s; "
+        f"{len(jobs)} checkpoints into {workdir} (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min "
+        f"of conversion, {args.jobs} at a time, unless reused)")
+
+    def skip(message: str) -> None:
+        log("  " + message)
+        doc["skipped"].append(message)
+
+    def save() -> None:
+        write_outputs(doc, out, tag, previous)
+
+    runnable = []  # (job, the batches whose weights + KV cache + workspaces fit the GPU)
+    for job in jobs:
+        batches = [b for b in args.batch_list
+                   if fits_gpu(job.shape, job.bytes, b, args.prompt_len, seq_len, gpu_bytes)]
+        for b in sorted(set(args.batch_list) - set(batches)):
+            skip(f"skipped {job.label} batch {b}: weights (~{job.bytes / GIB:.1f} GiB) + KV cache "
+                 f"(~{job.shape.kv_bytes(b, seq_len) / GIB:.1f} GiB) + workspaces do not fit "
+                 f"{gpu_bytes / GIB:.0f} GiB")
+        if batches:
+            runnable.append((job, batches))
+    pipeline = CheckpointPipeline([job for job, _ in runnable], workdir, args.jobs, keep, log)
+    try:
+        for i, (job, batches) in enumerate(runnable):
+            shape = job.shape
+            vocab = shape.config["vocab_size"]
+            path = pipeline.ready(i)
+            if path is None:
+                doc["skipped"].append(pipeline.skipped[i])
+                continue
+            log(f"{job.label}: loading {path} (max batch {max(batches)}, max length {seq_len})")
+            try:
+                llm = LLM(str(path), max_batch=max(batches), max_seq_len=seq_len,
+                          cuda_graphs=not args.no_cuda_graphs)
+            except Exception as exc:  # out of memory or an unsupported checkpoint: report, go on
+                skip(f"skipped {job.label}: loading failed: {type(exc).__name__}: {exc}")
+                pipeline.done(i)
+                continue
+            try:
+                for b in batches:
+                    prompts = random_prompts(b, args.prompt_len, vocab, args.seed + b)
+                    try:
+                        m = measure_llm(llm, prompts, args.gen_len, args.reps)
+                    except Exception as exc:
+                        skip(f"skipped {job.label} batch {b}: {type(exc).__name__}: {exc}")
+                        continue
+                    rec = _record(shape, b, args, "sparsellm", "cuda graphs" if not args.no_cuda_graphs else "eager",
+                                  job.fmt, job.sparsity, m, copy_gbps)
+                    doc["records"].append(rec)
+                    log(_line(rec))
+                    save()
+            finally:
+                llm.close()
+                del llm
+                pipeline.done(i)
+        if args.hf:
+            import torch
+
+            device = torch.device("cuda", torch.cuda.current_device())
+            for name in args.model_list:
+                _run_hf(torch, next(j.shape for j in jobs if j.shape.name == name), args, device, gpu_bytes,
+                        copy_gbps, doc, skip, save, log)
+    finally:
+        pipeline.close()
+        if not keep and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()
+    save()
+    print(summary_markdown(doc if previous is None else merged(previous, doc)))
+    return 0
+
+
+def _run_hf(torch, shape: ModelShape, args, device, gpu_bytes, copy_gbps, doc, skip, save, log) -> None:
+    weight_bytes = 2 * shape.params
+    seq_len = args.prompt_len + args.gen_len
+    if weight_bytes + GPU_RESERVE_BYTES > gpu_bytes:
+        skip(f"skipped hf {shape.name}: fp16 weights (~{weight_bytes / GIB:.1f} GiB) do not fit the GPU")
+        return
+    log(f"hf {shape.name}: materializing random fp16 weights on the GPU")
+    try:
+        model = hf_random_model(torch, shape, device, args.seed)
+    except Exception as exc:
+        skip(f"skipped hf {shape.name}: {type(exc).__name__}: {exc}")
+        torch.cuda.empty_cache()
+        return
+    try:
+        import torch._dynamo as dynamo
+
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, limit):
+                setattr(dynamo.config, limit, 64)
+        for cache in ("static", "dynamic"):
+            for b in args.batch_list:
+                if not fits_gpu(shape, weight_bytes, b, args.prompt_len, seq_len, gpu_bytes):
+                    skip(f"skipped hf {shape.name} {cache} cache batch {b}: weights + KV cache do not fit the GPU")
+                    continue
+                prompts = random_prompts(b, args.prompt_len, shape.config["vocab_size"], args.seed + b)
+                try:
+                    m = hf_measure(torch, model, prompts, args.gen_len, cache, args.reps)
+                except Exception as exc:  # out of memory, compile failures: report, go on
+                    skip(f"skipped hf {shape.name} {cache} cache batch {b}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                    torch.cuda.empty_cache()
+                    continue
+                m["weight_bytes"] = weight_bytes
+                rec = _record(shape, b, args, "hf", f"{cache} cache", "dense", 0.0, m, copy_gbps)
+                doc["records"].append(rec)
+                log(_line(rec))
+                save()
+                if cache == "static":
+                    dynamo.reset()  # a new batch size compiles anew; drop the old graphs
+    finally:
+        del model
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+def _line(r: dict) -> str:
+    floor = f" floor {r['floor_ms']:.2f} ms ({r['floor_ratio']:.2f}x)" if "floor_ms" in r else ""
+    return (f"  {r['model']} {r['impl']:9s} {r['setting']:13s} {r['format']:9s} s={r['sparsity']:.2f} "
+            f"batch {r['batch']:3d}: prefill {r['prefill_ms']:8.1f} ms, decode {r['decode_ms_per_step']:7.2f} ms/step, "
+            f"{r['tokens_per_s']:9.1f} tok/s, peak {r['peak_mem_gib']:.1f} GiB{floor}")
+
+
+def _key(r: dict) -> tuple:
+    return (r["model"], r["impl"], r.get("setting"), r["format"], r["sparsity"], r["batch"], r["prompt_len"],
+            r["gen_len"], r["tp"])
+
+
+def merged(previous: dict, doc: dict) -> dict:
+    """``doc`` with the records of ``previous`` that it does not measure again."""
+    keys = {_key(r) for r in doc["records"]}
+    out = dict(doc)
+    out["records"] = [r for r in previous.get("records", []) if _key(r) not in keys] + doc["records"]
+    out["skipped"] = previous.get("skipped", []) + doc["skipped"]
+    return out
+
+
+def write_outputs(doc: dict, out: Path, tag: str, previous: dict | None = None) -> None:
+    full = doc if previous is None else merged(previous, doc)
+    (out / f"e2e-{tag}.json").write_text(json.dumps(full, indent=1))
+    (out / f"e2e-{tag}.md").write_text(summary_markdown(full))
+    plot(full, out / f"e2e-{tag}.png")
+
+
+def _find(recs, **want):
+    return next((r for r in recs if all(r.get(k) == v for k, v in want.items())), None)
+
+
+def summary_markdown(doc: dict) -> str:
+    recs = sorted(doc["records"], key=lambda r: (r["model"], r["impl"] != "sparsellm", r.get("setting", ""),
+                                                 r["format"], r["sparsity"], r["batch"]))
+    s = doc.get("settings", {})
+    lines = [f"# End-to-end generation on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
+             f"Random-weight OPT models, fp16, prompt {s.get('prompt_len')} tokens, {s.get('gen_len')} new tokens, "
+             f"greedy. Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s; floor = weight bytes ÷ "
+             "copy bandwidth.", "",
+             "| model | impl | setting | format | sparsity | batch | prefill ms | decode ms/step | tokens/s | "
+             "tokens/GPU-s | peak GiB | floor ms | decode ÷ floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        floor = f"{r['floor_ms']:.2f} | {r['floor_ratio']:.2f}" if "floor_ms" in r else "– | –"
+        lines.append(f"| {r['model']} | {r['impl']} | {r.get('setting', '')} | {r['format']} | {r['sparsity']:.0%} | "
+                     f"{r['batch']} | {r['prefill_ms']:.1f} | {r['decode_ms_per_step']:.2f} | "
+                     f"{r['tokens_per_s']:.0f} | "
+                     f"{r['tokens_per_gpu_s']:.0f} | {r['peak_mem_gib']:.1f} | {floor} |")
+    lines += ["", "## Against the targets", ""]
+    for model in sorted({r["model"] for r in recs}):
+        ours = [r for r in recs if r["model"] == model and r["impl"] == "sparsellm"]
+        dense = [r for r in ours if r["sparsity"] == 0 and r["batch"] <= 16 and "floor_ratio" in r]
+        if dense:
+            worst = max(dense, key=lambda r: r["floor_ratio"])
+            lines.append(f"- {model}, dense, batch 1–16: decode within {worst['floor_ratio']:.2f}× of the "
+                         "weight-bytes "
+                         f"floor (worst at batch {worst['batch']}; target ≤ 1.15×)")
+        d16 = _find(ours, sparsity=0.0, batch=16)
+        for r in ours:
+            if r["batch"] == 16 and r["sparsity"] > 0 and d16:
+                lines.append(f"- {model}, batch 16, {r['format']} {r['sparsity']:.0%}: decode step "
+                             f"{r['decode_ms_per_step'] / d16['decode_ms_per_step']:.2f}× our dense path"
+                             + (" (target ≤ 0.45× for OPT-30B at 80%)" if model == "opt-30b" and r["sparsity"] == 0.8
+                                else ""))
+        for setting in ("static cache", "dynamic cache"):
+            hf = _find(recs, model=model, impl="hf", setting=setting, batch=16)
+            if hf and d16:
+                ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
+                lines.append(f"- {model}, batch 16: our dense path {ratio:.2f}× the "
+                             f"tokens/s of transformers with its {setting} (target ≥ 1.5× its fastest)")
+    if doc.get("skipped"):
+        lines += ["", "## Not measured", ""] + [f"- {m}" for m in doc["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot written")
+        return
+    recs = doc["records"]
+    models = sorted({r["model"] for r in recs})
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sel = [r for r in recs if r["model"] == model]
+        lines = sorted({(r["impl"], r.get("setting", ""), r["format"], r["sparsity"]) for r in sel})
+        for impl, setting, fmt, s in lines:
+            pts = sorted((r["batch"], r["tokens_per_s"]) for r in sel if (r["impl"], r.get("setting", ""),
+                                                                          r["format"], r["sparsity"]) ==
+                         (impl, setting, fmt, s))
+            label = f"{impl} {setting}" if impl == "hf" else (f"{fmt} {s:.0%}" if s > 0 else "dense")
+            ax.plot(*zip(*pts), "--" if impl == "hf" else "-", marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("tokens/s")
+        ax.set_title(f"{model} on {doc['gpu']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""Bitmap format (docs/formats.md): encoder entry point and a numpy reference decoder.
+
+A 128×64 tile is 8×4 blocks of 16×16; each block has a 256-bit mask whose bit
+``8·l + e`` is the element lane ``l`` of a warp holds as its ``e``-th A value of
+``mma.m16n8k16``; values follow in bit order. Tile layout in 32-bit words:
+masks [0, 256) (row block i in [32 i, 32 i + 32), word 32 i + 4 q + j = bits
+[32 q, 32 q + 32) of block (i, j)), row starts [256, 260) (8 × uint16), values
+from word 260 (uint16), zero-padded to 16 bytes. A tile without nonzeros is empty.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TILE_M = 128
+TILE_K = 64
+MASK_WORDS = 256
+HEADER_WORDS = 260
+
+
+def _bit_positions():
+    """(row, col) inside a 16×16 block of mask bit b = 8·l + e, for b in 0..255."""
+    b = np.arange(256)
+    lane, e = b >> 3, b & 7
+    row = (lane >> 2) + 8 * ((e >> 1) & 1)
+    col = 2 * (lane & 3) + (e & 1) + 8 * (e >> 2)
+    return row, col
+
+
+_ROW, _COL = _bit_positions()
+
+
+def tile_words(nnz: int) -> int:
+    """Words a tile with ``nnz`` nonzeros occupies."""
+    if nnz == 0:
+        return 0
+    return -(-(HEADER_WORDS + -(-nnz // 2)) // 4) * 4
+
+
+def encode_bitmap(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
+    """Encode a dense [m, k] float16 / bfloat16 matrix (given as its uint16 bits,
+    or as a float16 array for dtype 'float16') with the C++ encoder."""
+    from sparsellm._native import native
+
+    bits = np.ascontiguousarray(dense).view(np.uint16) if dense.dtype != np.uint16 else np.ascontiguousarray(dense)
+    if bits.ndim != 2:
+        raise ValueError(f"encode_bitmap: expected a 2-D matrix, got shape {dense.shape}")
+    return native().encode_bitmap(bits, dtype, threads)
+
+
+def decode_bitmap(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Dense uint16 bits [m, k] of an encoded matrix. Written independently of
+    the C++ encoder, to test it: raises ValueError on any malformed tile."""
+    tiles_m, tiles_k = -(-m // TILE_M), -(-k // TILE_K)
+    if tile_offsets.shape != (tiles_m * tiles_k + 1,):
+        raise ValueError(f"tile_offsets has shape {tile_offsets.shape}, expected ({tiles_m * tiles_k + 1},)")
+    offsets = tile_offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets) < 0):
+        raise ValueError("tile_offsets are not 0 … len(data), non-decreasing")
+    padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
+    data = np.ascontiguousarray(data, dtype=np.uint32)
+    for t in range(tiles_m * tiles_k):
+        tile = data[offsets[t] : offsets[t + 1]]
+        if tile.size == 0:
+            continue
+        if tile.size < HEADER_WORDS:
+            raise ValueError(f"tile {t} is shorter than its header")
+        # masks[i, j] as 256 bits, bit b = 32 q + (bit in word q).
+        words = tile[:MASK_WORDS].reshape(8, 8, 4)  # [row block i, word q, block j]
+        bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # [i, q, j, 32]
+        bits = bits.transpose(0, 2, 1, 3).reshape(8, 4, 256).astype(bool)  # [i, j, b]
+        count = int(bits.sum())
+        if tile.size != tile_words(count):
+            raise ValueError(f"tile {t} holds {tile.size} words; {count} nonzeros need {tile_words(count)}")
+        row_start = tile[MASK_WORDS:HEADER_WORDS].view(np.uint16).astype(np.int64)
+        per_row_block = bits.reshape(8, -1).sum(axis=1)
+        expected = np.concatenate([[0], np.cumsum(per_row_block)[:-1]])
+        if np.any(row_start != expected):
+            raise ValueError(f"tile {t}: row starts {row_start.tolist()} disagree with the masks")
+        values = tile[HEADER_WORDS:].view(np.uint16)
+        if np.any(values[count:] != 0):
+            raise ValueError(f"tile {t}: nonzero padding")
+        if np.any((values[:count] & 0x7FFF) == 0):
+            raise ValueError(f"tile {t}: a stored value is zero")
+        i, j, b = np.nonzero(bits)  # row-major over (i, j, b): the value order
+        r = (t // tiles_k) * TILE_M + 16 * i + _ROW[b]
+        c = (t % tiles_k) * TILE_K + 16 * j + _COL[b]
+        padded[r, c] = values[:count]
+    if padded[m:, :].any() or padded[:, k:].any():
+        raise ValueError("nonzeros outside the matrix")
+    return padded[:m, :k].copy()
