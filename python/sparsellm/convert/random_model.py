@@ -79,6 +79,28 @@ def random_model_config(spec: str | os.PathLike) -> tuple[Any, str]:
     return load_hf_config(path), str(path)
 
 
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _normal(shape: tuple[int, ...], seed: list[int], std: float) -> np.ndarray:
+    """Normal(0, std) float32 values; chunk c of CHUNK_ELEMENTS values comes from the generator
+    seeded by seed + [c], so the values do not depend on how many threads draw them (numpy's
+    generators release the GIL while filling, so the chunks are drawn in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    values = np.empty(int(np.prod(shape)), dtype=np.float32)
+
+    def fill(chunk: int) -> None:
+        part = values[chunk * CHUNK_ELEMENTS : (chunk + 1) * CHUNK_ELEMENTS]
+        np.random.default_rng([*seed, chunk]).standard_normal(out=part, dtype=np.float32)
+        part *= np.float32(std)
+
+    chunks = -(-values.size // CHUNK_ELEMENTS)
+    with ThreadPoolExecutor(max_workers=min(chunks, os.cpu_count() or 1) or 1) as pool:
+        list(pool.map(fill, range(chunks)))
+    return values.reshape(shape)
+
+
 class RandomWeights:
     """A tensor source for the converter: every tensor of ``plan`` drawn at random."""
 
@@ -90,9 +112,7 @@ class RandomWeights:
     def tensor(self, name: str) -> Any:
         import torch
 
-        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-        values = rng.standard_normal(self.shapes[name], dtype=np.float32)
-        values *= np.float32(self.std)
+        values = _normal(self.shapes[name], [self.seed, zlib.crc32(name.encode())], self.std)
         module, _, kind = name.rpartition(".")
         if len(self.shapes[name]) == 1 and kind == "weight" and "norm" in module.rpartition(".")[2]:
             values += np.float32(1.0)
