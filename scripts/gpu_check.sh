@@ -3,7 +3,12 @@
 # ones included), compute-sanitizer memcheck and racecheck on the kernel test
 # binary, and the benchmarks; writes logs and a summary into OUTDIR.
 #
-#   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR]
+#   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR] [--multigpu]
+#
+# --multigpu (a machine with 2 or 4 GPUs, mpirun and mpi4py): configure, build,
+# then only the tensor-parallel tests: ctest -L multigpu (the NCCL communicator,
+# tests/cpp/test_communicator_gpu.cpp) and tests/python/test_tensor_parallel.py
+# (TP = 1/2/4 under mpirun, launch errors, a dead rank, the C++ example).
 #
 # Needs: an NVIDIA GPU (sm_80+), CUDA toolkit (nvcc, cuBLAS), NCCL, a python3
 # with torch, numpy, pybind11, pytest (transformers, safetensors for the
@@ -18,10 +23,12 @@ out=${1:?usage: gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR
 shift
 bench=quick
 deps_prefix=""
+multigpu=0
 while [ $# -gt 0 ]; do
   case $1 in
     --bench) bench=$2; shift 2 ;;
     --deps-prefix) deps_prefix=$2; shift 2 ;;
+    --multigpu) multigpu=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -70,6 +77,19 @@ step configure cmake "${cmake_args[@]}" || { cat "$summary"; exit 1; }
 step build cmake --build "$build" -j "$(nproc)" || { cat "$summary"; exit 1; }
 grep -A2 "Compiling entry" "$out/build.log" | grep -E "entry|registers|spill" >"$out/ptxas.txt" || true
 
+if [ $multigpu -eq 1 ]; then  # the tensor-parallel tests only
+  nvidia-smi topo -m >"$out/topology.txt" 2>&1 || true
+  export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+  export SPARSELLM_GENERATE_EXAMPLE="$build/examples/generate"
+  step ctest_multigpu ctest --test-dir "$build" -L multigpu --output-on-failure
+  step pytest_multigpu timeout "${PYTEST_TIMEOUT_S:-1800}" $python -m pytest tests/python/test_tensor_parallel.py \
+    -v -rs -s --junitxml="$out/pytest-multigpu.xml"
+  echo >>"$summary"
+  [ $status -eq 0 ] && echo "All steps passed." >>"$summary" || echo "SOME STEPS FAILED." >>"$summary"
+  cat "$summary"
+  exit $status
+fi
+
 step ctest ctest --test-dir "$build" --output-on-failure -j 4
 test_gpu="$build/tests/cpp/test_gpu"
 if [ -x "$test_gpu" ]; then
@@ -80,7 +100,11 @@ if [ -x "$test_gpu" ]; then
     --gtest_filter='*SpmmVsCublas*m64_*:*SpmmVsCublas*m512_*:*SpmmVsCublas*m384_*:*AttentionTest.Prefill*:*SamplingDtype.TopK*'
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
-step pytest timeout "${PYTEST_TIMEOUT_S:-900}" $python -m pytest tests/python -v -rs --junitxml="$out/pytest.xml"
+# PYTEST_WORKERS=N runs the tests in N processes (pytest-xdist), one test file per process.
+pytest_workers=()
+[ -n "${PYTEST_WORKERS:-}" ] && pytest_workers=(-n "$PYTEST_WORKERS" --dist loadfile)
+step pytest timeout "${PYTEST_TIMEOUT_S:-900}" $python -m pytest tests/python "${pytest_workers[@]}" -v -rs \
+  --durations=15 --junitxml="$out/pytest.xml"
 case $bench in
   full) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" ;;
   quick) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" --shapes anchor --ns 1,8,16,32,64,128 \

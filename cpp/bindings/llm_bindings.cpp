@@ -1,7 +1,8 @@
 // sparsellm._C: the generation runtime (sparsellm/llm.h), wrapped by
 // sparsellm.llm.LLM.
 //
-//   Runtime(dir, max_batch=8, max_seq_len=0, use_cuda_graphs=True, max_prefill_tokens=0)
+//   Runtime(dir, max_batch=8, max_seq_len=0, use_cuda_graphs=True, max_prefill_tokens=0,
+//           tp_rank=0, tp_world=1, nccl_id=b"", device=-1, comm_timeout_s=0)   (sparsellm/tensor_parallel.h)
 //     .generate(prompts: list[list[int]], max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
 //         -> {"tokens": list[list[int]], "finish_reasons": list[str] ("eos" | "length"),
 //             "prefill_ms", "decode_ms", "decode_steps", "graph_steps", "graph_error" (None or why
@@ -9,6 +10,7 @@
 //     .prompt_logits(prompts) -> float32 ndarray [len(prompts), vocab]
 //     .info -> dict; .weight_bytes, .allocated_bytes, .peak_device_bytes
 //     .close()  frees the GPU memory; any later call raises InvalidArgument
+//   nccl_unique_id() -> bytes; tensor_parallel_error(dir, rank, world) -> str ("" when fine)
 //
 // Loading and generation run without the GIL.
 #include <pybind11/numpy.h>
@@ -22,6 +24,7 @@
 
 #include "sparsellm/error.h"
 #include "sparsellm/llm.h"
+#include "sparsellm/tensor_parallel.h"
 
 namespace py = pybind11;
 
@@ -30,8 +33,14 @@ namespace {
 
 class Runtime {
  public:
-  Runtime(const std::string& dir, int max_batch, int max_seq_len, bool use_cuda_graphs, int max_prefill_tokens) {
+  Runtime(const std::string& dir, int max_batch, int max_seq_len, bool use_cuda_graphs, int max_prefill_tokens,
+          int tp_rank, int tp_world, const py::bytes& nccl_id, int device, double comm_timeout_s) {
     LLMOptions options;
+    options.tp.rank = tp_rank;
+    options.tp.world = tp_world;
+    options.tp.nccl_id = std::string(nccl_id);
+    options.tp.device = device;
+    options.tp.timeout_s = comm_timeout_s;
     options.max_batch = max_batch;
     options.max_seq_len = max_seq_len;
     options.use_cuda_graphs = use_cuda_graphs;
@@ -108,6 +117,8 @@ class Runtime {
     d["bos_token_id"] = i.bos_token_id;
     d["max_batch"] = i.max_batch;
     d["max_seq_len"] = i.max_seq_len;
+    d["tp_rank"] = i.tp_rank;
+    d["tp_world"] = i.tp_world;
     return d;
   }
 
@@ -121,8 +132,10 @@ class Runtime {
 void register_llm(py::module_& m) {
   using sparsellm::Runtime;
   py::class_<Runtime>(m, "Runtime", "An OPT model loaded from a sparsellm checkpoint, ready to generate.")
-      .def(py::init<const std::string&, int, int, bool, int>(), py::arg("path"), py::arg("max_batch") = 8,
-           py::arg("max_seq_len") = 0, py::arg("use_cuda_graphs") = true, py::arg("max_prefill_tokens") = 0)
+      .def(py::init<const std::string&, int, int, bool, int, int, int, const py::bytes&, int, double>(),
+           py::arg("path"), py::arg("max_batch") = 8, py::arg("max_seq_len") = 0, py::arg("use_cuda_graphs") = true,
+           py::arg("max_prefill_tokens") = 0, py::arg("tp_rank") = 0, py::arg("tp_world") = 1,
+           py::arg("nccl_id") = py::bytes(), py::arg("device") = -1, py::arg("comm_timeout_s") = 0.0)
       .def("generate", &Runtime::generate, py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature"),
            py::arg("top_k"), py::arg("top_p"), py::arg("seed"), py::arg("stop_at_eos"))
       .def("prompt_logits", &Runtime::prompt_logits, py::arg("prompts"))
@@ -131,4 +144,10 @@ void register_llm(py::module_& m) {
       .def_property_readonly("allocated_bytes", [](Runtime& r) { return r.llm().allocated_bytes(); })
       .def_property_readonly("peak_device_bytes", [](Runtime& r) { return r.llm().peak_device_bytes(); })
       .def("close", &Runtime::close);
+  m.def("nccl_unique_id", []() { return py::bytes(sparsellm::nccl_unique_id()); },
+        "A fresh NCCL unique id (128 bytes) for rank 0 to send to every tensor-parallel rank.");
+  m.def("tensor_parallel_error", &sparsellm::tensor_parallel_error, py::arg("path"), py::arg("rank"),
+        py::arg("world"),
+        "Checks before any GPU work that the checkpoint fits `world` ranks and rank `rank` finds its file; "
+        "returns the error message, or '' when the checks pass.");
 }

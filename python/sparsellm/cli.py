@@ -22,6 +22,22 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _add_format_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the speed model that chooses and rates formats (sparsellm.format_choice)."""
+    parser.add_argument("--target-gpu", metavar="NAME",
+                        help="GPU whose speed model decides formats, e.g. 'NVIDIA H100 80GB HBM3' or h100-80gb-hbm3 "
+                             "(default: this GPU if torch sees one, else H100)")
+    parser.add_argument("--decode-batch", type=int, default=16, metavar="N", help="batch size to optimize for")
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="a format model file (python -m sparsellm.bench calibrate) instead of the cached one")
+
+
+def _format_policy(args: argparse.Namespace):
+    from sparsellm.format_choice import FormatPolicy
+
+    return FormatPolicy.load(args.target_gpu, args.calibration, args.decode_batch)
+
+
 def convert(argv: list[str]) -> int:
     """Prune a Hugging Face model, or generate a random one, and write a sparsellm checkpoint."""
     parser = argparse.ArgumentParser(prog="sparsellm convert", description=convert.__doc__)
@@ -42,7 +58,9 @@ def convert(argv: list[str]) -> int:
     parser.add_argument("--dtype", choices=("fp16", "bf16"),
                         help="stored dtype (default: the model's if fp16/bf16, else fp16; fp16 for --random)")
     parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "bitmap", "dense"),
-                        help="storage of pruned weights (auto: tiled_csl from 55%% sparsity)")
+                        help="storage of pruned weights (auto: the fastest predicted at --decode-batch on "
+                             "--target-gpu, see docs/formats.md)")
+    _add_format_model_arguments(parser)
     parser.add_argument("--layer-sparsity", metavar="owl|FILE", help="OWL, or a JSON sparsity map")
     parser.add_argument("--nm", metavar="N:M", help="semi-structured pattern, e.g. 2:4")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the default calibration set / random weights")
@@ -54,7 +72,8 @@ def convert(argv: list[str]) -> int:
 
     progress = False if args.quiet else None
     common = dict(sparsity=args.sparsity, nm=args.nm, layer_sparsity=args.layer_sparsity, tp=args.tp,
-                  format=args.format, seed=args.seed, overwrite=args.overwrite, progress=progress)
+                  format=_format_policy(args) if args.format == "auto" else args.format, seed=args.seed,
+                  overwrite=args.overwrite, progress=progress)
     if args.random is not None:
         if args.method != "magnitude" or args.calib is not None:
             parser.error("--random models are pruned by magnitude; --method and --calib do not apply")
@@ -65,8 +84,9 @@ def convert(argv: list[str]) -> int:
     if not args.quiet:
         pruning = config["pruning"]
         total = sum(f["bytes"] for f in config["files"].values())
-        tiled = sum(1 for t in config["tensors"].values() if t["format"] == "tiled_csl")
-        _stderr(f"wrote {args.out}: {len(config['tensors'])} tensors ({tiled} tiled_csl), tp {config['tp']}, "
+        stored = [t["format"] for t in config["tensors"].values()]
+        sparse = ", ".join(f"{stored.count(f)} {f}" for f in ("tiled_csl", "bitmap"))
+        _stderr(f"wrote {args.out}: {len(config['tensors'])} tensors ({sparse}), tp {config['tp']}, "
                 f"{config['dtype']}, {total} bytes; {pruning['method']} pruning, achieved sparsity "
                 f"{pruning['achieved_sparsity']:.4f}")
     return 0
@@ -79,6 +99,7 @@ def info(argv: list[str]) -> int:
     parser.add_argument("--rank", type=int, help="only this tensor-parallel rank (default: all)")
     parser.add_argument("--verify", action="store_true",
                         help="also check every rank file (size, sha256, components, Tiled-CSL structure)")
+    _add_format_model_arguments(parser)
     args = parser.parse_args(argv)
 
     from sparsellm.convert import load_checkpoint, read_config
@@ -91,7 +112,7 @@ def info(argv: list[str]) -> int:
     if args.verify:
         for rank in ranks:
             load_checkpoint(args.checkpoint, rank)
-    print(checkpoint_summary(config, ranks))
+    print(checkpoint_summary(config, ranks, _format_policy(args)))
     if args.verify:
         print(f"verified: rank file(s) {', '.join(map(str, ranks))} match config.json")
     return 0

@@ -2,7 +2,8 @@
 
 generate  loads a converted checkpoint and generates from text prompts (through the
           checkpoint's tokenizer) or from token ids; prints each prompt's continuation and
-          a line with prefill ms, decode ms/step and tokens/s per batch.
+          a line with prefill ms, decode ms/step and tokens/s per batch. A checkpoint split
+          with --tp N runs as `mpirun -n N python -m sparsellm generate ...` (rank 0 prints).
 demo      needs nothing but a GPU: converts a random-weight OPT model sized to the GPU,
           dense and magnitude-pruned at a few sparsities (bench/e2e.py's checkpoints), runs
           each on the same random prompt ids, and prints decode speed, speedup, memory and
@@ -98,6 +99,9 @@ def generate(argv: list[str]) -> int:
         bad = [v for v in ids if vocab is not None and v >= vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is not below the vocabulary size {vocab} of {args.model}")
+    from sparsellm.launch import check_launch
+
+    check_launch(args.model)  # under mpirun: the checkpoint against the world size, the same error on every rank
     if _gpu_or_message("generate") is None:
         return EXIT_NO_GPU
 
@@ -108,7 +112,10 @@ def generate(argv: list[str]) -> int:
     options = dict(max_batch=batch, cuda_graphs=not args.no_cuda_graphs)
     if args.max_seq_len is not None:
         options["max_seq_len"] = args.max_seq_len
-    with LLM(args.model, **options) as llm:
+    from sparsellm.launch import abort_job_on_error, rank0_stdout
+
+    # Under mpirun (tensor parallelism) every rank runs this; rank 0 prints, an error on one rank ends the job.
+    with abort_job_on_error(), LLM(args.model, **options) as llm, rank0_stdout(getattr(llm, "rank", 0)):
         if args.prompt is not None and llm.tokenizer is None:
             raise ValueError(f"{args.model} has no tokenizer: give the prompts as token ids (--prompt-ids)")
         for start in range(0, len(inputs), batch):

@@ -13,6 +13,10 @@ allocated at construction, decode steps replayed from CUDA graphs. Prompts are
 strings (tokenized with the checkpoint's tokenizer, when the conversion copied
 one) or token ids. Each prompt's length plus ``max_new_tokens`` must fit
 ``max_seq_len``.
+
+Tensor parallelism: a checkpoint converted with ``--tp N`` runs under ``mpirun -n N`` with the
+same code (``tp=None`` detects the launch; see ``sparsellm.launch``). Every rank must make the
+same calls with the same arguments; each returns the same results (print them on ``llm.rank == 0``).
 """
 from __future__ import annotations
 
@@ -67,12 +71,15 @@ class LLM:
     ``max_batch``: most prompts per ``generate`` call. ``max_seq_len``: most tokens per
     sequence, prompt included (default: min(max_position_embeddings, 2048)); the KV cache
     holds max_batch x max_seq_len tokens. ``cuda_graphs``: replay decode steps from CUDA
-    graphs (captured once per batch size). Raises DeviceError without a GPU, FormatError
-    for a bad checkpoint and InvalidArgument for an unsupported model or option.
+    graphs (captured once per batch size). ``tp``: tensor-parallel ranks (None: the mpirun world
+    size, 1 outside mpirun; sparsellm.launch). Raises DeviceError without a GPU, FormatError
+    for a bad checkpoint and InvalidArgument for an unsupported model or option
+    (``sparsellm.launch.TensorParallelError``, on every rank, for a launch that does not fit the
+    checkpoint).
     """
 
     def __init__(self, path: str | os.PathLike, *, max_batch: int = 8, max_seq_len: int | None = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, tp: int | None = None):
         from sparsellm._native import native
 
         self.path = Path(path)
@@ -86,9 +93,15 @@ class LLM:
             raise InvalidArgument(f"max_batch must be a positive integer, got {max_batch!r}")
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
             raise InvalidArgument(f"max_seq_len must be an integer >= 2 or None, got {max_seq_len!r}")
+        # Tensor parallelism: checks on every rank, NCCL id from rank 0, device by local rank.
+        from sparsellm.launch import setup_tensor_parallel
+
+        self.tp = setup_tensor_parallel(self.path, tp)
+        tp_args = {} if self.tp is None else dict(tp_rank=self.tp.rank, tp_world=self.tp.world,
+                                                  nccl_id=self.tp.nccl_id, device=self.tp.device)
         # The native constructor checks the checkpoint, then the GPU (DeviceError without one).
         self._runtime = native().Runtime(str(self.path), max_batch=max_batch, max_seq_len=max_seq_len or 0,
-                                         use_cuda_graphs=bool(cuda_graphs))
+                                         use_cuda_graphs=bool(cuda_graphs), **tp_args)
         self.info: dict = self._runtime.info
         self.max_batch: int = self.info["max_batch"]
         self.max_seq_len: int = self.info["max_seq_len"]
@@ -114,6 +127,11 @@ class LLM:
         if self._runtime is None:
             raise InvalidArgument("this LLM has been closed")
         return self._runtime
+
+    @property
+    def rank(self) -> int:
+        """This process's tensor-parallel rank (0 without tensor parallelism)."""
+        return 0 if self.tp is None else self.tp.rank
 
     @property
     def weight_bytes(self) -> int:

@@ -39,7 +39,7 @@ def opt_dir(tmp_path_factory) -> Path:
 def converted(opt_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "opt-sparse"
     assert main(["convert", "--model", str(opt_dir), "--out", str(out), "--sparsity", "0.6", "--tp", "2",
-                 "--quiet"]) == 0
+                 "--format", "tiled_csl", "--quiet"]) == 0
     return out
 
 
@@ -71,10 +71,11 @@ def test_info_lists_every_tensor(converted, capsys):
     entry = config["tensors"]["model.decoder.layers.0.self_attn.q_proj.weight"]
     words = entry["shards"]["0"]["components"]["model.decoder.layers.0.self_attn.q_proj.weight.words"]["shape"][0]
     stored = 4 * (words + 2)  # words + tile offsets (one tile: 2 offsets)
-    assert fields[1:] == ["tiled_csl", "32x64", f"{entry['shards']['0']['sparsity']:.4f}", str(stored),
-                          f"{stored / (32 * 64 * 2):.3f}"]
+    assert fields[1:6] == ["tiled_csl", "32x64", f"{entry['shards']['0']['sparsity']:.4f}", str(stored),
+                           str(32 * 64 * 2)]
+    assert fields[6] == f"{stored / (32 * 64 * 2):.3f}" and float(fields[7]) > 0  # predicted speedup at N=16
     embed = next(line for line in lines if line.startswith("model.decoder.embed_tokens.weight "))
-    assert embed.split()[1:] == ["dense", "100x64", "0.0000", str(100 * 64 * 2)]
+    assert embed.split()[1:] == ["dense", "100x64", "0.0000", str(100 * 64 * 2), str(100 * 64 * 2), "1.000", "1.00"]
     assert sum(line.startswith("total: ") for line in lines) == 2
     assert out.count("model.decoder.layers.0.fc2.bias") == 1  # rank 0 only
 

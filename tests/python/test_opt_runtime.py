@@ -393,8 +393,10 @@ def test_bad_checkpoints_are_rejected_before_the_gpu(store, tmp_path):
         vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64)).save_pretrained(llama_dir)
     convert(llama_dir, tmp_path / "llama", sparsity=0.0, format="dense", progress=False)
-    with pytest.raises(sparsellm.InvalidArgument, match="architecture 'llama'"):
-        sparsellm.LLM(tmp_path / "llama")
+    yarn = copy_checkpoint(tmp_path / "llama", tmp_path / "llama-yarn", lambda c: c["model_config"].update(
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}))
+    with pytest.raises(sparsellm.InvalidArgument, match="rope_type 'yarn'"):
+        sparsellm.LLM(yarn)
 
     # Split for tensor parallelism.
     convert(store.hf_dir("variants"), tmp_path / "tp2", sparsity=0.0, format="dense", tp=2, progress=False)

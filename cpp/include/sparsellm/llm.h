@@ -1,4 +1,5 @@
-// Text generation with a converted checkpoint (docs/checkpoint.md) on one GPU.
+// Text generation with a converted checkpoint (docs/checkpoint.md) on one GPU,
+// or on one GPU per process under mpirun (LLMOptions::tp, sparsellm/tensor_parallel.h).
 //
 //   sparsellm::LLM llm("opt-1.3b-s70", {/*max_batch=*/8});
 //   sparsellm::GenerationConfig config;
@@ -25,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "sparsellm/tensor_parallel.h"
+
 namespace sparsellm {
 
 struct LLMOptions {
@@ -32,6 +35,8 @@ struct LLMOptions {
   int max_seq_len = 0;           // prompt + generated tokens; 0: min(max_position_embeddings, 2048)
   bool use_cuda_graphs = true;   // capture decode steps (off when SPARSELLM_DEBUG_SYNC=1)
   int max_prefill_tokens = 0;    // tokens per prefill chunk; 0: min(max_batch · max_seq_len, 4096)
+  TensorParallelOptions tp;      // this process's rank of a tensor-parallel run (sparsellm/tensor_parallel.h);
+                                 // the default: one process, tp = 1 checkpoints
 };
 
 struct GenerationConfig {
@@ -62,12 +67,13 @@ struct GenerationOutput {
 };
 
 struct ModelInfo {
-  std::string architecture;      // "opt"
+  std::string architecture;      // "opt" or "llama"
   std::string dtype;             // "float16" or "bfloat16"
   int vocab_size = 0, hidden_size = 0, num_layers = 0, num_heads = 0;
   int max_position_embeddings = 0;
   int eos_token_id = -1, bos_token_id = -1;  // −1: none
   int max_batch = 0, max_seq_len = 0;        // as allocated
+  int tp_rank = 0, tp_world = 1;             // this process's tensor-parallel rank and the number of ranks
 };
 
 class LLM {
@@ -75,8 +81,11 @@ class LLM {
   // Loads `checkpoint_dir` on the current CUDA device. Throws DeviceError
   // without a usable GPU, FormatError for a missing, truncated or inconsistent
   // checkpoint (naming the file and tensor), InvalidArgument for an
-  // architecture or setting this runtime does not support (tp ≠ 1 included)
-  // or bad options, OutOfMemory when the model does not fit.
+  // architecture or setting this runtime does not support (a checkpoint whose
+  // tp differs from options.tp.world included) or bad options, OutOfMemory
+  // when the model does not fit. With options.tp.world > 1 every rank
+  // constructs its LLM with the same arguments and calls generate() with the
+  // same prompts and config (the ranks run the same steps in lockstep).
   explicit LLM(const std::string& checkpoint_dir, const LLMOptions& options = LLMOptions());
   ~LLM();
   LLM(LLM&&) noexcept;

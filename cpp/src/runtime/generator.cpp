@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "comm/communicator.h"
+#include "comm/mpi_bootstrap.h"
 #include "common/check.h"
 #include "kernels/sampling/sampling.h"
 #include "runtime/checkpoint.h"
@@ -53,15 +55,11 @@ Generator::Generator(const std::string& dir, const LLMOptions& options) : option
   NvtxRange range("load");
   // The checkpoint, its config and the options are checked before the GPU is
   // touched: a bad checkpoint is reported as such on any machine.
-  std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(dir, 0);
+  // Tensor parallelism: checkpoint tp = world, divisible heads / FFN, this rank's file present.
+  check_tensor_parallel(dir, options.tp.rank, options.tp.world);
+  std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(dir, options.tp.rank);
   const std::string where = dir + "/config.json";
-  if (ckpt->architecture() != "opt")
-    throw InvalidArgument(detail::concat(where, ": architecture '", ckpt->architecture(),
-                                         "' is not supported by the runtime yet (supported: opt)"));
-  if (ckpt->tp() != 1)
-    throw InvalidArgument(detail::concat(where, ": the checkpoint is split for tensor parallelism (tp = ", ckpt->tp(),
-                                         "); this runtime runs tp = 1 checkpoints only (convert with --tp 1)"));
-  const OptConfig cfg = OptConfig::from_json(ckpt->model_config(), where);
+  const DecoderShape cfg = decoder_shape(*ckpt, where);  // the architecture dispatch (models/decoder_model.h)
 
   SPARSELLM_CHECK_ARG(options.max_batch >= 1 && options.max_batch <= kMaxBookkeepingBatch,
                       "LLM: max_batch must be in [1, ", kMaxBookkeepingBatch, "], got ", options.max_batch);
@@ -76,10 +74,15 @@ Generator::Generator(const std::string& dir, const LLMOptions& options) : option
   prefill_chunk_ = std::max<int64_t>(prefill_chunk_, max_batch);  // a decode step is one chunk of max_batch rows
   graphs_enabled_ = options.use_cuda_graphs && !detail::debug_sync_enabled();
 
+  if (options.tp.device >= 0 && device_count() > 0) {  // this rank's GPU, before anything touches a device
+    SPARSELLM_CHECK_ARG(options.tp.device < device_count(), "LLM: tp.device ", options.tp.device,
+                        " does not exist; this machine has ", device_count(), " GPU(s)");
+    SPARSELLM_CHECK_CUDA(cudaSetDevice(options.tp.device));
+  }
   current_device();  // DeviceError without a usable GPU
   SPARSELLM_CHECK_CUDA(cudaGetDevice(&device_));
 
-  info_.architecture = "opt";
+  info_.architecture = cfg.architecture;
   info_.dtype = dtype_name(ckpt->dtype());
   info_.vocab_size = cfg.vocab_size;
   info_.hidden_size = cfg.hidden_size;
@@ -90,11 +93,18 @@ Generator::Generator(const std::string& dir, const LLMOptions& options) : option
   info_.bos_token_id = cfg.bos_token_id;
   info_.max_batch = options_.max_batch;
   info_.max_seq_len = options_.max_seq_len;
+  info_.tp_rank = options.tp.rank;
+  info_.tp_world = options.tp.world;
 
   SPARSELLM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   try {
-    model_ = std::make_unique<OptModel>(*ckpt, cfg, prefill_chunk_, max_batch, options_.max_seq_len, stream_);
-    cache_ = KvCache(cfg.num_layers, options_.max_batch, cfg.num_heads, options_.max_seq_len, cfg.head_dim,
+    // Tensor parallelism: join the communicator, then load this rank's shard (any architecture).
+    if (options.tp.world > 1) {
+      comm_ = std::make_unique<Communicator>(options.tp);
+      graphs_enabled_ = comm_->all_agree(graphs_enabled_, stream_);  // graphs on every rank or on none
+    }
+    model_ = load_decoder_model(*ckpt, where, prefill_chunk_, max_batch, options_.max_seq_len, stream_, comm_.get());
+    cache_ = KvCache(cfg.num_layers, options_.max_batch, cfg.cache_kv_heads, options_.max_seq_len, cfg.head_dim,
                      ckpt->dtype());
     logits_ = DeviceBuffer(size_t(max_batch) * size_t(cfg.vocab_size) * dtype_size(ckpt->dtype()), "logits");
 
@@ -144,8 +154,35 @@ Generator::Generator(const std::string& dir, const LLMOptions& options) : option
   record_peak();
 }
 
+void Generator::wait_stream(const char* what) {
+  if (comm_)
+    comm_->synchronize(stream_, what);  // polls NCCL errors; a dead peer throws instead of hanging
+  else
+    SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream_));
+}
+
+void Generator::drain_stream() noexcept {
+  if (!stream_) return;
+  if (comm_ && !comm_->failed() && !comm_->aborted()) {
+    try {
+      comm_->synchronize(stream_, "draining the stream");
+      return;
+    } catch (...) {  // failed: abort below
+    }
+  }
+  if (comm_ && !comm_->aborted()) {
+    // A peer failed: the graphs holding collectives go first (an abort waits for
+    // them), then the abort releases NCCL's kernels and the stream drains.
+    for (auto& [batch, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+    graphs_enabled_ = false;
+    comm_->abort();
+  }
+  cudaStreamSynchronize(stream_);
+}
+
 void Generator::release() noexcept {
-  if (stream_) cudaStreamSynchronize(stream_);
+  drain_stream();
   for (auto& [batch, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
   for (cudaEvent_t* e : {&ev_start_, &ev_prefill_, &ev_end_})
@@ -159,6 +196,7 @@ void Generator::release() noexcept {
   logits_ = DeviceBuffer();
   state_ = DeviceBuffer();
   if (stream_) cudaStreamDestroy(stream_), stream_ = nullptr;
+  comm_.reset();  // after every user of it
 }
 
 Generator::~Generator() {
@@ -247,7 +285,7 @@ void Generator::prefill(const std::vector<std::vector<int32_t>>& prompts, int64_
     int32_t max_positions = 0;  // bound on position + 1 over the chunk
     for (int b = b0; b < batch && begin[size_t(b)] < c1; ++b)
       max_positions = std::max<int32_t>(max_positions, int32_t(std::min(begin[size_t(b) + 1], c1) - begin[size_t(b)]));
-    OptForwardBatch fb;
+    ForwardBatch fb;
     fb.tokens = tokens + c0;
     fb.place.slot = slots + c0;
     fb.place.position = positions + c0;
@@ -298,7 +336,7 @@ void Generator::sample_and_record(int batch) {
 
 void Generator::decode_step(int batch) {
   const Layout& l = layout_;
-  OptForwardBatch fb;
+  ForwardBatch fb;
   fb.tokens = dev<int32_t>(l.current_token);
   fb.place.slot = dev<int32_t>(l.iota_offset);  // sequence b lives in slot b
   fb.place.position = dev<int32_t>(l.position);
@@ -350,6 +388,13 @@ void Generator::capture_decode_step(int batch) {
   } else {
     error = cudaGetErrorString(status);
   }
+  if (comm_) {
+    // Tensor parallelism: NCCL needs every rank to launch a collective the same
+    // way (from a graph or not), so the ranks replay graphs only if all captured.
+    if (!error.empty()) cudaGetLastError();
+    if (!comm_->all_agree(error.empty(), stream_) && error.empty())
+      error = "another tensor-parallel rank could not capture its decode step";
+  }
   if (!error.empty()) {
     // Capture is an optimization: fall back to eager steps and say why (GenerationOutput).
     cudaGetLastError();
@@ -378,7 +423,10 @@ int Generator::decode_loop(int batch, int steps) {
     ++launched;
     if (launched % kPollInterval == 0 && launched < steps) {
       if (pending == kPollSlots) {  // host far ahead: wait for the oldest flag (the GPU keeps busy)
-        SPARSELLM_CHECK_CUDA(cudaEventSynchronize(poll_events_[head]));
+        if (comm_)
+          comm_->wait(poll_events_[head], "decode step");
+        else
+          SPARSELLM_CHECK_CUDA(cudaEventSynchronize(poll_events_[head]));
         if (pop()) break;
       }
       const int slot = (head + pending) % kPollSlots;
@@ -388,7 +436,10 @@ int Generator::decode_loop(int batch, int steps) {
       ++pending;
     }
     bool done = false;
-    while (pending > 0) {
+    // Early stop must hit the same step on every tensor-parallel rank (each
+    // step holds collectives): with a communicator, flags are read only at the
+    // deterministic point above, never as soon as they happen to be ready.
+    while (pending > 0 && !comm_) {
       const cudaError_t status = cudaEventQuery(poll_events_[head]);
       if (status == cudaErrorNotReady) break;
       SPARSELLM_CHECK_CUDA(status);
@@ -430,9 +481,9 @@ GenerationOutput Generator::generate(const std::vector<std::vector<int32_t>>& pr
     SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(host<int32_t>(l.out_tokens_offset), dev<int32_t>(l.out_tokens_offset),
                                          size_t(batch) * size_t(options_.max_seq_len) * 4, cudaMemcpyDeviceToHost,
                                          stream_));
-    SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream_));
+    wait_stream("generate");
   } catch (...) {
-    cudaStreamSynchronize(stream_);  // nothing of this request stays in flight
+    drain_stream();  // nothing of this request stays in flight
     throw;
   }
   float ms = 0.f;
@@ -467,9 +518,9 @@ std::vector<float> Generator::prompt_logits(const std::vector<std::vector<int32_
     prefill(prompts, total);
     SPARSELLM_CHECK_CUDA(
         cudaMemcpyAsync(bits.data(), logits_.data(), bits.size() * 2, cudaMemcpyDeviceToHost, stream_));
-    SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream_));
+    wait_stream("prompt_logits");
   } catch (...) {
-    cudaStreamSynchronize(stream_);
+    drain_stream();
     throw;
   }
   std::vector<float> logits(bits.size());

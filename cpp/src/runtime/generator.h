@@ -6,7 +6,7 @@
 //     one H2D copy of the request (pinned → device): packed prompt tokens,
 //       their positions and slots, per-sequence sampling parameters and state
 //     prefill: for each chunk of ≤ max_prefill_tokens packed tokens,
-//       OptModel::forward writes the chunk's K/V into the cache and the logits
+//       DecoderModel::forward writes the chunk's K/V into the cache and the logits
 //       of the prompts that end in it
 //     sample the first token; bookkeeping (decode_bookkeeping.h)
 //     decode step × (max_new_tokens − 1), each = forward of one token per
@@ -34,12 +34,14 @@
 #include <string>
 #include <vector>
 
-#include "models/opt/opt_model.h"
+#include "models/decoder_model.h"
 #include "runtime/device_buffer.h"
 #include "runtime/kv_cache.h"
 #include "sparsellm/llm.h"
 
 namespace sparsellm {
+
+class Communicator;
 
 class Generator {
  public:
@@ -83,13 +85,18 @@ class Generator {
   void capture_decode_step(int batch);
   int decode_loop(int batch, int steps);
   void record_peak();
+  // Host waits on stream_: through the communicator under tensor parallelism
+  // (NCCL errors polled, a dead peer aborts after its timeout), else plain.
+  void wait_stream(const char* what);
+  void drain_stream() noexcept;  // the same for error paths and teardown: never throws, never hangs
   void release() noexcept;  // frees everything; safe on a partly constructed generator
 
   LLMOptions options_;
   ModelInfo info_;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
-  std::unique_ptr<OptModel> model_;
+  std::unique_ptr<Communicator> comm_;  // tensor parallelism (options.tp.world > 1); outlives model_
+  std::unique_ptr<DecoderModel> model_;
   KvCache cache_;
   DeviceBuffer logits_;  // [max_batch, vocab]
   DeviceBuffer state_;   // Layout

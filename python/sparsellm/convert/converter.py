@@ -3,9 +3,10 @@
 Every argument is checked and the whole source is inspected (config, architecture,
 tensor-parallel divisibility, every tensor's presence and shape, the output path)
 before anything is written. Then one tensor at a time, each tensor is read (its source
-file open only meanwhile), pruned (streamed magnitude pruning) or taken from the already
-pruned model (Wanda / SparseGPT / OWL, see pruning.py), converted to the checkpoint dtype,
-split across ranks, encoded per shard and appended to its rank file (checkpoint_writer.py).
+file open only meanwhile), pruned (streamed magnitude pruning) or taken from its decoder
+layer pruned with calibration (Wanda / SparseGPT / OWL, one layer at a time, see
+pruning.py), converted to the checkpoint dtype, split across ranks, encoded per shard and
+appended to its rank file (checkpoint_writer.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from .architectures import architecture_of, check_tensor_parallel
 from .checkpoint import FORMAT_VERSION
 from .checkpoint_writer import CheckpointWriter, check_output_dir
 from .encoding import (
-    canonical_zeros, check_dtype, check_format, choose_format, encode, nonzero_count, possible_components, to_bits,
+    canonical_zeros, check_dtype, check_format, choose_format, encode, format_fields, nonzero_count, possible_components, to_bits,
 )
 from .model_plan import ModelPlan, TensorPlan, model_plan
-from .pruning import PruningSpec, check_pattern_fits, prune_loaded_model, prune_streamed, pruning_record, tensor_targets
+from .pruning import (
+    PruningSpec, check_pattern_fits, prune_layerwise, prune_loaded_model, prune_streamed, pruning_record,
+    tensor_targets,
+)
 from .tensor_parallel import split_tensor
 
 logger = logging.getLogger("sparsellm.convert")
@@ -61,7 +65,7 @@ def _store_tensor(
         canonical_zeros(bits)
     nnz = nonzero_count(bits)
     sparsity = 1.0 - nnz / bits.size
-    chosen = choose_format(fmt, item.pruned, sparsity)
+    chosen = choose_format(fmt, item.pruned, sparsity, item.shard_shape(tp))
     shards = {}
     for rank, shard in split_tensor(bits, item.split, tp, item.name):
         components = {}
@@ -71,7 +75,7 @@ def _store_tensor(
         shard_nnz = nonzero_count(shard)
         shards[str(rank)] = {"sparsity": 1.0 - shard_nnz / shard.size, "nnz": shard_nnz, "components": components}
     return {
-        "format": chosen, "shape": list(item.shard_shape(tp)), "full_shape": list(item.shape), "split": item.split,
+        **format_fields(chosen), "shape": list(item.shard_shape(tp)), "full_shape": list(item.shape), "split": item.split,
         "pruned": item.pruned, "sparsity": sparsity, "nnz": nnz, "shards": shards,
     }
 
@@ -143,17 +147,22 @@ def convert(
     overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    layerwise: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Prune a Hugging Face OPT or Llama-family model and write it as a sparsellm checkpoint.
 
     ``model``: a directory with config.json and safetensors or PyTorch .bin weights (sharded
-    or not). ``method``: magnitude (streamed, no data), wanda or sparsegpt (the model is
-    loaded in float32 and pruned with calibration ids: ``calib`` a file for
-    ``sparsellm.prune.load_calibration_ids``, an id tensor, or None / "default" for
-    ``nsamples`` x ``seqlen`` tokens sampled from the model with ``seed``).
-    ``layer_sparsity``: None, "owl" or a sparsity map; ``nm``: e.g. "2:4". ``tp``: ranks.
-    ``dtype``: fp16 / bf16 (default: the model's if one of those, else fp16). ``format``:
-    auto, tiled_csl or dense. Returns the checkpoint's config (as written to config.json).
+    or not). ``method``: magnitude (streamed, no data), wanda or sparsegpt (pruned with
+    calibration ids: ``calib`` a file for ``sparsellm.prune.load_calibration_ids``, an id
+    tensor, or None / "default" for ``nsamples`` x ``seqlen`` tokens sampled from the model
+    with ``seed``). ``layer_sparsity``: None, "owl" or a sparsity map; ``nm``: e.g. "2:4".
+    ``tp``: ranks. ``dtype``: fp16 / bf16 (default: the model's if one of those, else fp16).
+    ``format``: auto, tiled_csl or dense. Calibrated pruning reads one decoder layer at a
+    time, in float32 on ``device`` (default: the GPU when torch sees one, else the CPU);
+    ``layerwise=False`` loads the whole model in float32 into CPU memory instead and prunes
+    it with ``prune_model`` (the same result on the CPU; needs memory for the whole model).
+    Returns the checkpoint's config (as written to config.json).
     """
     from .hf_reader import HFCheckpoint
 
@@ -176,6 +185,13 @@ def convert(
     if not spec.needs_calibration:
         targets = tensor_targets(plan, spec)
         return _write_checkpoint(plan, hf.session, out, targets=targets, pruning_extra={}, **common)
+
+    if layerwise:
+        extra, layers = prune_layerwise(hf, plan, spec, _progress(progress), log, device)
+        try:
+            return _write_checkpoint(plan, layers, out, targets=None, pruning_extra=extra, **common)
+        finally:
+            layers.close()
 
     import torch
     from transformers import AutoModelForCausalLM

@@ -11,10 +11,13 @@ A tensor is stored in one of three formats (the ``"format"`` field of a checkpoi
   (``sparsellm.formats.encode_bitmap``).
 
 Only pruned weights may be stored sparse; embeddings, norms, biases and the LM head
-are always dense. ``auto`` picks ``tiled_csl`` for a pruned weight whose sparsity (of
-the whole tensor, before the tensor-parallel split, so that every rank stores it
-alike) is at least ``TILED_CSL_MIN_SPARSITY``; ``bitmap`` is chosen only when asked
-for, until its kernel's measured speed on the device decides the threshold.
+are always dense. ``auto`` picks, for a pruned weight, the format a speed model of the
+target GPU predicts fastest at the decode batch (``sparsellm.format_choice``; the
+requested format may be a ``FormatPolicy`` carrying the model, else the default one is
+loaded), from the sparsity of the whole tensor (before the tensor-parallel split, so
+that every rank stores it alike) and the shape a rank multiplies. The chosen format
+comes with its reason in words (``ChosenFormat.reason``, config.json
+``"format_reason"`` via ``format_fields``).
 
 Values are handled as their 16-bit patterns (numpy has no bfloat16). A stored zero is
 +0: negative zeros in pruned weights are replaced by +0, as the Tiled-CSL encoder
@@ -30,9 +33,11 @@ import numpy as np
 
 from sparsellm.errors import InvalidArgument
 
-# Our Tiled-CSL SpMM on H100 beats cuBLAS from about 55 % sparsity at decode sizes
-# (N = 8..32: 0.93-0.96x at 50 %, 1.04-1.08x at 60 %, docs/benchmarks/spmm-h100-80gb-hbm3.md).
+# The fixed rule ``auto`` followed before the speed model (Tiled-CSL from 55 % sparsity);
+# kept for callers of the package API, no longer used by ``choose_format``.
 TILED_CSL_MIN_SPARSITY = 0.55
+# Shape assumed when a caller gives none (a mid-size decoder weight).
+DEFAULT_CHOICE_SHAPE = (8192, 8192)
 
 FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "dense")
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
@@ -42,8 +47,24 @@ _NEGATIVE_ZERO = np.uint16(0x8000)
 CHUNK_ELEMENTS = 1 << 24  # elements per pass of the checks below (bounds their temporaries)
 
 
-def check_format(requested: str) -> str:
-    if requested not in FORMAT_CHOICES:
+class ChosenFormat(str):
+    """A format name (equal to the plain string) with the reason it was chosen."""
+
+    reason: str
+
+    def __new__(cls, fmt: str, reason: str) -> "ChosenFormat":
+        chosen = super().__new__(cls, fmt)
+        chosen.reason = reason
+        return chosen
+
+
+def check_format(requested: Any) -> Any:
+    """``requested`` if it is a format name of ``FORMAT_CHOICES`` or a ``FormatPolicy`` (= auto)."""
+    from sparsellm.format_choice import FormatPolicy
+
+    if isinstance(requested, FormatPolicy):
+        return requested
+    if not isinstance(requested, str) or requested not in FORMAT_CHOICES:
         raise InvalidArgument(f"unknown format {requested!r}; expected one of {', '.join(FORMAT_CHOICES)}")
     return requested
 
@@ -60,10 +81,14 @@ def to_bits(tensor: Any, dtype: str, name: str) -> np.ndarray:
     import torch
 
     converted = tensor.detach().to(getattr(torch, dtype)).contiguous()
-    if not all(bool(torch.isfinite(part).all()) for part in converted.view(-1).split(CHUNK_ELEMENTS)):
+    bits = converted.view(torch.int16).numpy().view(np.uint16)
+    # NaN or infinity: every exponent bit set (read from the bits: half-precision math on the CPU is slow).
+    exponent = np.uint16(0x7C00 if dtype == "float16" else 0x7F80)
+    flat = bits.reshape(-1)
+    if any(np.any((flat[i : i + CHUNK_ELEMENTS] & exponent) == exponent) for i in range(0, flat.size, CHUNK_ELEMENTS)):
         hint = " (values beyond the float16 range? try --dtype bf16)" if dtype == "float16" else ""
         raise InvalidArgument(f"tensor {name} has NaN or infinite values in {dtype}{hint}")
-    return converted.view(torch.int16).numpy().view(np.uint16)
+    return bits
 
 
 def canonical_zeros(bits: np.ndarray) -> np.ndarray:
@@ -83,13 +108,41 @@ def nonzero_count(bits: np.ndarray) -> int:
                for i in range(0, flat.size, CHUNK_ELEMENTS))
 
 
-def choose_format(requested: str, pruned: bool, sparsity: float) -> str:
-    """The format a tensor is stored in (see the module docstring)."""
-    if not pruned or requested == "dense":
-        return "dense"
-    if requested in SPARSE_DATA_COMPONENT:
-        return requested
-    return "tiled_csl" if sparsity >= TILED_CSL_MIN_SPARSITY else "dense"
+_default_policy: Any = None
+
+
+def default_policy() -> Any:
+    """The ``FormatPolicy`` of ``auto`` when none is given: this GPU's model, else H100's; N = 16."""
+    global _default_policy
+    if _default_policy is None:
+        from sparsellm.format_choice import FormatPolicy
+
+        _default_policy = FormatPolicy.load()
+    return _default_policy
+
+
+def choose_format(requested: Any, pruned: bool, sparsity: float,
+                  shape: tuple[int, ...] | None = None) -> ChosenFormat:
+    """The format a tensor is stored in, with its reason (see the module docstring).
+
+    ``requested``: a name of ``FORMAT_CHOICES`` or a ``FormatPolicy``; ``sparsity``: of the
+    whole tensor; ``shape``: [M, K] of the shard a rank multiplies (default
+    ``DEFAULT_CHOICE_SHAPE``).
+    """
+    if not pruned:
+        return ChosenFormat("dense", "not a pruned weight")
+    if isinstance(requested, str) and requested != "auto":
+        return ChosenFormat(requested, "requested")
+    policy = default_policy() if isinstance(requested, str) else requested
+    shape = tuple(shape) if shape is not None and len(shape) == 2 else DEFAULT_CHOICE_SHAPE
+    choice = policy.choose(shape, sparsity)
+    return ChosenFormat(choice.format, f"{choice.reason} ({policy.model.gpu} model)")
+
+
+def format_fields(chosen: str) -> dict[str, str]:
+    """The config.json fields of a tensor's format: ``format`` and, if known, ``format_reason``."""
+    reason = getattr(chosen, "reason", None)
+    return {"format": str(chosen), **({"format_reason": reason} if reason else {})}
 
 
 def component_keys(name: str, fmt: str) -> list[str]:

@@ -5,9 +5,14 @@
   by row block (selection is per row, so blocks give exactly the whole-matrix result),
   in float32 from the stored values, then converted to the checkpoint dtype. This is
   what ``sparsellm.prune.prune_model`` does with ``method="magnitude"``.
-* Wanda, SparseGPT and OWL need calibration activations: the whole model is loaded
-  (float32, in CPU memory) and pruned with ``sparsellm.prune.prune_model``, on token
-  ids from ``--calib FILE`` or, by default, sampled from the model itself.
+* Wanda, SparseGPT and OWL need calibration activations. ``prune_layerwise`` prunes one
+  decoder layer at a time (``sparsellm.prune.layerwise.StreamedModel``): the model is
+  instantiated on the meta device, decoder layer i alone is read in float32 (onto the GPU
+  when there is one), pruned on its calibration inputs and run to give layer i+1's inputs,
+  while the writer takes its pruned tensors (``PrunedLayers``); OWL first makes a dense
+  pass of the same kind. ``prune_loaded_model`` does the same with ``prune_model`` on a
+  model loaded whole (the reference, for models that fit in memory). Token ids come from
+  ``--calib FILE`` or, by default, are sampled from the model itself.
 
 Argument errors come out as ``sparsellm.InvalidArgument``.
 """
@@ -15,7 +20,8 @@ Argument errors come out as ``sparsellm.InvalidArgument``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,16 +128,22 @@ def prune_streamed(tensor: Any, target: float, spec: PruningSpec, dtype: str, na
     return bits
 
 
-def calibration_ids(model: Any, spec: PruningSpec, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """Token ids for Wanda / SparseGPT / OWL and a description for config.json."""
+def calibration_ids(
+    config: Any, spec: PruningSpec, log: Callable[[str], None], model: Callable[[], AbstractContextManager[Any]]
+) -> tuple[Any, dict[str, Any]]:
+    """Token ids for Wanda / SparseGPT / OWL and a description for config.json.
+
+    ``model()`` gives the runnable model, entered only when ids are sampled from it.
+    """
     from sparsellm.prune import default_calibration_ids, load_calibration_ids
     from sparsellm.prune.calibration import check_calibration_ids
 
-    vocab = getattr(model.config, "vocab_size", None)
+    vocab = getattr(config, "vocab_size", None)
     if spec.calib is None or (isinstance(spec.calib, str) and spec.calib == "default"):
         log(f"calibration: {spec.nsamples} sequences x {spec.seqlen} tokens sampled from the model itself "
             f"(seed {spec.seed}), not real text; pass --calib FILE to calibrate on real text")
-        ids = default_calibration_ids(model, spec.nsamples, spec.seqlen, spec.seed)
+        with model() as runnable:
+            ids = default_calibration_ids(runnable, spec.nsamples, spec.seqlen, spec.seed)
         source: dict[str, Any] = {"source": "sampled from the model", "seed": spec.seed}
     elif isinstance(spec.calib, (str, os.PathLike)):
         ids = _argument(load_calibration_ids, spec.calib, vocab)
@@ -143,6 +155,13 @@ def calibration_ids(model: Any, spec: PruningSpec, log: Callable[[str], None]) -
     return ids, {**source, "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1])}
 
 
+def _record(report: Any, calibration: dict[str, Any] | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"calibration": calibration}
+    if report.layer_sparsity is not None:
+        record["owl"] = {"layer_targets": report.layer_sparsity, "outlier_ratios": report.outlier_ratios}
+    return record
+
+
 def prune_loaded_model(model: Any, spec: PruningSpec, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Prune a loaded transformers model in place with ``prune_model``; returns what config.json records."""
     from sparsellm.prune import prune_model
@@ -150,13 +169,69 @@ def prune_loaded_model(model: Any, spec: PruningSpec, progress: bool, log: Calla
     ids = None
     calibration = None
     if spec.needs_calibration:
-        ids, calibration = calibration_ids(model, spec, log)
+        ids, calibration = calibration_ids(model.config, spec, log, lambda: nullcontext(model))
     report = _argument(prune_model, model, ids, method=spec.method, sparsity=spec.sparsity,
                        layer_sparsity=spec.layer_sparsity, nm=spec.nm, progress=progress)
-    record: dict[str, Any] = {"calibration": calibration}
-    if report.layer_sparsity is not None:
-        record["owl"] = {"layer_targets": report.layer_sparsity, "outlier_ratios": report.outlier_ratios}
-    return record
+    return _record(report, calibration)
+
+
+class PrunedLayers:
+    """Tensor source for the checkpoint writer, pruning decoder layers as their tensors are asked for.
+
+    ``read(name)`` serves a tensor outside the decoder layers from the weight files as stored,
+    and a tensor of decoder layer i from layer i pruned (float32, moved to the CPU). Layers
+    must be asked for in increasing order, which is the storage order; asking for layer i+1
+    releases layer i. ``close()`` releases the last one.
+    """
+
+    def __init__(self, session: Callable[[], AbstractContextManager[Callable[[str], Any]]], plan: ModelPlan,
+                 layers: Iterator[tuple[int, Any]], prefix: str) -> None:
+        self._session, self._layers, self._prefix = session, layers, prefix
+        self._layer_of = {item.name: item.layer for item in plan.tensors}
+        self._index = -1
+        self._parameters: dict[str, Any] = {}
+
+    @contextmanager
+    def __call__(self) -> Iterator[Callable[[str], Any]]:
+        yield self.read
+
+    def read(self, name: str) -> Any:
+        index = self._layer_of[name]
+        if index is None:
+            with self._session() as read:
+                return read(name)
+        if index < self._index:
+            raise RuntimeError(f"tensor {name} of decoder layer {index} asked for after layer {self._index}")
+        while self._index < index:
+            self._parameters = {}  # drop the references before the layer is released
+            self._index, layer = _argument(next, self._layers)
+            self._parameters = {f"{self._prefix}.{self._index}.{key}": value
+                                for key, value in layer.named_parameters()}
+        return self._parameters[name].detach().cpu()
+
+    def close(self) -> None:
+        self._parameters = {}
+        self._layers.close()
+
+
+def prune_layerwise(
+    hf: Any, plan: ModelPlan, spec: PruningSpec, progress: bool, log: Callable[[str], None],
+    device: Any = None,
+) -> tuple[dict[str, Any], PrunedLayers]:
+    """Calibrated pruning of a Hugging Face checkpoint one decoder layer at a time.
+
+    Returns what config.json records and the tensor source the writer reads the pruned model
+    from. OWL's dense pass runs here; the pruning pass runs as the writer reads.
+    """
+    from sparsellm.prune.layerwise import StreamedModel
+    from sparsellm.prune.model import prune_layer_by_layer
+
+    streamed = _argument(StreamedModel, plan.config, hf.session, device)
+    log(f"{spec.method}: calibrating one decoder layer at a time on {streamed.device.type}")
+    ids, calibration = calibration_ids(plan.config, spec, log, streamed.whole_model)
+    report, layers = _argument(prune_layer_by_layer, streamed, ids, method=spec.method, sparsity=spec.sparsity,
+                               layer_sparsity=spec.layer_sparsity, nm=spec.nm, progress=progress)
+    return _record(report, calibration), PrunedLayers(hf.session, plan, layers, streamed.prefix)
 
 
 def pruning_record(spec: PruningSpec, plan: ModelPlan, tensors: dict[str, dict], extra: dict[str, Any]) -> dict:

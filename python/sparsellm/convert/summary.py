@@ -1,8 +1,10 @@
 """A per-tensor table of a checkpoint (``sparsellm info``), from its config.json alone.
 
 Per tensor and rank: name, format, shape (the rank's), sparsity (fraction of zeros in
-the rank's shard), stored bytes (all components), and for Tiled-CSL the ratio of the
-stored bytes to the same shard stored dense in float16. Totals per rank follow.
+the rank's shard), stored bytes (all components), the bytes of the same shard stored
+dense in float16 and their ratio, and, for 2-D weights when a ``FormatPolicy`` is given,
+the speedup over dense its speed model predicts for the shard at the policy's decode
+batch (1.00 for dense). Totals per rank follow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from sparsellm.format_choice import FormatPolicy
 
 from .checkpoint import rank_file_name
 
@@ -49,30 +53,45 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def rank_table(config: dict[str, Any], rank: int) -> str:
+def predicted_speedup(row: TensorRow, policy: FormatPolicy | None) -> float | None:
+    """Dense time over the row's format's time at the policy's decode batch; None for 1-D tensors."""
+    if policy is None or len(row.shape) != 2 or 0 in row.shape or row.format not in policy.model.formats:
+        return None
+    m, k = row.shape
+    return policy.model.speedup(row.format, m, k, policy.decode_batch, row.sparsity)
+
+
+def rank_table(config: dict[str, Any], rank: int, policy: FormatPolicy | None = None) -> str:
     """The table of one rank, with totals."""
     rows = rank_rows(config, rank)
     width = max([len("name")] + [len(r.name) for r in rows])
-    lines = [f"{'name':<{width}}  {'format':<9}  {'shape':>13}  {'sparsity':>8}  {'bytes':>12}  vs fp16"]
+    n = f"@N={policy.decode_batch}" if policy is not None else ""
+    lines = [f"{'name':<{width}}  {'format':<9}  {'shape':>13}  {'sparsity':>8}  {'bytes':>12}  "
+             f"{'dense bytes':>12}  {'vs fp16':>7}  speedup{n}"]
     for r in rows:
         shape = "x".join(str(s) for s in r.shape)
-        ratio = f"{r.ratio:.3f}" if r.format == "tiled_csl" else ""
-        lines.append(f"{r.name:<{width}}  {r.format:<9}  {shape:>13}  {r.sparsity:>8.4f}  {r.bytes:>12}  {ratio}")
+        speedup = predicted_speedup(r, policy)
+        lines.append(f"{r.name:<{width}}  {r.format:<9}  {shape:>13}  {r.sparsity:>8.4f}  {r.bytes:>12}  "
+                     f"{r.dense_fp16_bytes:>12}  {r.ratio:>7.3f}  {'' if speedup is None else f'{speedup:.2f}'}"
+                     .rstrip())
     stored = sum(r.bytes for r in rows)
     dense = sum(r.dense_fp16_bytes for r in rows)
-    tiled = [r for r in rows if r.format == "tiled_csl"]
-    tiled_stored, tiled_dense = sum(r.bytes for r in tiled), sum(r.dense_fp16_bytes for r in tiled)
+    sparse = [r for r in rows if r.format != "dense"]
+    counts = ", ".join(f"{sum(r.format == f for r in rows)} {f}" for f in ("tiled_csl", "bitmap"))
+    sparse_stored, sparse_dense = sum(r.bytes for r in sparse), sum(r.dense_fp16_bytes for r in sparse)
     lines.append(
-        f"total: {len(rows)} tensors ({len(tiled)} tiled_csl), {stored} bytes ({_mib(stored)}); "
+        f"total: {len(rows)} tensors ({counts}), {stored} bytes ({_mib(stored)}); "
         f"dense fp16 would be {dense} bytes ({_mib(dense)}), ratio {stored / dense if dense else 0:.3f}"
     )
-    if tiled:
-        lines.append(f"tiled_csl tensors: {tiled_stored} bytes vs {tiled_dense} dense fp16, "
-                     f"ratio {tiled_stored / tiled_dense:.3f}")
+    if sparse:
+        lines.append(f"sparse tensors: {sparse_stored} bytes vs {sparse_dense} dense fp16, "
+                     f"ratio {sparse_stored / sparse_dense:.3f}")
+    if policy is not None:
+        lines.append(f"speedup: predicted over dense at N={policy.decode_batch} by the {policy.model.gpu} model")
     return "\n".join(lines)
 
 
-def checkpoint_summary(config: dict[str, Any], ranks: list[int]) -> str:
+def checkpoint_summary(config: dict[str, Any], ranks: list[int], policy: FormatPolicy | None = None) -> str:
     """Header lines, then one table per rank."""
     pruning = config["pruning"]
     head = [
@@ -84,5 +103,5 @@ def checkpoint_summary(config: dict[str, Any], ranks: list[int]) -> str:
     for rank in ranks:
         file_name = rank_file_name(rank, config["tp"])
         parts.append(f"rank {rank} of {config['tp']} ({file_name}, {config['files'][file_name]['bytes']} bytes)\n"
-                     + rank_table(config, rank))
+                     + rank_table(config, rank, policy))
     return "\n\n".join(parts)

@@ -5,12 +5,17 @@ Per weight W [out, in]: ``magnitude_prune``, ``wanda_prune``, ``sparsegpt_prune`
 calibration accumulators ``ColumnNormAccumulator`` and ``HessianAccumulator`` collect
 what Wanda and SparseGPT need. Per model: ``prune_model`` prunes a Hugging Face
 Llama-family or OPT model layer by layer, with uniform, OWL or mapped per-layer
-sparsity. Computation is in float32 on the weight's device. See docs/pruning.md.
+sparsity; ``prune_layer_by_layer`` does the same over a ``StreamedModel`` that reads one
+decoder layer at a time from the weight files. Computation is in float32 on the weight's
+device. See docs/pruning.md.
 """
 
 from .calibration import default_calibration_ids, load_calibration_ids, sample_sequences
+from .layerwise import StreamedModel
 from .magnitude import magnitude_prune
-from .model import PruneReport, TensorReport, decoder_layers, layer_linears, prune_model
+from .model import (
+    PruneReport, ResidentLayers, TensorReport, decoder_layers, layer_linears, prune_layer_by_layer, prune_model,
+)
 from .owl import load_sparsity_map, outlier_ratio, owl_layer_sparsity
 from .selection import PruneResult
 from .sparsegpt import sparsegpt_prune
@@ -24,6 +29,8 @@ __all__ = [
     "HessianAccumulator",
     "PruneReport",
     "PruneResult",
+    "ResidentLayers",
+    "StreamedModel",
     "TensorReport",
     "decoder_layers",
     "default_calibration_ids",
@@ -33,6 +40,7 @@ __all__ = [
     "magnitude_prune",
     "outlier_ratio",
     "owl_layer_sparsity",
+    "prune_layer_by_layer",
     "prune_model",
     "prune_weight",
     "sample_sequences",

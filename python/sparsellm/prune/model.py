@@ -21,14 +21,21 @@ Magnitude pruning needs no data and skips the passes (unless OWL asks for them).
 With ``layer_sparsity="owl"`` a first pass over the dense model measures each layer's
 outlier ratio of Wanda scores (see ``owl.py``) to set the per-layer sparsities.
 Everything runs on the device the model is on.
+
+The procedure is written once, over a ``LayerStore`` that hands out decoder layers one
+at a time: ``prune_layer_by_layer(store, ...)`` returns the report and an iterator that
+yields each layer once it is pruned. ``prune_model`` runs it over ``ResidentLayers`` (a
+model in memory); ``layerwise.StreamedModel`` reads each layer from the weight files
+when it is loaded and frees it when released, so that a converter can prune and write a
+model that does not fit in memory.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -124,6 +131,46 @@ def _capture_layer_inputs(
     return captured
 
 
+class LayerStore(Protocol):
+    """Where the decoder layers of a model come from, one at a time.
+
+    ``capture`` runs the model up to decoder layer 0 on calibration ids and returns that
+    layer's recorded inputs; ``load(i)`` returns decoder layer i ready to run (on the
+    device the inputs are on); ``release(i, layer)`` says that the caller is done with it.
+    """
+
+    prefix: str  # module path of the decoder layers, e.g. "model.layers"
+    model: nn.Module  # the causal LM (its layers may be placeholders until loaded)
+
+    def __len__(self) -> int: ...
+
+    def capture(self, ids: torch.Tensor, batch_size: int) -> list[LayerInput]: ...
+
+    def load(self, index: int) -> nn.Module: ...
+
+    def release(self, index: int, layer: nn.Module) -> None: ...
+
+
+class ResidentLayers:
+    """The layers of a model that is entirely in memory: loading and releasing do nothing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.prefix, self.layers = decoder_layers(model)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def capture(self, ids: torch.Tensor, batch_size: int) -> list[LayerInput]:
+        return _capture_layer_inputs(self.model, self.layers[0], ids, batch_size)
+
+    def load(self, index: int) -> nn.Module:
+        return self.layers[index]
+
+    def release(self, index: int, layer: nn.Module) -> None:
+        pass
+
+
 def _run_layer(layer: nn.Module, inputs: list[LayerInput]) -> list[LayerInput]:
     """Run every recorded input through ``layer``; outputs keep the recorded keyword arguments."""
     outputs = []
@@ -154,29 +201,40 @@ def _collect_statistics(
             handle.remove()
 
 
+@torch.no_grad()
 def _walk_layers(
-    model: nn.Module,
-    ids: torch.Tensor,
+    store: LayerStore,
+    ids: torch.Tensor | None,
     batch_size: int,
     make_stats: Callable[[int, str, nn.Linear], InputStatistics | None],
     visit: Callable[[int, nn.Module, dict[str, InputStatistics]], None],
     progress: bool,
     description: str,
-) -> None:
-    """Sequential pass: collect each layer's statistics, call ``visit``, feed its outputs on."""
+) -> Iterator[tuple[int, nn.Module]]:
+    """Sequential pass, one layer at a time: load layer i, collect its statistics on its inputs,
+    call ``visit``, run it (as ``visit`` left it) to get layer i+1's inputs, yield it, release it.
+
+    With ``ids=None`` (magnitude pruning) nothing runs: each layer is loaded, visited with no
+    statistics, yielded and released.
+    """
     from tqdm.auto import tqdm
 
-    _, layers = decoder_layers(model)
-    inputs = _capture_layer_inputs(model, layers[0], ids, batch_size)
-    for index, layer in enumerate(tqdm(layers, desc=description, disable=not progress)):
-        stats = {}
-        for name, linear in layer_linears(layer):
-            accumulator = make_stats(index, name, linear)
-            if accumulator is not None:
-                stats[name] = accumulator
-        _collect_statistics(layer, inputs, stats)
+    inputs = store.capture(ids, batch_size) if ids is not None else None
+    for index in tqdm(range(len(store)), desc=description, disable=not progress):
+        layer = store.load(index)
+        stats: dict[str, InputStatistics] = {}
+        if inputs is not None:
+            for name, linear in layer_linears(layer):
+                accumulator = make_stats(index, name, linear)
+                if accumulator is not None:
+                    stats[name] = accumulator
+            _collect_statistics(layer, inputs, stats)
         visit(index, layer, stats)
-        inputs = _run_layer(layer, inputs)
+        del stats
+        if inputs is not None:
+            inputs = _run_layer(layer, inputs)
+        yield index, layer
+        store.release(index, layer)
 
 
 def tensor_targets(
@@ -208,22 +266,98 @@ def tensor_targets(
     return targets
 
 
-@torch.no_grad()
 def _owl_sparsity(
-    model: nn.Module, ids: torch.Tensor, target: float, batch_size: int, threshold: float, lam: float, progress: bool
+    store: LayerStore, ids: torch.Tensor, target: float, batch_size: int, threshold: float, lam: float,
+    progress: bool,
 ) -> tuple[list[float], list[float]]:
+    """OWL's first pass over the dense layers: the outlier ratio of each, and the layer sparsities."""
     ratios: list[float] = []
 
     def visit(index: int, layer: nn.Module, stats: dict[str, InputStatistics]) -> None:
         linears = dict(layer_linears(layer))
         ratios.append(outlier_ratio((wanda_scores(linears[n].weight, s) for n, s in stats.items()), threshold))
 
-    _walk_layers(
-        model, ids, batch_size,
+    for _ in _walk_layers(
+        store, ids, batch_size,
         lambda index, name, linear: ColumnNormAccumulator(linear.in_features, linear.weight.device),
         visit, progress, "OWL outlier ratios",
-    )
+    ):
+        pass
     return owl_layer_sparsity(ratios, target, lam), ratios
+
+
+def prune_layer_by_layer(
+    store: LayerStore,
+    calib_ids: torch.Tensor | None,
+    method: str = "wanda",
+    sparsity: float | None = 0.5,
+    layer_sparsity: str | os.PathLike | Mapping[int | str, float] | None = None,
+    nm: tuple[int, int] | str | None = None,
+    *,
+    batch_size: int = 8,
+    magnitude_scope: str = "row",
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    owl_threshold: float = 5.0,
+    owl_lambda: float = 0.08,
+    progress: bool = False,
+) -> tuple[PruneReport, Iterator[tuple[int, nn.Module]]]:
+    """Check the arguments, run OWL's dense pass if asked, and return the report with an iterator
+    that prunes the layers of ``store`` in order, yielding (index, pruned layer) while the layer
+    is loaded. The report's tensor list fills as the iterator advances. Arguments as ``prune_model``.
+    """
+    check_method(method)
+    pattern = parse_nm(nm)
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    if pattern is not None:
+        sparsity, _ = resolve_pattern(sparsity, pattern)
+        if layer_sparsity is not None:
+            raise ValueError("an N:M pattern fixes the sparsity of every tensor; layer_sparsity must be None")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    use_owl = isinstance(layer_sparsity, str) and layer_sparsity == "owl"
+    needs_data = method != "magnitude" or use_owl
+    ids = None
+    if needs_data:
+        if calib_ids is None:
+            raise ValueError(f"method {method!r}{' with OWL' if use_owl else ''} needs calibration token ids")
+        ids = check_calibration_ids(calib_ids, getattr(store.model.config, "vocab_size", None))
+
+    report = PruneReport(method=method, nm=pattern)
+    per_layer: Mapping[int | str, float] | None = None
+    if use_owl:
+        if sparsity is None:
+            raise ValueError("OWL needs the target sparsity (sparsity=...)")
+        layer_values, ratios = _owl_sparsity(store, ids, sparsity, batch_size, owl_threshold, owl_lambda, progress)
+        report.layer_sparsity, report.outlier_ratios = layer_values, ratios
+        per_layer = dict(enumerate(layer_values))
+    elif layer_sparsity is not None:
+        per_layer = load_sparsity_map(layer_sparsity)
+    targets = tensor_targets(store.model, sparsity, per_layer)
+    prefix = store.prefix
+
+    def prune_layer(index: int, layer: nn.Module, stats: dict[str, InputStatistics]) -> None:
+        for name, linear in layer_linears(layer):
+            full_name = f"{prefix}.{index}.{name}"
+            target = targets[full_name]
+            if target > 0:
+                result = prune_weight(
+                    linear.weight, method, None if pattern else target, stats.get(name),
+                    nm=pattern, scope=magnitude_scope, blocksize=blocksize, percdamp=percdamp,
+                )
+                linear.weight.copy_(result.weight)
+            achieved = float((linear.weight == 0).float().mean())
+            report.tensors.append(TensorReport(full_name, tuple(linear.weight.shape), target, achieved))
+
+    def make_stats(index: int, name: str, linear: nn.Linear) -> InputStatistics | None:
+        if targets[f"{prefix}.{index}.{name}"] == 0:
+            return None
+        return statistics_for(method, linear.in_features, linear.weight.device)
+
+    data = ids if method != "magnitude" else None
+    layers = _walk_layers(store, data, batch_size, make_stats, prune_layer, progress, f"pruning ({method})")
+    return report, layers
 
 
 @torch.no_grad()
@@ -250,65 +384,17 @@ def prune_model(
     path or mapping, keys = layer indices or tensor names; entries not in the map use
     ``sparsity``). ``nm`` = (n, m) or "n:m" for N:M sparsity (uniform only).
     """
-    check_method(method)
-    prefix, layers = decoder_layers(model)
-    pattern = parse_nm(nm)
-    if sparsity is not None:
-        check_sparsity(sparsity)
-    if pattern is not None:
-        sparsity, _ = resolve_pattern(sparsity, pattern)
-        if layer_sparsity is not None:
-            raise ValueError("an N:M pattern fixes the sparsity of every tensor; layer_sparsity must be None")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    use_owl = isinstance(layer_sparsity, str) and layer_sparsity == "owl"
-    needs_data = method != "magnitude" or use_owl
-    ids = None
-    if needs_data:
-        if calib_ids is None:
-            raise ValueError(f"method {method!r}{' with OWL' if use_owl else ''} needs calibration token ids")
-        ids = check_calibration_ids(calib_ids, getattr(model.config, "vocab_size", None))
-
+    store = ResidentLayers(model)
     was_training = model.training
     model.eval()
     try:
-        report = PruneReport(method=method, nm=pattern)
-        per_layer: Mapping[int | str, float] | None = None
-        if use_owl:
-            if sparsity is None:
-                raise ValueError("OWL needs the target sparsity (sparsity=...)")
-            layer_values, ratios = _owl_sparsity(
-                model, ids, sparsity, batch_size, owl_threshold, owl_lambda, progress
-            )
-            report.layer_sparsity, report.outlier_ratios = layer_values, ratios
-            per_layer = dict(enumerate(layer_values))
-        elif layer_sparsity is not None:
-            per_layer = load_sparsity_map(layer_sparsity)
-        targets = tensor_targets(model, sparsity, per_layer)
-
-        def prune_layer(index: int, layer: nn.Module, stats: dict[str, InputStatistics]) -> None:
-            for name, linear in layer_linears(layer):
-                full_name = f"{prefix}.{index}.{name}"
-                target = targets[full_name]
-                if target > 0:
-                    result = prune_weight(
-                        linear.weight, method, None if pattern else target, stats.get(name),
-                        nm=pattern, scope=magnitude_scope, blocksize=blocksize, percdamp=percdamp,
-                    )
-                    linear.weight.copy_(result.weight)
-                achieved = float((linear.weight == 0).float().mean())
-                report.tensors.append(TensorReport(full_name, tuple(linear.weight.shape), target, achieved))
-
-        if method == "magnitude":
-            for index, layer in enumerate(layers):
-                prune_layer(index, layer, {})
-        else:
-            def make_stats(index: int, name: str, linear: nn.Linear) -> InputStatistics | None:
-                if targets[f"{prefix}.{index}.{name}"] == 0:
-                    return None
-                return statistics_for(method, linear.in_features, linear.weight.device)
-
-            _walk_layers(model, ids, batch_size, make_stats, prune_layer, progress, f"pruning ({method})")
+        report, layers = prune_layer_by_layer(
+            store, calib_ids, method, sparsity, layer_sparsity, nm, batch_size=batch_size,
+            magnitude_scope=magnitude_scope, blocksize=blocksize, percdamp=percdamp,
+            owl_threshold=owl_threshold, owl_lambda=owl_lambda, progress=progress,
+        )
+        for _ in layers:
+            pass
     finally:
         model.train(was_training)
     return report

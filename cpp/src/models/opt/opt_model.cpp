@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "comm/communicator.h"
 #include "common/check.h"
 #include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
@@ -156,12 +157,19 @@ class OptDecoderLayer {
       : index_(index), range_name_("layer " + std::to_string(index)) {
     const std::string p = "model.decoder.layers." + std::to_string(index) + ".";
     const int64_t h = cfg.hidden_size, f = cfg.ffn_dim;
-    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, h, h, stream);
-    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, h, h, stream);
-    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, h, h, stream);
-    out_ = load_linear(ckpt, p + "self_attn.out_proj", cfg.bias, h, h, stream);
-    fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, f, h, stream);
-    fc2_ = load_linear(ckpt, p + "fc2", cfg.bias, h, f, stream);
+    // Tensor parallelism: this rank's rows of q/k/v/fc1, columns of out_proj/fc2;
+    // the row-parallel biases are stored on rank 0 only (added once, before the all-reduce).
+    const int64_t hl = h / ckpt.tp(), fl = f / ckpt.tp();
+    const bool row_parallel_bias = cfg.bias && ckpt.rank() == 0;
+    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, hl, h, stream);
+    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, hl, h, stream);
+    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, hl, h, stream);
+    out_ = load_linear(ckpt, p + "self_attn.out_proj", row_parallel_bias, h, hl, stream);
+    fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, fl, h, stream);
+    fc2_ = load_linear(ckpt, p + "fc2", row_parallel_bias, h, fl, stream);
+    if (cfg.bias && !row_parallel_bias && (ckpt.has(p + "self_attn.out_proj.bias") || ckpt.has(p + "fc2.bias")))
+      throw FormatError(detail::concat(ckpt.rank_file(), ": holds a bias of out_proj or fc2 of layer ", index,
+                                       "; with tensor parallelism only rank 0 may (it would be added twice)"));
     attn_norm_ = load_norm(ckpt, p + "self_attn_layer_norm", cfg, ones, stream);
     ffn_norm_ = load_norm(ckpt, p + "final_layer_norm", cfg, ones, stream);
   }
@@ -186,6 +194,7 @@ class OptDecoderLayer {
     NvtxRange layer_range(range_name_.c_str());
     const OptConfig& cfg = m.config_;
     const int64_t t = b.tokens_count, h = cfg.hidden_size;
+    const int64_t hl = m.local_width_;  // this rank's heads · head_dim (= h when tp = 1)
     const DType dt = m.dtype_;
 
     NormParams norm;
@@ -218,8 +227,8 @@ class OptDecoderLayer {
       KvCacheWriteParams kw;
       kw.k = m.k_.data();
       kw.v = m.v_.data();
-      kw.k_stride = h;
-      kw.v_stride = h;
+      kw.k_stride = hl;
+      kw.v_stride = hl;
       kw.cache = view;
       kw.place = b.place;
       kw.tokens = t;
@@ -230,12 +239,12 @@ class OptDecoderLayer {
       NvtxRange r("attention");
       AttentionParams ap;
       ap.q = m.q_.data();
-      ap.q_stride = h;
+      ap.q_stride = hl;
       ap.cache = view;
       ap.place = b.place;
       ap.out = m.attn_.data();
       ap.tokens = t;
-      ap.heads = cfg.num_heads;
+      ap.heads = m.local_heads_;
       ap.max_positions = b.max_positions;
       ap.scale = 1.0f / std::sqrt(float(cfg.head_dim));
       ap.workspace = m.attention_ws_.data();
@@ -247,6 +256,7 @@ class OptDecoderLayer {
     {
       NvtxRange r("out_proj");
       out_->forward(m.attn_.data(), proj, t, m.linear_ws_, stream);
+      if (m.comm_) m.comm_->all_reduce_sum(proj, size_t(t * h), dt, stream);  // partial sums of the ranks' heads
     }
     const void* ffn_in;
     {
@@ -266,11 +276,12 @@ class OptDecoderLayer {
       fc1_->forward(ffn_in, m.ffn_.data(), t, m.linear_ws_, stream);
       ActivationParams act;
       act.x = m.ffn_.data();
-      act.n = t * cfg.ffn_dim;
+      act.n = t * m.local_ffn_;
       act.kind = cfg.activation;
       act.dtype = dt;
       activation(act, stream);
       fc2_->forward(m.ffn_.data(), m.fc2_out_.data(), t, m.linear_ws_, stream);
+      if (m.comm_) m.comm_->all_reduce_sum(m.fc2_out_.data(), size_t(t * h), dt, stream);  // sum of the ranks' units
     }
     if (!cfg.pre_norm) {
       NvtxRange r("output norm");
@@ -297,11 +308,26 @@ class OptDecoderLayer {
 // --- model ----------------------------------------------------------------
 
 OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tokens, int64_t max_outputs,
-                   int32_t max_seq, cudaStream_t stream)
+                   int32_t max_seq, cudaStream_t stream, const Communicator* comm)
     : config_(cfg), dtype_(ckpt.dtype()), max_tokens_(max_tokens), max_outputs_(max_outputs) {
   SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens,
                       "OPT model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
-  const int64_t h = cfg.hidden_size, e = cfg.embed_dim, v = cfg.vocab_size, f = cfg.ffn_dim;
+  // Tensor parallelism: the checkpoint's split must match the communicator.
+  tp_ = ckpt.tp();
+  tp_rank_ = ckpt.rank();
+  if (tp_ > 1) {
+    SPARSELLM_CHECK_ARG(comm != nullptr && comm->world() == tp_ && comm->rank() == tp_rank_, ckpt.rank_file(),
+                        ": the checkpoint is split over tp = ", tp_, " ranks and this is rank ", tp_rank_,
+                        "; the model needs a communicator of ", tp_, " ranks at that rank",
+                        comm ? detail::concat(", got rank ", comm->rank(), " of ", comm->world()) : std::string());
+    comm_ = comm;
+  }
+  SPARSELLM_CHECK_ARG(cfg.num_heads % tp_ == 0 && cfg.ffn_dim % tp_ == 0, ckpt.rank_file(), ": tp = ", tp_,
+                      " must divide num_attention_heads (", cfg.num_heads, ") and ffn_dim (", cfg.ffn_dim, ")");
+  local_heads_ = cfg.num_heads / tp_;
+  local_width_ = local_heads_ * cfg.head_dim;
+  local_ffn_ = cfg.ffn_dim / tp_;
+  const int64_t h = cfg.hidden_size, e = cfg.embed_dim, v = cfg.vocab_size;
   const size_t es = dtype_size(dtype_);
   const bool projected = e != h;
 
@@ -357,10 +383,10 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
   alloc(hidden_, max_tokens, h, "hidden states");
   alloc(normed_, max_tokens, h, "normed hidden states");
   alloc(q_, max_tokens, h, "queries");
-  alloc(k_, max_tokens, h, "keys");
-  alloc(v_, max_tokens, h, "values");
-  alloc(attn_, max_tokens, h, "attention output");
-  alloc(ffn_, max_tokens, f, "FFN hidden");
+  alloc(k_, max_tokens, local_width_, "keys");
+  alloc(v_, max_tokens, local_width_, "values");
+  alloc(attn_, max_tokens, local_width_, "attention output");
+  alloc(ffn_, max_tokens, local_ffn_, "FFN hidden");
   alloc(fc2_out_, max_tokens, h, "FFN output");
   alloc(last_, max_outputs, h, "output rows");
   alloc(last_normed_, max_outputs, h, "normed output rows");
@@ -375,7 +401,7 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
   attention_ws_bytes_ = 0;
   for (int64_t t = 1; t <= max_tokens; ++t)
     attention_ws_bytes_ =
-        std::max(attention_ws_bytes_, attention_workspace_bytes(t, cfg.num_heads, cfg.head_dim, max_seq));
+        std::max(attention_ws_bytes_, attention_workspace_bytes(t, local_heads_, cfg.head_dim, max_seq));
   attention_ws_ = DeviceBuffer(std::max<size_t>(attention_ws_bytes_, 256), "attention workspace");
   workspace_bytes_ += attention_ws_.bytes();
 

@@ -23,10 +23,15 @@
 // first LayerNorm (or by the gather of the output rows after the last layer),
 // so a layer costs two norm launches and no separate add.
 //
-// Tensor parallelism (later): q/k/v/fc1 split by rows (heads / FFN columns
-// per rank), out_proj/fc2 by columns followed by an all-reduce of `proj` and
-// `fc2_out` before their residual adds; row-parallel biases live on rank 0.
-// This build accepts tp = 1 only.
+// Tensor parallelism (checkpoint tp = N > 1, a Communicator of N ranks): rank
+// r holds heads [r·heads/N, (r+1)·heads/N) of q/k/v (rows of their weights
+// and biases), FFN units [r·F/N, (r+1)·F/N) of fc1, and the matching input
+// columns of out_proj and fc2, so attention and the activation run on local
+// heads/units only and out_proj / fc2 produce partial sums [T, H]; an
+// all-reduce (sum) of `proj` and `fc2_out` on the compute stream completes
+// them before their residual adds. Their biases live on rank 0 alone (split
+// "rank0"), so each is added exactly once. Embeddings, norms and the LM head
+// are replicated: every rank computes the same logits.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -42,6 +47,7 @@
 #include "kernels/activation/activation.h"
 #include "kernels/attention/kv_cache.h"
 #include "layers/linear.h"
+#include "models/decoder_model.h"
 #include "runtime/checkpoint.h"
 #include "runtime/device_buffer.h"
 #include "runtime/kv_cache.h"
@@ -74,44 +80,45 @@ struct OptConfig {
   static OptConfig from_json(const nlohmann::json& model_config, const std::string& where);
 };
 
-// One forward over T packed tokens. All pointers are device memory.
-struct OptForwardBatch {
-  const int32_t* tokens = nullptr;  // [T] token ids (< vocab)
-  TokenPlacement place;             // [T] cache slot and position of each token
-  int64_t tokens_count = 0;         // T ≤ max_tokens of the model's workspace
-  int32_t max_positions = 0;        // bound on position + 1 over the T tokens
-  const int32_t* out_rows = nullptr;  // [outputs] rows of the T whose logits are wanted
-  int64_t outputs = 0;              // 0 … max_outputs (0: no logits, e.g. a mid-prompt chunk)
-  void* logits = nullptr;           // [outputs, vocab] out
-};
+// One forward over T packed tokens (models/decoder_model.h).
+using OptForwardBatch = ForwardBatch;
 
 class OptDecoderLayer;
+class Communicator;
 
-class OptModel {
+class OptModel final : public DecoderModel {
  public:
   // Uploads every weight of `checkpoint` on `stream` (the caller synchronizes
   // before closing the checkpoint) and allocates the activations for up to
-  // max_tokens tokens per forward and max_outputs logit rows.
+  // max_tokens tokens per forward and max_outputs logit rows. A checkpoint
+  // split for tp > 1 needs `comm` (tp ranks, this process's rank = the
+  // checkpoint's); it must outlive the model.
   OptModel(const Checkpoint& checkpoint, const OptConfig& config, int64_t max_tokens, int64_t max_outputs,
-           int32_t max_seq, cudaStream_t stream);
-  ~OptModel();
+           int32_t max_seq, cudaStream_t stream, const Communicator* comm = nullptr);
+  ~OptModel() override;
   OptModel(const OptModel&) = delete;
   OptModel& operator=(const OptModel&) = delete;
 
   const OptConfig& config() const { return config_; }
-  DType dtype() const { return dtype_; }
-  size_t weight_bytes() const { return weight_bytes_; }
-  size_t workspace_bytes() const { return workspace_bytes_; }
+  DType dtype() const override { return dtype_; }
+  size_t weight_bytes() const override { return weight_bytes_; }
+  size_t workspace_bytes() const override { return workspace_bytes_; }
 
   // Enqueues the forward on `stream`: embeddings, every layer (writing the
   // batch's keys and values into `cache`), and the LM head at batch.out_rows.
-  void forward(const OptForwardBatch& batch, const KvCache& cache, cudaStream_t stream) const;
+  void forward(const OptForwardBatch& batch, const KvCache& cache, cudaStream_t stream) const override;
 
  private:
   OptConfig config_;
   DType dtype_ = DType::kFloat16;
   int64_t max_tokens_ = 0, max_outputs_ = 0;
   size_t weight_bytes_ = 0, workspace_bytes_ = 0;
+  // Tensor parallelism: this rank's share (the whole model when tp = 1).
+  const Communicator* comm_ = nullptr;  // null when tp = 1
+  int32_t tp_rank_ = 0, tp_ = 1;
+  int32_t local_heads_ = 0;       // heads / tp
+  int32_t local_width_ = 0;       // Hl = local_heads · head_dim
+  int32_t local_ffn_ = 0;         // Fl = ffn_dim / tp
 
   DeviceBuffer embed_tokens_;     // [vocab, E]
   DeviceBuffer embed_positions_;  // [max_positions + 2, H]
@@ -124,9 +131,10 @@ class OptModel {
   // Activations, [rows, width] row-major.
   DeviceBuffer hidden_;      // [T, H] the residual stream
   DeviceBuffer normed_;      // [T, H] LayerNorm output (pre-LN)
-  DeviceBuffer q_, k_, v_;   // [T, H] each; q_ also holds out_proj's output
-  DeviceBuffer attn_;        // [T, H] attention output
-  DeviceBuffer ffn_;         // [T, F]
+  DeviceBuffer q_;           // [T, H]: queries [T, Hl], then out_proj's output [T, H]
+  DeviceBuffer k_, v_;       // [T, Hl] each
+  DeviceBuffer attn_;        // [T, Hl] attention output
+  DeviceBuffer ffn_;         // [T, Fl]
   DeviceBuffer fc2_out_;     // [T, H]
   DeviceBuffer embed_tmp_;   // [T, E] (E ≠ H only)
   DeviceBuffer last_;        // [outputs, H] gathered output rows

@@ -1,0 +1,519 @@
+// Llama-family model: config parsing, weight upload, the forward over packed
+// tokens (see llama_model.h for the math and the fusions).
+#include "models/llama/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "comm/communicator.h"
+#include "common/check.h"
+#include "kernels/activation/activation.h"
+#include "kernels/attention/attention.h"
+#include "kernels/attention/kv_cache.h"
+#include "kernels/embedding/embedding.h"
+#include "kernels/norm/norm.h"
+#include "runtime/nvtx_range.h"
+#include "runtime/weights.h"
+#include "sparsellm/gemm.h"
+
+namespace sparsellm {
+namespace {
+
+using nlohmann::json;
+
+// --- config ---------------------------------------------------------------
+
+bool has_value(const json& c, const char* key) { return c.contains(key) && !c.at(key).is_null(); }
+
+int32_t positive_int(const json& c, const char* key, const std::string& where) {
+  if (!c.contains(key) || !c.at(key).is_number_integer())
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be an integer"));
+  const int64_t v = c.at(key).get<int64_t>();
+  if (v <= 0 || v > INT32_MAX)
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be positive, got ", v));
+  return int32_t(v);
+}
+
+bool flag(const json& c, const char* key, bool fallback, const std::string& where) {
+  if (!has_value(c, key)) return fallback;
+  if (!c.at(key).is_boolean())
+    throw FormatError(detail::concat(where, ": model_config.", key, " must be true or false"));
+  return c.at(key).get<bool>();
+}
+
+float number(const json& c, const char* key, float fallback, const std::string& where) {
+  if (!has_value(c, key)) return fallback;
+  if (!c.at(key).is_number()) throw FormatError(detail::concat(where, ": model_config.", key, " must be a number"));
+  return c.at(key).get<float>();
+}
+
+// eos/bos ids: an integer, a list of integers (the first is used) or null.
+int32_t token_id(const json& c, const char* key) {
+  if (!c.contains(key)) return -1;
+  const json& v = c.at(key);
+  if (v.is_number_integer()) return int32_t(v.get<int64_t>());
+  if (v.is_array() && !v.empty() && v.at(0).is_number_integer()) return int32_t(v.at(0).get<int64_t>());
+  return -1;
+}
+
+// rope_theta and the scaling: transformers ≥ 5 writes one `rope_parameters`
+// object (rope_type, rope_theta, factor, …); earlier versions `rope_theta`
+// and a `rope_scaling` object (or null) with "rope_type" or "type".
+RopeConfig rope_config(const json& c, const std::string& where) {
+  RopeConfig rope;
+  const json none = json::object();
+  const json* params = &none;
+  if (has_value(c, "rope_parameters")) params = &c.at("rope_parameters");
+  else if (has_value(c, "rope_scaling")) params = &c.at("rope_scaling");
+  if (!params->is_object())
+    throw FormatError(where + ": model_config.rope_parameters / rope_scaling must be an object or null");
+  const json& p = *params;
+  rope.theta = number(p, "rope_theta", number(c, "rope_theta", 10000.f, where), where);
+  if (!(std::isfinite(rope.theta) && rope.theta > 0.f))
+    throw InvalidArgument(detail::concat(where, ": rope_theta must be positive, got ", rope.theta));
+  std::string type = "default";
+  for (const char* key : {"rope_type", "type"})
+    if (has_value(p, key)) {
+      if (!p.at(key).is_string()) throw FormatError(detail::concat(where, ": model_config rope ", key, " must be a string"));
+      type = p.at(key).get<std::string>();
+      break;
+    }
+  if (type == "default") {
+    rope.scaling = RopeConfig::Scaling::kNone;
+  } else if (type == "linear") {
+    rope.scaling = RopeConfig::Scaling::kLinear;
+    rope.factor = number(p, "factor", 0.f, where);
+  } else if (type == "llama3") {
+    rope.scaling = RopeConfig::Scaling::kLlama3;
+    rope.factor = number(p, "factor", 0.f, where);
+    rope.low_freq_factor = number(p, "low_freq_factor", 0.f, where);
+    rope.high_freq_factor = number(p, "high_freq_factor", 0.f, where);
+    if (!has_value(p, "original_max_position_embeddings"))
+      throw FormatError(where + ": llama3 rope scaling needs original_max_position_embeddings");
+    rope.original_max_positions = positive_int(p, "original_max_position_embeddings", where);
+  } else {
+    throw InvalidArgument(detail::concat(where, ": rope_type '", type,
+                                         "' is not supported (supported: default, linear, llama3)"));
+  }
+  if (rope.scaling != RopeConfig::Scaling::kNone && !(std::isfinite(rope.factor) && rope.factor > 0.f))
+    throw InvalidArgument(detail::concat(where, ": rope scaling '", type, "' needs a positive factor"));
+  if (rope.scaling == RopeConfig::Scaling::kLlama3 &&
+      !(rope.low_freq_factor > 0.f && rope.high_freq_factor > rope.low_freq_factor))
+    throw InvalidArgument(detail::concat(where, ": llama3 rope scaling needs high_freq_factor > low_freq_factor > 0"));
+  const float partial = number(p, "partial_rotary_factor", number(c, "partial_rotary_factor", 1.f, where), where);
+  if (partial != 1.f)
+    throw InvalidArgument(detail::concat(where, ": partial_rotary_factor ", partial,
+                                         " is not supported (rotary embedding over the whole head only)"));
+  return rope;
+}
+
+// --- checkpoint helpers ---------------------------------------------------
+
+void expect_shape(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape) {
+  const TensorEntry& t = ckpt.tensor(name);  // FormatError naming the file when absent
+  if (t.shape != shape) {
+    std::string got, want;
+    for (int64_t d : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    for (int64_t d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
+    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", got,
+                                     "], the model config implies [", want, "]"));
+  }
+}
+
+DeviceBuffer upload_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, cudaStream_t stream) {
+  expect_shape(ckpt, name, {n});
+  return upload_dense(ckpt, name, stream);
+}
+
+// `bias`: whether the module has one in the model; row-parallel biases are
+// stored on rank 0 only (`rank0_bias`).
+std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& module, bool bias, bool rank0_bias,
+                                    int64_t out, int64_t in, cudaStream_t stream) {
+  const std::string weight = module + ".weight";
+  const bool load_bias = bias && (!rank0_bias || ckpt.rank() == 0);
+  auto lin = std::make_unique<Linear>(ckpt, weight, load_bias ? module + ".bias" : std::string(), stream);
+  if (lin->out_features() != out || lin->in_features() != in)
+    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", weight, " has shape [", lin->out_features(), ", ",
+                                     lin->in_features(), "], the model config implies [", out, ", ", in, "]"));
+  if (!bias && ckpt.has(module + ".bias"))
+    throw FormatError(detail::concat(ckpt.rank_file(), ": holds ", module, ".bias, which the model config excludes"));
+  return lin;
+}
+
+}  // namespace
+
+LlamaConfig LlamaConfig::from_json(const json& c, const std::string& where) {
+  if (!c.is_object()) throw FormatError(where + ": model_config must be an object");
+  LlamaConfig cfg;
+  if (c.contains("model_type")) {
+    if (!c.at("model_type").is_string()) throw FormatError(where + ": model_config.model_type must be a string");
+    cfg.model_type = c.at("model_type").get<std::string>();
+  }
+  if (cfg.model_type != "llama" && cfg.model_type != "mistral" && cfg.model_type != "qwen2")
+    throw InvalidArgument(detail::concat(where, ": model_type '", cfg.model_type,
+                                         "' is not of the Llama family (supported: llama, mistral, qwen2)"));
+  cfg.vocab_size = positive_int(c, "vocab_size", where);
+  cfg.hidden_size = positive_int(c, "hidden_size", where);
+  cfg.intermediate_size = positive_int(c, "intermediate_size", where);
+  cfg.num_layers = positive_int(c, "num_hidden_layers", where);
+  cfg.num_heads = positive_int(c, "num_attention_heads", where);
+  cfg.num_kv_heads = has_value(c, "num_key_value_heads") ? positive_int(c, "num_key_value_heads", where) : cfg.num_heads;
+  cfg.max_positions = positive_int(c, "max_position_embeddings", where);
+  if (cfg.num_heads % cfg.num_kv_heads != 0)
+    throw InvalidArgument(detail::concat(where, ": num_attention_heads ", cfg.num_heads,
+                                         " is not a multiple of num_key_value_heads ", cfg.num_kv_heads));
+  if (has_value(c, "head_dim")) {
+    cfg.head_dim = positive_int(c, "head_dim", where);
+  } else {
+    if (cfg.hidden_size % cfg.num_heads != 0)
+      throw InvalidArgument(detail::concat(where, ": hidden_size ", cfg.hidden_size,
+                                           " is not a multiple of num_attention_heads ", cfg.num_heads));
+    cfg.head_dim = cfg.hidden_size / cfg.num_heads;
+  }
+  if (cfg.head_dim % 8 != 0 || cfg.head_dim > 256)
+    throw InvalidArgument(detail::concat(where, ": head dimension ", cfg.head_dim,
+                                         " is not supported: the attention kernel needs a multiple of 8 up to 256"));
+  const std::string act = has_value(c, "hidden_act") && c.at("hidden_act").is_string()
+                              ? c.at("hidden_act").get<std::string>()
+                              : std::string("silu");
+  if (act != "silu")
+    throw InvalidArgument(detail::concat(where, ": hidden_act '", act, "' is not supported (the Llama FFN runs silu)"));
+  cfg.norm_eps = number(c, "rms_norm_eps", 1e-6f, where);
+  if (!(std::isfinite(cfg.norm_eps) && cfg.norm_eps >= 0.f))
+    throw InvalidArgument(detail::concat(where, ": rms_norm_eps must be ≥ 0, got ", cfg.norm_eps));
+  cfg.rope = rope_config(c, where);
+  cfg.tied_head = flag(c, "tie_word_embeddings", false, where);
+  if (cfg.model_type == "qwen2") {
+    cfg.qkv_bias = true;  // Qwen2Attention: q, k, v with bias, o without
+    if (flag(c, "use_sliding_window", false, where))
+      throw InvalidArgument(where + ": use_sliding_window is not supported (attention over the whole context only)");
+  } else {
+    cfg.qkv_bias = cfg.o_bias = flag(c, "attention_bias", false, where);
+  }
+  cfg.mlp_bias = flag(c, "mlp_bias", false, where);
+  if (has_value(c, "layer_types")) {  // transformers ≥ 5: per-layer attention kind
+    const json& types = c.at("layer_types");
+    if (!types.is_array()) throw FormatError(where + ": model_config.layer_types must be a list");
+    for (const json& t : types)
+      if (!t.is_string() || t.get<std::string>() != "full_attention")
+        throw InvalidArgument(detail::concat(where, ": layer_types holds '", t.dump(),
+                                             "'; only full_attention layers are supported"));
+  }
+  if (cfg.model_type == "mistral" && has_value(c, "sliding_window"))
+    cfg.sliding_window = positive_int(c, "sliding_window", where);
+  cfg.eos_token_id = token_id(c, "eos_token_id");
+  cfg.bos_token_id = token_id(c, "bos_token_id");
+  if (cfg.eos_token_id >= cfg.vocab_size) cfg.eos_token_id = -1;
+  if (cfg.bos_token_id >= cfg.vocab_size) cfg.bos_token_id = -1;
+  return cfg;
+}
+
+// --- decoder layer --------------------------------------------------------
+
+class LlamaDecoderLayer {
+ public:
+  LlamaDecoderLayer(const Checkpoint& ckpt, const LlamaModel& m, int index, cudaStream_t stream)
+      : index_(index), range_name_("layer " + std::to_string(index)) {
+    const LlamaConfig& cfg = m.config_;
+    const std::string p = "model.layers." + std::to_string(index) + ".";
+    const int64_t h = cfg.hidden_size, d = cfg.head_dim, qw = int64_t(m.heads_) * d, kvw = int64_t(m.kv_heads_) * d,
+                  f = m.ffn_;
+    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.qkv_bias, false, qw, h, stream);
+    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.qkv_bias, false, kvw, h, stream);
+    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.qkv_bias, false, kvw, h, stream);
+    o_ = load_linear(ckpt, p + "self_attn.o_proj", cfg.o_bias, true, h, qw, stream);
+    gate_ = load_linear(ckpt, p + "mlp.gate_proj", cfg.mlp_bias, false, f, h, stream);
+    up_ = load_linear(ckpt, p + "mlp.up_proj", cfg.mlp_bias, false, f, h, stream);
+    down_ = load_linear(ckpt, p + "mlp.down_proj", cfg.mlp_bias, true, h, f, stream);
+    attn_norm_ = upload_vector(ckpt, p + "input_layernorm.weight", h, stream);
+    ffn_norm_ = upload_vector(ckpt, p + "post_attention_layernorm.weight", h, stream);
+  }
+
+  size_t weight_bytes() const {
+    size_t bytes = attn_norm_.bytes() + ffn_norm_.bytes();
+    for (const Linear* l : linears()) bytes += l->device_bytes();
+    return bytes;
+  }
+
+  size_t spmm_workspace_bytes(int64_t max_n) const {
+    size_t bytes = 0;
+    for (const Linear* l : linears()) bytes = std::max(bytes, l->spmm_workspace_bytes(max_n));
+    return bytes;
+  }
+
+  //   h += branch (down_proj's output, pending from the previous layer; none for layer 0)
+  //   x = RMSNorm1(h);  q, k, v = proj(x);  rope(q, k);  cache ← k, v;  a = attention(q)
+  //   branch = o_proj(a);  h += branch;  x = RMSNorm2(h)
+  //   branch = down_proj(silu(gate_proj(x)) · up_proj(x))   (left pending)
+  void forward(const LlamaModel& m, const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
+    NvtxRange layer_range(range_name_.c_str());
+    const LlamaConfig& cfg = m.config_;
+    const int64_t t = b.tokens_count, h = cfg.hidden_size, d = cfg.head_dim;
+    const int64_t qw = int64_t(m.heads_) * d, kvw = int64_t(m.kv_heads_) * d;
+    const DType dt = m.dtype_;
+
+    NormParams norm;
+    norm.n = t;
+    norm.width = h;
+    norm.eps = cfg.norm_eps;
+    norm.kind = NormKind::kRmsNorm;
+    norm.dtype = dt;
+    {
+      NvtxRange r("attention norm");
+      norm.x = index_ == 0 ? nullptr : m.branch_.data();
+      norm.residual = m.hidden_.data();
+      norm.gamma = attn_norm_.data();
+      norm.out = m.normed_.data();
+      sparsellm::norm(norm, stream);
+    }
+    {
+      NvtxRange r("qkv");
+      q_->forward(m.normed_.data(), m.q_.data(), t, m.linear_ws_, stream);
+      k_->forward(m.normed_.data(), m.k_.data(), t, m.linear_ws_, stream);
+      v_->forward(m.normed_.data(), m.v_.data(), t, m.linear_ws_, stream);
+    }
+    {
+      NvtxRange r("rope");
+      RopeParams rp;
+      rp.q = m.q_.data();
+      rp.k = m.k_.data();
+      rp.q_stride = qw;
+      rp.k_stride = kvw;
+      rp.q_heads = m.heads_;
+      rp.k_heads = m.kv_heads_;
+      rp.head_dim = cfg.head_dim;
+      rp.position = b.place.position;
+      rp.inv_freq = static_cast<const float*>(m.inv_freq_.data());
+      rp.tokens = t;
+      rp.dtype = dt;
+      rope(rp, stream);
+    }
+    const KvCacheView view = cache.layer(index_);
+    {
+      NvtxRange r("kv cache write");
+      KvCacheWriteParams kw;
+      kw.k = m.k_.data();
+      kw.v = m.v_.data();
+      kw.k_stride = kvw;
+      kw.v_stride = kvw;
+      kw.cache = view;
+      kw.place = b.place;
+      kw.tokens = t;
+      kw.dtype = dt;
+      kv_cache_write(kw, stream);
+    }
+    {
+      NvtxRange r("attention");
+      AttentionParams ap;
+      ap.q = m.q_.data();
+      ap.q_stride = qw;
+      ap.cache = view;
+      ap.place = b.place;
+      ap.out = m.attn_.data();
+      ap.tokens = t;
+      ap.heads = m.heads_;
+      ap.max_positions = b.max_positions;
+      ap.scale = 1.0f / std::sqrt(float(cfg.head_dim));
+      ap.workspace = m.attention_ws_.data();
+      ap.workspace_bytes = m.attention_ws_bytes_;
+      ap.dtype = dt;
+      attention(ap, stream);
+    }
+    {
+      NvtxRange r("o_proj");
+      o_->forward(m.attn_.data(), m.branch_.data(), t, m.linear_ws_, stream);
+      if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' heads
+    }
+    {
+      NvtxRange r("residual norm");
+      norm.x = m.branch_.data();
+      norm.residual = m.hidden_.data();
+      norm.gamma = ffn_norm_.data();
+      norm.out = m.normed_.data();
+      sparsellm::norm(norm, stream);
+    }
+    {
+      NvtxRange r("ffn");
+      gate_->forward(m.normed_.data(), m.gate_.data(), t, m.linear_ws_, stream);
+      up_->forward(m.normed_.data(), m.up_.data(), t, m.linear_ws_, stream);
+      GatedActivationParams act;
+      act.gate = m.gate_.data();
+      act.up = m.up_.data();
+      act.out = m.gate_.data();
+      act.rows = t;
+      act.cols = m.ffn_;
+      act.gate_stride = m.ffn_;
+      act.up_stride = m.ffn_;
+      act.kind = Activation::kSilu;
+      act.dtype = dt;
+      gated_activation(act, stream);
+      down_->forward(m.gate_.data(), m.branch_.data(), t, m.linear_ws_, stream);
+      if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' units
+    }
+  }
+
+ private:
+  std::vector<const Linear*> linears() const {
+    return {q_.get(), k_.get(), v_.get(), o_.get(), gate_.get(), up_.get(), down_.get()};
+  }
+
+  int index_;
+  std::string range_name_;
+  std::unique_ptr<Linear> q_, k_, v_, o_, gate_, up_, down_;
+  DeviceBuffer attn_norm_, ffn_norm_;  // [H] RMSNorm gammas
+};
+
+// --- model ----------------------------------------------------------------
+
+LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t max_tokens, int64_t max_outputs,
+                       int32_t max_seq, cudaStream_t stream, const Communicator* comm)
+    : config_(cfg), dtype_(ckpt.dtype()), max_tokens_(max_tokens), max_outputs_(max_outputs) {
+  SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens,
+                      "Llama model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
+  const int tp = ckpt.tp();
+  if (tp > 1) {
+    SPARSELLM_CHECK_ARG(comm != nullptr && comm->world() == tp && comm->rank() == ckpt.rank(), ckpt.rank_file(),
+                        ": the checkpoint is split over tp = ", tp, " ranks and this is rank ", ckpt.rank(),
+                        "; the model needs a communicator of ", tp, " ranks at that rank",
+                        comm ? detail::concat(", got rank ", comm->rank(), " of ", comm->world()) : std::string());
+    comm_ = comm;
+  }
+  if (cfg.num_heads % tp != 0 || cfg.num_kv_heads % tp != 0 || cfg.intermediate_size % tp != 0)
+    throw InvalidArgument(detail::concat(ckpt.rank_file(), ": tp = ", tp, " does not divide num_attention_heads ",
+                                         cfg.num_heads, ", num_key_value_heads ", cfg.num_kv_heads,
+                                         " and intermediate_size ", cfg.intermediate_size));
+  if (cfg.sliding_window > 0 && max_seq > cfg.sliding_window)
+    throw InvalidArgument(detail::concat("Llama model: max_seq_len ", max_seq, " exceeds the model's sliding_window ",
+                                         cfg.sliding_window, "; this runtime attends to the whole context, so "
+                                         "sequences must fit in the window"));
+  heads_ = cfg.num_heads / tp;
+  kv_heads_ = cfg.num_kv_heads / tp;
+  ffn_ = cfg.intermediate_size / tp;
+  const int64_t h = cfg.hidden_size, v = cfg.vocab_size, d = cfg.head_dim;
+  const int64_t qw = int64_t(heads_) * d, kvw = int64_t(kv_heads_) * d;
+  const size_t es = dtype_size(dtype_);
+
+  {
+    NvtxRange r("load weights");
+    expect_shape(ckpt, "model.embed_tokens.weight", {v, h});
+    embed_tokens_ = upload_dense(ckpt, "model.embed_tokens.weight", stream);
+    final_gamma_ = upload_vector(ckpt, "model.norm.weight", h, stream);
+    weight_bytes_ += embed_tokens_.bytes() + final_gamma_.bytes();
+    if (cfg.tied_head && !ckpt.has("lm_head.weight")) {
+      lm_head_ = std::make_unique<Linear>(Linear::dense_view(embed_tokens_.data(), v, h, dtype_));
+    } else {
+      lm_head_ = load_linear(ckpt, "lm_head", false, false, v, h, stream);
+      weight_bytes_ += lm_head_->device_bytes();
+    }
+    const std::vector<float> inv_freq = rope_inverse_frequencies(cfg.rope, cfg.head_dim);
+    inv_freq_ = DeviceBuffer(inv_freq.size() * sizeof(float), "RoPE inverse frequencies");
+    inv_freq_.upload(inv_freq.data(), inv_freq.size() * sizeof(float), stream);  // pageable: staged before returning
+    layers_.reserve(size_t(cfg.num_layers));
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      layers_.push_back(std::make_unique<LlamaDecoderLayer>(ckpt, *this, l, stream));
+      weight_bytes_ += layers_.back()->weight_bytes();
+    }
+    if (ckpt.has("model.layers." + std::to_string(cfg.num_layers) + ".input_layernorm.weight"))
+      throw FormatError(detail::concat(ckpt.rank_file(), ": holds more decoder layers than num_hidden_layers = ",
+                                       cfg.num_layers));
+  }
+
+  auto alloc = [&](DeviceBuffer& buf, int64_t rows, int64_t width, const char* what) {
+    buf = DeviceBuffer(size_t(rows) * size_t(width) * es, std::string("activations: ") + what);
+    workspace_bytes_ += buf.bytes();
+  };
+  alloc(hidden_, max_tokens, h, "hidden states");
+  alloc(normed_, max_tokens, h, "normed hidden states");
+  alloc(q_, max_tokens, qw, "queries");
+  alloc(k_, max_tokens, kvw, "keys");
+  alloc(v_, max_tokens, kvw, "values");
+  alloc(attn_, max_tokens, qw, "attention output");
+  alloc(gate_, max_tokens, ffn_, "FFN gate");
+  alloc(up_, max_tokens, ffn_, "FFN up");
+  alloc(branch_, max_tokens, h, "branch output");
+  alloc(last_, max_outputs, h, "output rows");
+  alloc(last_normed_, max_outputs, h, "normed output rows");
+
+  // As in OPT: the split over keys is not monotone in the token count, so take
+  // the largest workspace over every count a forward may see.
+  attention_ws_bytes_ = 0;
+  for (int64_t t = 1; t <= max_tokens; ++t)
+    attention_ws_bytes_ = std::max(attention_ws_bytes_, attention_workspace_bytes(t, heads_, cfg.head_dim, max_seq));
+  attention_ws_ = DeviceBuffer(std::max<size_t>(attention_ws_bytes_, 256), "attention workspace");
+  workspace_bytes_ += attention_ws_.bytes();
+
+  size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
+  for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));
+  if (spmm_bytes > 0) {
+    spmm_ws_ = DeviceBuffer(spmm_bytes, "SpMM workspace");
+    spmm_ws_.zero(stream);  // the SpMM kernels return their counters to zero
+    workspace_bytes_ += spmm_ws_.bytes();
+  }
+  gemm_ws_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "cuBLASLt workspace");
+  workspace_bytes_ += gemm_ws_.bytes();
+  linear_ws_.spmm = spmm_ws_.data();
+  linear_ws_.spmm_bytes = spmm_ws_.bytes();
+  linear_ws_.gemm = gemm_ws_.data();
+  linear_ws_.gemm_bytes = gemm_ws_.bytes();
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::forward(const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
+  const LlamaConfig& cfg = config_;
+  SPARSELLM_CHECK_ARG(b.tokens_count >= 1 && b.tokens_count <= max_tokens_, "Llama forward: ", b.tokens_count,
+                      " tokens, the workspace holds 1 to ", max_tokens_);
+  SPARSELLM_CHECK_ARG(b.outputs >= 0 && b.outputs <= max_outputs_, "Llama forward: ", b.outputs,
+                      " output rows, the workspace holds 0 to ", max_outputs_);
+  SPARSELLM_CHECK_ARG(b.max_positions >= 1 && b.max_positions <= cache.max_seq() &&
+                          b.max_positions <= cfg.max_positions,
+                      "Llama forward: max_positions ", b.max_positions, " outside [1, ",
+                      std::min(cache.max_seq(), cfg.max_positions), "]");
+  SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
+                      "Llama forward: a device pointer is null");
+  const int64_t t = b.tokens_count, h = cfg.hidden_size;
+
+  {
+    NvtxRange r("embedding");
+    EmbeddingParams emb;
+    emb.table = embed_tokens_.data();
+    emb.ids = b.tokens;
+    emb.out = hidden_.data();
+    emb.n = t;
+    emb.width = h;
+    emb.rows = cfg.vocab_size;
+    emb.dtype = dtype_;
+    embedding(emb, stream);
+  }
+
+  for (const auto& layer : layers_) layer->forward(*this, b, cache, stream);
+  if (b.outputs == 0) return;  // a prefill chunk in which no prompt ends
+
+  NvtxRange r("lm head");
+  // The output rows of the residual stream plus the last layer's pending FFN output.
+  EmbeddingParams gather;
+  gather.table = hidden_.data();
+  gather.ids = b.out_rows;
+  gather.out = last_.data();
+  gather.n = b.outputs;
+  gather.width = h;
+  gather.rows = t;
+  gather.dtype = dtype_;
+  embedding(gather, stream);
+  gather.table = branch_.data();
+  gather.accumulate = true;
+  embedding(gather, stream);
+  NormParams norm;
+  norm.x = last_.data();
+  norm.gamma = final_gamma_.data();
+  norm.out = last_normed_.data();
+  norm.n = b.outputs;
+  norm.width = h;
+  norm.eps = cfg.norm_eps;
+  norm.kind = NormKind::kRmsNorm;
+  norm.dtype = dtype_;
+  sparsellm::norm(norm, stream);
+  lm_head_->forward(last_normed_.data(), b.logits, b.outputs, linear_ws_, stream);
+}
+
+}  // namespace sparsellm
