@@ -76,7 +76,13 @@ def test_fit_needs_dense_and_a_sparse_format():
 def test_shipped_h100_model_is_the_fit_of_the_committed_benchmark():
     shipped = read_model(DATA_DIR / model_file_name(DEFAULT_GPU))
     refit = fit_benchmark_file(H100_BENCHMARK)
-    assert refit.to_json() == json.loads(json.dumps(shipped.to_json()))
+    # The fit alternates discrete choices over least-squares solves, whose last bits depend on the
+    # BLAS it runs on: compare what the models predict on the benchmark's products, not their bits.
+    doc = json.loads(H100_BENCHMARK.read_text())
+    for r in doc["records"]:
+        if r["impl"] in ("tiled_csl", "bitmap"):
+            args = (r["impl"], r["M"], r["K"], r["N"], r["sparsity"])
+            assert refit.speedup(*args) == pytest.approx(shipped.speedup(*args), rel=1e-3), args
     assert shipped.gpu == DEFAULT_GPU and max(shipped.fit["rms_relative_error"].values()) < 0.15
 
 
