@@ -2,10 +2,16 @@
 // model family's config parser and class (decoder_model.h).
 #include "models/decoder_model.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "common/check.h"
+#include "kernels/attention/attention.h"
 #include "models/llama/llama_model.h"
 #include "models/opt/opt_model.h"
+#include "runtime/nvtx_range.h"
 #include "sparsellm/error.h"
+#include "sparsellm/gemm.h"
 
 namespace sparsellm {
 
@@ -57,6 +63,76 @@ std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& ckpt, const s
                                         max_outputs, max_seq, stream, comm);
   throw InvalidArgument(detail::concat(where, ": architecture '", ckpt.architecture(),
                                        "' is not supported by the runtime (supported: opt, llama)"));
+}
+
+void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
+                      cudaStream_t stream) {
+  {
+    NvtxRange r("kv cache write");
+    KvCacheWriteParams kw;
+    kw.k = a.k;
+    kw.v = a.v;
+    kw.k_stride = a.kv_stride;
+    kw.v_stride = a.kv_stride;
+    kw.cache = cache;
+    kw.place = batch.place;
+    kw.tokens = batch.tokens_count;
+    kw.dtype = dtype;
+    kv_cache_write(kw, stream);
+  }
+  {
+    NvtxRange r("attention");
+    AttentionParams ap;
+    ap.q = a.q;
+    ap.q_stride = a.q_stride;
+    ap.cache = cache;
+    ap.place = batch.place;
+    ap.out = a.out;
+    ap.tokens = batch.tokens_count;
+    ap.heads = a.heads;
+    ap.max_positions = batch.max_positions;
+    ap.scale = 1.0f / std::sqrt(float(a.head_dim));
+    ap.workspace = a.workspace;
+    ap.workspace_bytes = a.workspace_bytes;
+    ap.dtype = dtype;
+    attention(ap, stream);
+  }
+}
+
+size_t ForwardWorkspaces::allocate(int64_t max_tokens, int32_t heads, int32_t head_dim, int32_t max_seq,
+                                   size_t spmm_bytes, cudaStream_t stream) {
+  // The split over keys is not monotone in the token count: take the largest
+  // workspace over every count a forward may see.
+  attention_bytes = 0;
+  for (int64_t t = 1; t <= max_tokens; ++t)
+    attention_bytes = std::max(attention_bytes, attention_workspace_bytes(t, heads, head_dim, max_seq));
+  attention = DeviceBuffer(std::max<size_t>(attention_bytes, 256), "attention workspace");
+  size_t total = attention.bytes();
+  if (spmm_bytes > 0) {
+    spmm = DeviceBuffer(spmm_bytes, "SpMM workspace");
+    spmm.zero(stream);  // the SpMM kernels return their counters to zero
+    total += spmm.bytes();
+  }
+  gemm = DeviceBuffer(kDenseGemmWorkspaceBytes, "cuBLASLt workspace");
+  total += gemm.bytes();
+  linear.spmm = spmm.data();
+  linear.spmm_bytes = spmm.bytes();
+  linear.gemm = gemm.data();
+  linear.gemm_bytes = gemm.bytes();
+  return total;
+}
+
+void check_forward_batch(const ForwardBatch& b, const KvCache& cache, int64_t max_tokens, int64_t max_outputs,
+                         int32_t max_positions, const char* who) {
+  SPARSELLM_CHECK_ARG(b.tokens_count >= 1 && b.tokens_count <= max_tokens, who, " forward: ", b.tokens_count,
+                      " tokens, the workspace holds 1 to ", max_tokens);
+  SPARSELLM_CHECK_ARG(b.outputs >= 0 && b.outputs <= max_outputs, who, " forward: ", b.outputs,
+                      " output rows, the workspace holds 0 to ", max_outputs);
+  SPARSELLM_CHECK_ARG(b.max_positions >= 1 && b.max_positions <= cache.max_seq() && b.max_positions <= max_positions,
+                      who, " forward: max_positions ", b.max_positions, " outside [1, ",
+                      std::min(cache.max_seq(), max_positions), "]");
+  SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
+                      who, " forward: a device pointer is null");
 }
 
 }  // namespace sparsellm

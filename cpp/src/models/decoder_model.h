@@ -18,6 +18,8 @@
 #include <string>
 
 #include "kernels/attention/kv_cache.h"
+#include "layers/linear.h"
+#include "runtime/device_buffer.h"
 #include "runtime/checkpoint.h"
 #include "runtime/kv_cache.h"
 #include "sparsellm/types.h"
@@ -75,5 +77,41 @@ DecoderShape decoder_shape(const Checkpoint& checkpoint, const std::string& wher
 std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& checkpoint, const std::string& where,
                                                  int64_t max_tokens, int64_t max_outputs, int32_t max_seq,
                                                  cudaStream_t stream, const Communicator* comm = nullptr);
+
+// Checks a forward's batch against the model's workspace (max_tokens,
+// max_outputs), its cache and its position limit; `who` names the model in
+// the InvalidArgument it throws.
+void check_forward_batch(const ForwardBatch& batch, const KvCache& cache, int64_t max_tokens, int64_t max_outputs,
+                         int32_t max_positions, const char* who);
+
+// Scratch a family's forward needs beside its activations, sized once at load.
+struct ForwardWorkspaces {
+  DeviceBuffer attention;      // attention's split-key partials
+  size_t attention_bytes = 0;  // of which in use
+  DeviceBuffer spmm, gemm;     // SpMM (zero-filled once) and cuBLASLt scratch
+  LinearWorkspace linear;      // the two above, as every Linear takes them
+
+  // Allocates them for forwards of up to max_tokens tokens and sequences of up
+  // to max_seq, with `spmm_bytes` the largest SpMM workspace of the model's
+  // linears; returns the bytes allocated.
+  size_t allocate(int64_t max_tokens, int32_t heads, int32_t head_dim, int32_t max_seq, size_t spmm_bytes,
+                  cudaStream_t stream);
+};
+
+// The attention step of every family: the T tokens' keys and values go into one
+// layer's cache at their (slot, position), then each query attends to its
+// sequence's cached keys 0 … position with scale 1/√head_dim.
+struct CachedAttention {
+  const void* q = nullptr;  // [T, heads · head_dim], row stride q_stride
+  const void* k = nullptr;  // [T, kv_heads · head_dim], row stride kv_stride
+  const void* v = nullptr;  // [T, kv_heads · head_dim], row stride kv_stride
+  int64_t q_stride = 0, kv_stride = 0;
+  void* out = nullptr;      // [T, heads · head_dim]
+  int32_t heads = 0, head_dim = 0;
+  void* workspace = nullptr;  // attention_workspace_bytes(...) bytes
+  size_t workspace_bytes = 0;
+};
+void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
+                      cudaStream_t stream);
 
 }  // namespace sparsellm

@@ -3,13 +3,11 @@
 #include "models/llama/llama_model.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "comm/communicator.h"
 #include "common/check.h"
 #include "kernels/activation/activation.h"
 #include "kernels/attention/attention.h"
-#include "kernels/attention/kv_cache.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/norm/norm.h"
 #include "runtime/nvtx_range.h"
@@ -268,9 +266,9 @@ class LlamaDecoderLayer {
     }
     {
       NvtxRange r("qkv");
-      q_->forward(m.normed_.data(), m.q_.data(), t, m.linear_ws_, stream);
-      k_->forward(m.normed_.data(), m.k_.data(), t, m.linear_ws_, stream);
-      v_->forward(m.normed_.data(), m.v_.data(), t, m.linear_ws_, stream);
+      q_->forward(m.normed_.data(), m.q_.data(), t, m.ws_.linear, stream);
+      k_->forward(m.normed_.data(), m.k_.data(), t, m.ws_.linear, stream);
+      v_->forward(m.normed_.data(), m.v_.data(), t, m.ws_.linear, stream);
     }
     {
       NvtxRange r("rope");
@@ -288,40 +286,23 @@ class LlamaDecoderLayer {
       rp.dtype = dt;
       rope(rp, stream);
     }
-    const KvCacheView view = cache.layer(index_);
     {
-      NvtxRange r("kv cache write");
-      KvCacheWriteParams kw;
-      kw.k = m.k_.data();
-      kw.v = m.v_.data();
-      kw.k_stride = kvw;
-      kw.v_stride = kvw;
-      kw.cache = view;
-      kw.place = b.place;
-      kw.tokens = t;
-      kw.dtype = dt;
-      kv_cache_write(kw, stream);
-    }
-    {
-      NvtxRange r("attention");
-      AttentionParams ap;
-      ap.q = m.q_.data();
-      ap.q_stride = qw;
-      ap.cache = view;
-      ap.place = b.place;
-      ap.out = m.attn_.data();
-      ap.tokens = t;
-      ap.heads = m.heads_;
-      ap.max_positions = b.max_positions;
-      ap.scale = 1.0f / std::sqrt(float(cfg.head_dim));
-      ap.workspace = m.attention_ws_.data();
-      ap.workspace_bytes = m.attention_ws_bytes_;
-      ap.dtype = dt;
-      attention(ap, stream);
+      CachedAttention ca;
+      ca.q = m.q_.data();
+      ca.k = m.k_.data();
+      ca.v = m.v_.data();
+      ca.q_stride = qw;
+      ca.kv_stride = kvw;
+      ca.out = m.attn_.data();
+      ca.heads = m.heads_;
+      ca.head_dim = cfg.head_dim;
+      ca.workspace = m.ws_.attention.data();
+      ca.workspace_bytes = m.ws_.attention_bytes;
+      cached_attention(ca, cache.layer(index_), b, dt, stream);
     }
     {
       NvtxRange r("o_proj");
-      o_->forward(m.attn_.data(), m.branch_.data(), t, m.linear_ws_, stream);
+      o_->forward(m.attn_.data(), m.branch_.data(), t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' heads
     }
     {
@@ -334,8 +315,8 @@ class LlamaDecoderLayer {
     }
     {
       NvtxRange r("ffn");
-      gate_->forward(m.normed_.data(), m.gate_.data(), t, m.linear_ws_, stream);
-      up_->forward(m.normed_.data(), m.up_.data(), t, m.linear_ws_, stream);
+      gate_->forward(m.normed_.data(), m.gate_.data(), t, m.ws_.linear, stream);
+      up_->forward(m.normed_.data(), m.up_.data(), t, m.ws_.linear, stream);
       GatedActivationParams act;
       act.gate = m.gate_.data();
       act.up = m.up_.data();
@@ -347,7 +328,7 @@ class LlamaDecoderLayer {
       act.kind = Activation::kSilu;
       act.dtype = dt;
       gated_activation(act, stream);
-      down_->forward(m.gate_.data(), m.branch_.data(), t, m.linear_ws_, stream);
+      down_->forward(m.gate_.data(), m.branch_.data(), t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' units
     }
   }
@@ -434,43 +415,16 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   alloc(last_, max_outputs, h, "output rows");
   alloc(last_normed_, max_outputs, h, "normed output rows");
 
-  // As in OPT: the split over keys is not monotone in the token count, so take
-  // the largest workspace over every count a forward may see.
-  attention_ws_bytes_ = 0;
-  for (int64_t t = 1; t <= max_tokens; ++t)
-    attention_ws_bytes_ = std::max(attention_ws_bytes_, attention_workspace_bytes(t, heads_, cfg.head_dim, max_seq));
-  attention_ws_ = DeviceBuffer(std::max<size_t>(attention_ws_bytes_, 256), "attention workspace");
-  workspace_bytes_ += attention_ws_.bytes();
-
   size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
   for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));
-  if (spmm_bytes > 0) {
-    spmm_ws_ = DeviceBuffer(spmm_bytes, "SpMM workspace");
-    spmm_ws_.zero(stream);  // the SpMM kernels return their counters to zero
-    workspace_bytes_ += spmm_ws_.bytes();
-  }
-  gemm_ws_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "cuBLASLt workspace");
-  workspace_bytes_ += gemm_ws_.bytes();
-  linear_ws_.spmm = spmm_ws_.data();
-  linear_ws_.spmm_bytes = spmm_ws_.bytes();
-  linear_ws_.gemm = gemm_ws_.data();
-  linear_ws_.gemm_bytes = gemm_ws_.bytes();
+  workspace_bytes_ += ws_.allocate(max_tokens, heads_, cfg.head_dim, max_seq, spmm_bytes, stream);
 }
 
 LlamaModel::~LlamaModel() = default;
 
 void LlamaModel::forward(const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
   const LlamaConfig& cfg = config_;
-  SPARSELLM_CHECK_ARG(b.tokens_count >= 1 && b.tokens_count <= max_tokens_, "Llama forward: ", b.tokens_count,
-                      " tokens, the workspace holds 1 to ", max_tokens_);
-  SPARSELLM_CHECK_ARG(b.outputs >= 0 && b.outputs <= max_outputs_, "Llama forward: ", b.outputs,
-                      " output rows, the workspace holds 0 to ", max_outputs_);
-  SPARSELLM_CHECK_ARG(b.max_positions >= 1 && b.max_positions <= cache.max_seq() &&
-                          b.max_positions <= cfg.max_positions,
-                      "Llama forward: max_positions ", b.max_positions, " outside [1, ",
-                      std::min(cache.max_seq(), cfg.max_positions), "]");
-  SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
-                      "Llama forward: a device pointer is null");
+  check_forward_batch(b, cache, max_tokens_, max_outputs_, cfg.max_positions, "Llama");
   const int64_t t = b.tokens_count, h = cfg.hidden_size;
 
   {
@@ -513,7 +467,7 @@ void LlamaModel::forward(const ForwardBatch& b, const KvCache& cache, cudaStream
   norm.kind = NormKind::kRmsNorm;
   norm.dtype = dtype_;
   sparsellm::norm(norm, stream);
-  lm_head_->forward(last_normed_.data(), b.logits, b.outputs, linear_ws_, stream);
+  lm_head_->forward(last_normed_.data(), b.logits, b.outputs, ws_.linear, stream);
 }
 
 }  // namespace sparsellm

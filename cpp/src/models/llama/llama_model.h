@@ -123,10 +123,7 @@ class LlamaModel final : public DecoderModel {
   DeviceBuffer branch_;      // [T, H] o_proj output, then down_proj output (pending)
   DeviceBuffer last_;        // [outputs, H] gathered output rows
   DeviceBuffer last_normed_; // [outputs, H]
-  DeviceBuffer attention_ws_;
-  DeviceBuffer spmm_ws_, gemm_ws_;
-  size_t attention_ws_bytes_ = 0;
-  LinearWorkspace linear_ws_;
+  ForwardWorkspaces ws_;
 
   friend class LlamaDecoderLayer;
 };

@@ -3,7 +3,6 @@
 #include "models/opt/opt_model.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "comm/communicator.h"
@@ -217,45 +216,28 @@ class OptDecoderLayer {
     }
     {
       NvtxRange r("qkv");
-      q_->forward(attn_in, m.q_.data(), t, m.linear_ws_, stream);
-      k_->forward(attn_in, m.k_.data(), t, m.linear_ws_, stream);
-      v_->forward(attn_in, m.v_.data(), t, m.linear_ws_, stream);
-    }
-    const KvCacheView view = cache.layer(index_);
-    {
-      NvtxRange r("kv cache write");
-      KvCacheWriteParams kw;
-      kw.k = m.k_.data();
-      kw.v = m.v_.data();
-      kw.k_stride = hl;
-      kw.v_stride = hl;
-      kw.cache = view;
-      kw.place = b.place;
-      kw.tokens = t;
-      kw.dtype = dt;
-      kv_cache_write(kw, stream);
+      q_->forward(attn_in, m.q_.data(), t, m.ws_.linear, stream);
+      k_->forward(attn_in, m.k_.data(), t, m.ws_.linear, stream);
+      v_->forward(attn_in, m.v_.data(), t, m.ws_.linear, stream);
     }
     {
-      NvtxRange r("attention");
-      AttentionParams ap;
-      ap.q = m.q_.data();
-      ap.q_stride = hl;
-      ap.cache = view;
-      ap.place = b.place;
-      ap.out = m.attn_.data();
-      ap.tokens = t;
-      ap.heads = m.local_heads_;
-      ap.max_positions = b.max_positions;
-      ap.scale = 1.0f / std::sqrt(float(cfg.head_dim));
-      ap.workspace = m.attention_ws_.data();
-      ap.workspace_bytes = m.attention_ws_bytes_;
-      ap.dtype = dt;
-      attention(ap, stream);
+      CachedAttention ca;
+      ca.q = m.q_.data();
+      ca.k = m.k_.data();
+      ca.v = m.v_.data();
+      ca.q_stride = hl;
+      ca.kv_stride = hl;
+      ca.out = m.attn_.data();
+      ca.heads = m.local_heads_;
+      ca.head_dim = cfg.head_dim;
+      ca.workspace = m.ws_.attention.data();
+      ca.workspace_bytes = m.ws_.attention_bytes;
+      cached_attention(ca, cache.layer(index_), b, dt, stream);
     }
     void* proj = m.q_.data();  // q is dead after attention
     {
       NvtxRange r("out_proj");
-      out_->forward(m.attn_.data(), proj, t, m.linear_ws_, stream);
+      out_->forward(m.attn_.data(), proj, t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(proj, size_t(t * h), dt, stream);  // partial sums of the ranks' heads
     }
     const void* ffn_in;
@@ -273,14 +255,14 @@ class OptDecoderLayer {
     }
     {
       NvtxRange r("ffn");
-      fc1_->forward(ffn_in, m.ffn_.data(), t, m.linear_ws_, stream);
+      fc1_->forward(ffn_in, m.ffn_.data(), t, m.ws_.linear, stream);
       ActivationParams act;
       act.x = m.ffn_.data();
       act.n = t * m.local_ffn_;
       act.kind = cfg.activation;
       act.dtype = dt;
       activation(act, stream);
-      fc2_->forward(m.ffn_.data(), m.fc2_out_.data(), t, m.linear_ws_, stream);
+      fc2_->forward(m.ffn_.data(), m.fc2_out_.data(), t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(m.fc2_out_.data(), size_t(t * h), dt, stream);  // sum of the ranks' units
     }
     if (!cfg.pre_norm) {
@@ -395,49 +377,20 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
     alloc(last_proj_, max_outputs, e, "projected output rows");
   }
 
-  // The split over keys (and so the workspace) grows with max_positions but is
-  // not monotone in the token count: take the largest over every count a
-  // forward may see (a host-only formula, cheap).
-  attention_ws_bytes_ = 0;
-  for (int64_t t = 1; t <= max_tokens; ++t)
-    attention_ws_bytes_ =
-        std::max(attention_ws_bytes_, attention_workspace_bytes(t, local_heads_, cfg.head_dim, max_seq));
-  attention_ws_ = DeviceBuffer(std::max<size_t>(attention_ws_bytes_, 256), "attention workspace");
-  workspace_bytes_ += attention_ws_.bytes();
-
   size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
   for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));
   if (projected) {
     spmm_bytes = std::max(spmm_bytes, project_in_->spmm_workspace_bytes(max_tokens));
     spmm_bytes = std::max(spmm_bytes, project_out_->spmm_workspace_bytes(max_outputs));
   }
-  if (spmm_bytes > 0) {
-    spmm_ws_ = DeviceBuffer(spmm_bytes, "SpMM workspace");
-    spmm_ws_.zero(stream);  // the SpMM kernels return their counters to zero
-    workspace_bytes_ += spmm_ws_.bytes();
-  }
-  gemm_ws_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "cuBLASLt workspace");
-  workspace_bytes_ += gemm_ws_.bytes();
-  linear_ws_.spmm = spmm_ws_.data();
-  linear_ws_.spmm_bytes = spmm_ws_.bytes();
-  linear_ws_.gemm = gemm_ws_.data();
-  linear_ws_.gemm_bytes = gemm_ws_.bytes();
+  workspace_bytes_ += ws_.allocate(max_tokens, local_heads_, cfg.head_dim, max_seq, spmm_bytes, stream);
 }
 
 OptModel::~OptModel() = default;
 
 void OptModel::forward(const OptForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
   const OptConfig& cfg = config_;
-  SPARSELLM_CHECK_ARG(b.tokens_count >= 1 && b.tokens_count <= max_tokens_, "OPT forward: ", b.tokens_count,
-                      " tokens, the workspace holds 1 to ", max_tokens_);
-  SPARSELLM_CHECK_ARG(b.outputs >= 0 && b.outputs <= max_outputs_, "OPT forward: ", b.outputs,
-                      " output rows, the workspace holds 0 to ", max_outputs_);
-  SPARSELLM_CHECK_ARG(b.max_positions >= 1 && b.max_positions <= cache.max_seq() &&
-                          b.max_positions <= cfg.max_positions,
-                      "OPT forward: max_positions ", b.max_positions, " outside [1, ",
-                      std::min(cache.max_seq(), cfg.max_positions), "]");
-  SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
-                      "OPT forward: a device pointer is null");
+  check_forward_batch(b, cache, max_tokens_, max_outputs_, cfg.max_positions, "OPT");
   const int64_t t = b.tokens_count, h = cfg.hidden_size, e = cfg.embed_dim;
   const bool projected = e != h;
 
@@ -452,7 +405,7 @@ void OptModel::forward(const OptForwardBatch& b, const KvCache& cache, cudaStrea
     emb.rows = cfg.vocab_size;
     emb.dtype = dtype_;
     embedding(emb, stream);
-    if (projected) project_in_->forward(embed_tmp_.data(), hidden_.data(), t, linear_ws_, stream);
+    if (projected) project_in_->forward(embed_tmp_.data(), hidden_.data(), t, ws_.linear, stream);
     EmbeddingParams pos;
     pos.table = embed_positions_.data();
     pos.ids = b.place.position;
@@ -500,10 +453,10 @@ void OptModel::forward(const OptForwardBatch& b, const KvCache& cache, cudaStrea
     x = last_normed_.data();
   }
   if (projected) {
-    project_out_->forward(x, last_proj_.data(), b.outputs, linear_ws_, stream);
+    project_out_->forward(x, last_proj_.data(), b.outputs, ws_.linear, stream);
     x = last_proj_.data();
   }
-  lm_head_->forward(x, b.logits, b.outputs, linear_ws_, stream);
+  lm_head_->forward(x, b.logits, b.outputs, ws_.linear, stream);
 }
 
 }  // namespace sparsellm

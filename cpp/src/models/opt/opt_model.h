@@ -140,10 +140,7 @@ class OptModel final : public DecoderModel {
   DeviceBuffer last_;        // [outputs, H] gathered output rows
   DeviceBuffer last_normed_; // [outputs, H]
   DeviceBuffer last_proj_;   // [outputs, E] (E ≠ H only)
-  DeviceBuffer attention_ws_;
-  DeviceBuffer spmm_ws_, gemm_ws_;
-  size_t attention_ws_bytes_ = 0;
-  LinearWorkspace linear_ws_;
+  ForwardWorkspaces ws_;
 
   friend class OptDecoderLayer;
 };

@@ -35,7 +35,9 @@
 #include <atomic>
 
 #include "common/check.h"
+#include "kernels/device_math.cuh"
 #include "kernels/spmm/ptx.cuh"
+#include "kernels/spmm/stream_k.cuh"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
@@ -44,6 +46,10 @@ namespace sparsellm {
 namespace {
 
 using namespace bitmap;
+using stream_k::KernelArgs;
+using kernels::from_float;
+using kernels::to_float;
+static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
 
 constexpr int kConsumerWarps = kBlocksM;  // one per row block
 constexpr int kConsumers = kConsumerWarps * 32;
@@ -53,10 +59,6 @@ constexpr int kConsumerBarrier = 1;        // named barrier of the consumer warp
 // bytes. Decode reads at most one 16-bit value past a tile's last value, which
 // stays inside the reservation (kMaxTileWords · 4 = 17,424 < 17,536).
 constexpr int kStageTileBytes = (kMaxTileWords * 4 + 127) / 128 * 128;
-// Arrival counters at the start of the workspace, as in the Tiled-CSL kernel
-// (spmm_workspace_bytes serves both formats).
-constexpr int kCounters = 1 << 16;
-constexpr size_t kCounterBytes = kCounters * sizeof(int);
 
 template <int BN>
 struct Config {
@@ -71,19 +73,6 @@ struct Config {
   static_assert(kSmemBytes <= 113 * 1024, "two blocks per SM must fit");
   static_assert(BN * 8 % 32 == 0, "X pieces split evenly over the producer warp");
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // mbarrier pieces this kernel needs beyond ptx.cuh, for sm_80 and sm_90.
 __device__ __forceinline__ void bar_init(uint32_t bar, int count) {
@@ -127,20 +116,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
-
-template <typename T>
-struct KernelArgs {
-  const uint32_t* data;     // bitmap tiles
-  const uint32_t* offsets;  // [tiles + 1]
-  const StreamKBlock* plan;
-  const T* x;      // [n, k]
-  const T* bias;   // [m] or null
-  T* y;            // [n, m]
-  float* slots;    // [passes][2 · blocks][kTileM · BN] partials
-  int* counters;   // [passes][tiles_m] arrival counters, zero between launches
-  int m, k, n, tiles_m, tiles_k, blocks;
-  bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
-};
 
 template <int BN>
 using Accumulators = float[Config<BN>::kNT][4];
@@ -408,74 +383,22 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
   }
 }
 
-template <typename T, int BN>
-void launch(const SpmmParams& p, cudaStream_t stream) {
-  using C = Config<BN>;
-  auto kernel = spmm_bitmap_kernel<T, BN>;
-  static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
-  const int device = current_device().id;
-  if (device >= 64 || !(configured_devices.load() >> device & 1)) {
-    SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
-  }
-  const SparseMatrixView& w = p.weight;
-  KernelArgs<T> a;
-  a.data = w.words;
-  a.offsets = w.tile_offsets;
-  a.plan = p.plan;
-  a.x = static_cast<const T*>(p.x);
-  a.bias = static_cast<const T*>(p.bias);
-  a.y = static_cast<T*>(p.y);
-  a.m = int(w.m);
-  a.k = int(w.k);
-  a.n = int(p.n);
-  a.tiles_m = int((w.m + kTileM - 1) / kTileM);
-  a.tiles_k = int((w.k + kTileK - 1) / kTileK);
-  a.blocks = p.plan_blocks;
-  const int passes = int((p.n + BN - 1) / BN);
-  SPARSELLM_CHECK_ARG(int64_t(passes) * a.tiles_m <= kCounters, "spmm: ", passes, " column passes × ", a.tiles_m,
-                      " tile rows exceed the ", kCounters, " arrival counters of the workspace");
-  a.counters = static_cast<int*>(p.workspace);
-  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
-  a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const dim3 grid(p.plan_blocks, passes);
-  kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(a);
-  SPARSELLM_CHECK_LAUNCH("spmm_bitmap_kernel");
-}
-
-// Block columns: the same choice as the Tiled-CSL kernel, so that
-// spmm_workspace_bytes serves both.
-template <typename T>
-void dispatch_bn(const SpmmParams& p, cudaStream_t stream) {
-  if (p.n <= 8) return launch<T, 8>(p, stream);
-  if (p.n <= 16) return launch<T, 16>(p, stream);
-  if (p.n <= 32) return launch<T, 32>(p, stream);
-  if (p.n <= 64) return launch<T, 64>(p, stream);
-  return launch<T, 128>(p, stream);
-}
-
 }  // namespace
 
 void spmm_bitmap(const SpmmParams& p, cudaStream_t stream) {
   const SparseMatrixView& w = p.weight;
   SPARSELLM_CHECK_ARG(w.format == SparseFormat::kBitmap, "spmm_bitmap: the weight is not in the bitmap format");
-  SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
-  SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
-  SPARSELLM_CHECK_ARG(w.m < INT32_MAX && w.k < INT32_MAX && p.n < INT32_MAX, "spmm: dimensions must fit in int32");
-  SPARSELLM_CHECK_ARG(p.x && p.y && w.tile_offsets && p.plan,
-                      "spmm: x, y, tile offsets and plan must be device pointers, not null");
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(w.words) % 16 == 0,
                       "spmm: bitmap tile data must be 16-byte aligned");
-  SPARSELLM_CHECK_ARG(p.plan_blocks > 0, "spmm: the plan has no blocks");
-  const size_t need = spmm_workspace_bytes(w.m, p.n, p.plan_blocks);
-  SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
-                      " bytes given, ", need, " needed");
-  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
-  current_device();
-  if (w.dtype == DType::kFloat16)
-    dispatch_bn<__half>(p, stream);
-  else
-    dispatch_bn<__nv_bfloat16>(p, stream);
+  stream_k::check_params(p);
+  stream_k::with_storage_type(w.dtype, [&](auto storage) {
+    using T = decltype(storage);
+    stream_k::with_block_columns(p.n, [&](auto columns) {
+      constexpr int BN = decltype(columns)::value;
+      stream_k::launch<T, BN, spmm_bitmap_kernel<T, BN>>(p, kThreads, Config<BN>::kSmemBytes, "spmm_bitmap_kernel",
+                                                         stream);
+    });
+  });
 }
 
 void spmm(const SpmmParams& p, cudaStream_t stream) {

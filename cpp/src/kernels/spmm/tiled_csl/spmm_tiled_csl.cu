@@ -24,7 +24,9 @@
 #include <atomic>
 
 #include "common/check.h"
+#include "kernels/device_math.cuh"
 #include "kernels/spmm/ptx.cuh"
+#include "kernels/spmm/stream_k.cuh"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
 #include "sparsellm/tiled_csl.h"
@@ -33,6 +35,10 @@ namespace sparsellm {
 namespace {
 
 using namespace tiled_csl;
+using stream_k::KernelArgs;
+using kernels::from_float;
+using kernels::to_float;
+static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -40,10 +46,6 @@ constexpr int kChunkBytes = 4096;
 constexpr int kChunkWords = kChunkBytes / 4;
 constexpr int kDenseStages = 3;
 constexpr int kDenseBytes = kTileBytes + 128;  // + the padding words' scratch row
-// Arrival counters live at the start of the workspace, at a fixed size, so that
-// the fp32 partials of a call with other shapes never land on them.
-constexpr int kCounters = 1 << 16;
-constexpr size_t kCounterBytes = kCounters * sizeof(int);
 static_assert(kWarps * 16 == kTileM, "one m16 slice per warp");
 
 // Warp layout: kWarps = WARPS_M × WARPS_N warps tile the 128 × BN block tile;
@@ -70,33 +72,6 @@ struct Config {
   static_assert((kChunks - 1) * kChunkBytes >= kTileM * kTileK * 4, "ring too small for a dense tile");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the per-block limit");
   static_assert(kWM % 16 == 0 && kWN % 8 == 0, "warp tile must hold whole fragments");
-};
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T>
-struct KernelArgs {
-  const uint32_t* words;
-  const uint32_t* offsets;
-  const StreamKBlock* plan;
-  const T* x;      // [n, k]
-  const T* bias;   // [m] or null
-  T* y;            // [n, m]
-  float* slots;    // [passes][2 · blocks][kTileM · BN] partials
-  int* counters;   // [passes][tiles_m] arrival counters, zero between launches
-  int m, k, n, tiles_m, tiles_k, blocks;
-  bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
 };
 
 template <int BN>
@@ -315,10 +290,10 @@ __global__ void __launch_bounds__(kThreads, BN >= 128 ? 1 : 2) spmm_tiled_csl_ke
 #if __CUDA_ARCH__ >= 900
     const uint32_t bar = bars + (c % C::kChunks) * 8;
     ptx::mbarrier_arrive_expect_tx(bar, words * 4);
-    ptx::bulk_copy_g2s(dst, a.words + s0 + first, words * 4, bar);
+    ptx::bulk_copy_g2s(dst, a.data + s0 + first, words * 4, bar);
 #else
     for (uint32_t i = tid * 4; i < words; i += kThreads * 4) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(a.words + s0 + first + i));
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(a.data + s0 + first + i));
       asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + i * 4), "r"(v.x), "r"(v.y),
                    "r"(v.z), "r"(v.w));
     }
@@ -428,77 +403,24 @@ __global__ void __launch_bounds__(kThreads, BN >= 128 ? 1 : 2) spmm_tiled_csl_ke
   }
 }
 
-template <typename T, int BN>
-void launch(const SpmmParams& p, cudaStream_t stream) {
-  using C = Config<BN>;
-  auto kernel = spmm_tiled_csl_kernel<T, BN>;
-  static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
-  const int device = current_device().id;
-  if (device >= 64 || !(configured_devices.load() >> device & 1)) {
-    SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-    if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
-  }
-  const TiledCslView& w = p.weight;
-  KernelArgs<T> a;
-  a.words = w.words;
-  a.offsets = w.tile_offsets;
-  a.plan = p.plan;
-  a.x = static_cast<const T*>(p.x);
-  a.bias = static_cast<const T*>(p.bias);
-  a.y = static_cast<T*>(p.y);
-  a.m = int(w.m);
-  a.k = int(w.k);
-  a.n = int(p.n);
-  a.tiles_m = int((w.m + kTileM - 1) / kTileM);
-  a.tiles_k = int((w.k + kTileK - 1) / kTileK);
-  a.blocks = p.plan_blocks;
-  const int passes = int((p.n + BN - 1) / BN);
-  SPARSELLM_CHECK_ARG(int64_t(passes) * a.tiles_m <= kCounters, "spmm: ", passes, " column passes × ", a.tiles_m,
-                      " tile rows exceed the ", kCounters, " arrival counters of the workspace");
-  a.counters = static_cast<int*>(p.workspace);
-  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
-  a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const dim3 grid(p.plan_blocks, passes);
-  kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(a);
-  SPARSELLM_CHECK_LAUNCH("spmm_tiled_csl_kernel");
-}
-
-template <typename T>
-void dispatch_bn(const SpmmParams& p, cudaStream_t stream) {
-  if (p.n <= 8) return launch<T, 8>(p, stream);
-  if (p.n <= 16) return launch<T, 16>(p, stream);
-  if (p.n <= 32) return launch<T, 32>(p, stream);
-  if (p.n <= 64) return launch<T, 64>(p, stream);
-  return launch<T, 128>(p, stream);
-}
-
-int block_columns(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : n <= 64 ? 64 : 128; }
-
 }  // namespace
 
 size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
-  const int bn = block_columns(n);
+  const int bn = stream_k::block_columns(n);
   const int64_t passes = (n + bn - 1) / bn;
-  return kCounterBytes + size_t(passes) * 2 * size_t(blocks) * kTileM * bn * sizeof(float);
+  return stream_k::kCounterBytes + size_t(passes) * 2 * size_t(blocks) * kTileM * bn * sizeof(float);
 }
 
 void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
-  const TiledCslView& w = p.weight;
-  SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
-  SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
-  SPARSELLM_CHECK_ARG(w.m < INT32_MAX && w.k < INT32_MAX && p.n < INT32_MAX, "spmm: dimensions must fit in int32");
-  SPARSELLM_CHECK_ARG(p.x && p.y && w.tile_offsets && p.plan,
-                      "spmm: x, y, tile offsets and plan must be device pointers, not null");
-  SPARSELLM_CHECK_ARG(p.plan_blocks > 0, "spmm: the plan has no blocks");
-  const size_t need = spmm_workspace_bytes(w.m, p.n, p.plan_blocks);
-  SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
-                      " bytes given, ", need, " needed");
-  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
-  current_device();
-  if (w.dtype == DType::kFloat16)
-    dispatch_bn<__half>(p, stream);
-  else
-    dispatch_bn<__nv_bfloat16>(p, stream);
+  stream_k::check_params(p);
+  stream_k::with_storage_type(p.weight.dtype, [&](auto storage) {
+    using T = decltype(storage);
+    stream_k::with_block_columns(p.n, [&](auto columns) {
+      constexpr int BN = decltype(columns)::value;
+      stream_k::launch<T, BN, spmm_tiled_csl_kernel<T, BN>>(p, kThreads, Config<BN>::kSmemBytes,
+                                                            "spmm_tiled_csl_kernel", stream);
+    });
+  });
 }
 
 }  // namespace sparsellm

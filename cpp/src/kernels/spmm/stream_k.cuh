@@ -1,0 +1,121 @@
+// What the SpMM kernels of every format share (sparsellm/spmm.h): the
+// workspace layout, the kernel arguments of a stream-K product, the choice of
+// block columns, the checks of a call and the launch.
+//
+//   workspace = [kCounters int arrival counters][fp32 partials: passes × 2 · blocks × 128 × BN]
+//   grid      = (plan blocks, column passes = ceil(N / BN))
+//
+// Both formats cut W into the same 128 × 64 tiles and give tile offsets in
+// 32-bit words, so one plan and one workspace size serve both.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "common/check.h"
+#include "sparsellm/device.h"
+#include "sparsellm/spmm.h"
+
+namespace sparsellm::stream_k {
+
+constexpr int kTileM = 128, kTileK = 64;
+
+// Arrival counters live at the start of the workspace, at a fixed size, so that
+// the fp32 partials of a call with other shapes never land on them.
+constexpr int kCounters = 1 << 16;
+constexpr size_t kCounterBytes = kCounters * sizeof(int);
+
+template <typename T>
+struct KernelArgs {
+  const uint32_t* data;     // the encoded tiles, in the format's words
+  const uint32_t* offsets;  // [tiles + 1] first word of each tile
+  const StreamKBlock* plan;
+  const T* x;      // [n, k]
+  const T* bias;   // [m] or null
+  T* y;            // [n, m]
+  float* slots;    // [passes][2 · blocks][kTileM · BN] partials
+  int* counters;   // [passes][tiles_m] arrival counters, zero between launches
+  int m, k, n, tiles_m, tiles_k, blocks;
+  bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
+};
+
+// Columns of X one block pass covers.
+inline int block_columns(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : n <= 64 ? 64 : 128; }
+
+// Calls f(std::integral_constant<int, BN>{}) with BN = block_columns(n).
+template <typename F>
+void with_block_columns(int64_t n, F&& f) {
+  switch (block_columns(n)) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    default: return f(std::integral_constant<int, 128>{});
+  }
+}
+
+// Calls f(T{}) with T the storage type of dtype.
+template <typename F>
+void with_storage_type(DType dtype, F&& f) {
+  if (dtype == DType::kFloat16)
+    f(__half{});
+  else
+    f(__nv_bfloat16{});
+}
+
+// The checks every format makes of a call (throws InvalidArgument), and of the device.
+inline void check_params(const SpmmParams& p) {
+  const SparseMatrixView& w = p.weight;
+  SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
+  SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
+  SPARSELLM_CHECK_ARG(w.m < INT32_MAX && w.k < INT32_MAX && p.n < INT32_MAX, "spmm: dimensions must fit in int32");
+  SPARSELLM_CHECK_ARG(p.x && p.y && w.tile_offsets && p.plan,
+                      "spmm: x, y, tile offsets and plan must be device pointers, not null");
+  SPARSELLM_CHECK_ARG(p.plan_blocks > 0, "spmm: the plan has no blocks");
+  const size_t need = spmm_workspace_bytes(w.m, p.n, p.plan_blocks);
+  SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
+                      " bytes given, ", need, " needed");
+  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
+  current_device();
+}
+
+// Launches `kernel` (one instantiation: its shared-memory opt-in is recorded
+// per kernel and device) for the product p on `stream`.
+template <typename T, int BN, auto kernel>
+void launch(const SpmmParams& p, int threads, int smem_bytes, const char* name, cudaStream_t stream) {
+  static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
+  const int device = current_device().id;
+  if (device >= 64 || !(configured_devices.load() >> device & 1)) {
+    SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+    if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
+  }
+  const SparseMatrixView& w = p.weight;
+  KernelArgs<T> a;
+  a.data = w.words;
+  a.offsets = w.tile_offsets;
+  a.plan = p.plan;
+  a.x = static_cast<const T*>(p.x);
+  a.bias = static_cast<const T*>(p.bias);
+  a.y = static_cast<T*>(p.y);
+  a.m = int(w.m);
+  a.k = int(w.k);
+  a.n = int(p.n);
+  a.tiles_m = int((w.m + kTileM - 1) / kTileM);
+  a.tiles_k = int((w.k + kTileK - 1) / kTileK);
+  a.blocks = p.plan_blocks;
+  const int passes = int((p.n + BN - 1) / BN);
+  SPARSELLM_CHECK_ARG(int64_t(passes) * a.tiles_m <= kCounters, "spmm: ", passes, " column passes × ", a.tiles_m,
+                      " tile rows exceed the ", kCounters, " arrival counters of the workspace");
+  a.counters = static_cast<int*>(p.workspace);
+  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
+  a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  const dim3 grid(p.plan_blocks, passes);
+  kernel<<<grid, threads, smem_bytes, stream>>>(a);
+  SPARSELLM_CHECK_LAUNCH(name);
+}
+
+}  // namespace sparsellm::stream_k
