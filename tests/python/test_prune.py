@@ -481,3 +481,30 @@ def test_sampled_calibration_is_seeded():
     c = sample_sequences(model, 3, 12, seed=2, batch_size=2)
     assert a.shape == (3, 12) and (a[:, 0] == 1).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("values", ["integers", "zeros", "fp16", "continuous"])
+def test_row_selection_breaks_ties_by_index(values):
+    """The linear-time selection drops exactly what a stable sort would, ties included."""
+    from sparsellm.prune.selection import lowest_per_row
+
+    rng = np.random.default_rng(17)
+    for rows, cols in [(1, 1), (3, 7), (16, 64), (40, 257)]:
+        scores = {"integers": rng.integers(0, 4, (rows, cols)).astype(np.float32),
+                  "zeros": np.zeros((rows, cols), np.float32),
+                  "fp16": np.abs(rng.standard_normal((rows, cols))).astype(np.float16).astype(np.float32).round(1),
+                  "continuous": np.abs(rng.standard_normal((rows, cols))).astype(np.float32)}[values]
+        for s in (0.0, 0.3, 0.5, 0.9, 1.0):
+            got = lowest_per_row(torch.from_numpy(scores), k_pruned(cols, s)).numpy()
+            assert np.array_equal(got, reference_row_mask(scores, s)), (rows, cols, s)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_rejected(bad):
+    from sparsellm.prune.selection import check_weight
+
+    w = torch.randn(8, 16)
+    w[3, 5] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_weight(w)
+    check_weight(torch.full((8, 16), 3e38))  # finite values whose sum overflows are fine

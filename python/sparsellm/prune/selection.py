@@ -94,7 +94,8 @@ def check_weight(weight: object) -> torch.Tensor:
         raise ValueError(f"weight must be floating point, got {weight.dtype}")
     if weight.numel() == 0:
         raise ValueError(f"weight is empty, shape {tuple(weight.shape)}")
-    if not bool(torch.isfinite(weight).all()):
+    # A NaN or infinity makes the sum non-finite; only then (or on overflow) look closer.
+    if not bool(torch.isfinite(weight.sum())) and not bool(torch.isfinite(weight).all()):
         raise ValueError("weight contains NaN or infinite values")
     return weight
 
@@ -108,17 +109,22 @@ def lowest_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask that drops the ``k`` lowest scores of every row (stable: lower index first).
 
     The same mask as dropping the first ``k`` entries of a stable sort, found in linear
-    time: the k-th smallest score of each row is the threshold; every score below it is
-    dropped, and of the scores equal to it, those of lowest index until k are dropped.
+    time: the k-th smallest score of each row is the threshold and every score up to it
+    is dropped; in the rows where more than k scores reach it (ties at the threshold),
+    the tied scores of highest index are kept again until k remain dropped.
     """
     if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
     threshold = torch.kthvalue(scores, k, dim=1, keepdim=True).values
-    below = scores < threshold
-    at = scores == threshold
-    still_to_drop = k - below.sum(dim=1, keepdim=True)
-    return ~(below | (at & (torch.cumsum(at, dim=1) <= still_to_drop)))
-
+    drop = scores <= threshold
+    excess = drop.sum(dim=1) - k  # ≥ 0: tied scores dropped beyond k
+    rows = torch.nonzero(excess).flatten()
+    if rows.numel():
+        tied = scores[rows] == threshold[rows]
+        rank = torch.cumsum(tied, dim=1)  # 1, 2, ... over each row's tied scores, by index
+        keep_again = tied & (rank > rank[:, -1:] - excess[rows, None])  # the last `excess` tied scores
+        drop[rows] &= ~keep_again
+    return ~drop
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep-mask with the n highest of every m consecutive scores of each row."""
