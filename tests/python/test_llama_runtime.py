@@ -47,6 +47,8 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import sparsellm  # noqa: E402
 from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
 
+from gpu_reference import check_teacher_forced, make_prompts, reference_logits  # noqa: E402
+
 gpu = pytest.mark.gpu
 
 STORIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "stories260K" / "stories260K.bin"
@@ -175,37 +177,6 @@ def reference_model(ckpt: Path):
     if "lm_head.weight" in missing:  # tied: the head is the token embedding
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     return model
-
-
-def make_prompts(vocab: int, lengths, seed: int = 5) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[int(t) for t in rng.integers(0, vocab, n)] for n in lengths]
-
-
-def reference_logits(model, prompt: list[int], tokens: list[int]) -> np.ndarray:
-    """HF logits [len(tokens) + 1, vocab] after the prompt and after each of ``tokens``."""
-    ids = torch.tensor([prompt + tokens], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(ids).logits[0].double().numpy()
-    return logits[len(prompt) - 1:]
-
-
-def check_teacher_forced(logits: np.ndarray, tokens, tol, where) -> tuple[int, int]:
-    """Every token is HF's greedy choice or a near tie (``logits``: HF's rows before each
-    token); returns (decisive steps, steps)."""
-    decisive = 0
-    for step, token in enumerate(tokens):
-        row = logits[step]
-        bound = tol * np.abs(row).max()
-        top2 = np.sort(row)[-2:]
-        best = int(np.argmax(row))
-        assert row[token] >= top2[1] - bound, (
-            f"{where}, step {step}: our token {token} has HF logit {row[token]:.4f}; HF's greedy token {best} "
-            f"has {top2[1]:.4f}, a gap of {top2[1] - row[token]:.4f} > bound {bound:.4f}")
-        if top2[1] - top2[0] > bound:
-            decisive += 1
-            assert token == best, f"{where}, step {step}: decisive step (gap {top2[1] - top2[0]:.4f}) but ours differs"
-    return decisive, len(tokens)
 
 
 # --- GPU: against Hugging Face on random weights ------------------------------------------

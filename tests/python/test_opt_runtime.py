@@ -31,6 +31,8 @@ from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 import sparsellm  # noqa: E402
 from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
 
+from gpu_reference import check_teacher_forced, make_prompts, reference_logits  # noqa: E402
+
 gpu = pytest.mark.gpu
 
 # --- models -------------------------------------------------------------------------------
@@ -119,37 +121,6 @@ def reference_model(ckpt: Path) -> OPTForCausalLM:
     return model
 
 
-def make_prompts(vocab: int, lengths, seed: int = 5) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return [[int(t) for t in rng.integers(0, vocab, n)] for n in lengths]
-
-
-def reference_logits(model, prompt: list[int], tokens: list[int]) -> np.ndarray:
-    """HF logits [len(tokens) + 1, vocab] after the prompt and after each of ``tokens``."""
-    ids = torch.tensor([prompt + tokens], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(ids).logits[0].double().numpy()
-    return logits[len(prompt) - 1:]
-
-
-def check_teacher_forced(model, prompt, tokens, tol, where) -> tuple[int, int]:
-    """Every token of ``tokens`` is HF's greedy choice or a near tie; returns (decisive, steps)."""
-    logits = reference_logits(model, prompt, tokens)
-    decisive = 0
-    for step, token in enumerate(tokens):
-        row = logits[step]
-        bound = tol * np.abs(row).max()
-        top2 = np.sort(row)[-2:]
-        best = int(np.argmax(row))
-        assert row[token] >= top2[1] - bound, (
-            f"{where}, step {step}: our token {token} has HF logit {row[token]:.4f}; HF's greedy token {best} "
-            f"has {top2[1]:.4f}, a gap of {top2[1] - row[token]:.4f} > bound {bound:.4f}")
-        if top2[1] - top2[0] > bound:
-            decisive += 1
-            assert token == best, f"{where}, step {step}: decisive step (gap {top2[1] - top2[0]:.4f}) but ours differs"
-    return decisive, len(tokens)
-
-
 # --- GPU: against Hugging Face ------------------------------------------------------------
 
 CASES = [(name, dtype, sparsity)
@@ -188,7 +159,8 @@ def test_matches_hugging_face(store, name, dtype, sparsity):
                 assert g.prompt_ids == prompts[i]
                 assert len(g.token_ids) == NEW_TOKENS and g.finish_reason == "length"
                 assert all(0 <= t < vocab for t in g.token_ids)
-                d, n = check_teacher_forced(ref, prompts[i], g.token_ids, tol, f"batch {batch}, sequence {i}")
+                d, n = check_teacher_forced(reference_logits(ref, prompts[i], g.token_ids), g.token_ids, tol,
+                                            f"batch {batch}, sequence {i}")
                 decisive, steps = decisive + d, steps + n
             stats = llm.last_stats
             assert stats["decode_steps"] == NEW_TOKENS - 1
@@ -219,8 +191,10 @@ def test_long_context_and_chunked_prefill(store):
         out = whole.generate(prompts, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
         out_chunked = chunked.generate(prompts, NEW_TOKENS, 0.0, 0, 1.0, 0, False)
         for i, g in enumerate(out):
-            check_teacher_forced(ref, prompts[i], g.token_ids, TOLERANCE["fp16"], f"long context, sequence {i}")
-            check_teacher_forced(ref, prompts[i], out_chunked["tokens"][i], TOLERANCE["fp16"],
+            check_teacher_forced(reference_logits(ref, prompts[i], g.token_ids), g.token_ids, TOLERANCE["fp16"],
+                                 f"long context, sequence {i}")
+            tokens = out_chunked["tokens"][i]
+            check_teacher_forced(reference_logits(ref, prompts[i], tokens), tokens, TOLERANCE["fp16"],
                                  f"chunked prefill, sequence {i}")
     finally:
         whole.close()
