@@ -10,14 +10,14 @@
 #include <array>
 
 #include "common/check.h"
-#include "formats/parallel_rows.h"
+#include "formats/tile_grid.h"
 
 namespace sparsellm {
 namespace {
 
 using namespace bitmap;
 
-inline bool is_nonzero(uint16_t bits) { return (bits & 0x7FFF) != 0; }
+using detail::is_nonzero;
 
 // Tile row and column of mask bit b (= 8 l + e) of block (i, j).
 inline int bit_row(int i, int b) { return kBlock * i + ((b >> 3) >> 2) + 8 * (((b & 7) >> 1) & 1); }
@@ -27,17 +27,6 @@ int64_t tile_words(int64_t nnz) {
   if (nnz == 0) return 0;
   const int64_t words = kHeaderWords + (nnz + 1) / 2;
   return (words + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector;
-}
-
-int64_t tile_nnz(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc) {
-  const int64_t r0 = tr * kTileM, c0 = tc * kTileK;
-  const int64_t r1 = std::min(m, r0 + kTileM), c1 = std::min(k, c0 + kTileK);
-  int64_t n = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* row = dense + r * k;
-    for (int64_t c = c0; c < c1; ++c) n += is_nonzero(row[c]);
-  }
-  return n;
 }
 
 // Writes one non-empty tile (out sized by tile_words, zero-filled). Branch-free:
@@ -80,28 +69,15 @@ BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtyp
   out.m = m;
   out.k = k;
   out.dtype = dtype;
-  const int64_t tm = out.tiles_m(), tk = out.tiles_k(), tiles = tm * tk;
-
-  std::vector<int64_t> nnz(tiles);
-  detail::parallel_ranges(tm, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < tk; ++c) nnz[r * tk + c] = tile_nnz(dense, m, k, r, c);
-  });
-  out.tile_offsets.resize(tiles + 1);
-  int64_t total = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    out.tile_offsets[t] = uint32_t(total);
-    total += tile_words(nnz[t]);
-    out.nnz += nnz[t];
-    if (total > int64_t(UINT32_MAX))
-      throw InvalidArgument(detail::concat("encode_bitmap: ", m, "x", k, " is too large for 32-bit word offsets"));
-  }
-  out.tile_offsets[tiles] = uint32_t(total);
-  out.data.assign(total, 0u);
-  detail::parallel_ranges(tm, threads, [&](int64_t r0, int64_t r1) {
+  const detail::TileGrid grid = detail::tile_grid<kTileM, kTileK>(dense, m, k, threads, tile_words, "encode_bitmap");
+  const int64_t tk = grid.tiles_k;
+  out.tile_offsets = grid.offsets;
+  out.nnz = grid.total_nnz;
+  out.data.assign(out.tile_offsets.back(), 0u);
+  detail::parallel_ranges(grid.tiles_m, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = 0; c < tk; ++c)
-        if (nnz[r * tk + c] > 0) encode_tile(dense, m, k, r, c, out.data.data() + out.tile_offsets[r * tk + c]);
+        if (grid.nnz[r * tk + c] > 0) encode_tile(dense, m, k, r, c, out.data.data() + out.tile_offsets[r * tk + c]);
   });
   return out;
 }

@@ -14,7 +14,7 @@
 #include <array>
 
 #include "common/check.h"
-#include "formats/parallel_rows.h"
+#include "formats/tile_grid.h"
 
 namespace sparsellm {
 namespace {
@@ -22,7 +22,7 @@ namespace {
 using namespace tiled_csl;
 constexpr int kBanks = 32;
 
-inline bool is_nonzero(uint16_t bits) { return (bits & 0x7FFF) != 0; }
+using detail::is_nonzero;
 
 // Byte offset of element (row, col) of a tile in the kernel's shared-memory
 // layout: rows of 128 bytes, 16-byte chunk index XOR (row & 7).
@@ -33,17 +33,6 @@ inline uint32_t smem_offset(int row, int col) {
 inline int bank_of(uint32_t offset) { return int((offset >> 2) & (kBanks - 1)); }
 
 int64_t padded_words(int64_t nnz) { return (nnz + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector; }
-
-int64_t tile_nnz(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc) {
-  const int64_t r0 = tr * kTileM, c0 = tc * kTileK;
-  const int64_t r1 = std::min(m, r0 + kTileM), c1 = std::min(k, c0 + kTileK);
-  int64_t n = 0;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* row = dense + r * k;
-    for (int64_t c = c0; c < c1; ++c) n += is_nonzero(row[c]);
-  }
-  return n;
-}
 
 // Writes one tile's words (already sized: padded_words(nnz)) into `out`.
 void encode_tile(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc, uint32_t* out,
@@ -114,26 +103,13 @@ TiledCslHost encode_tiled_csl(const uint16_t* dense, int64_t m, int64_t k, DType
   out.m = m;
   out.k = k;
   out.dtype = dtype;
-  const int64_t tm = out.tiles_m(), tk = out.tiles_k(), tiles = tm * tk;
-
-  std::vector<int64_t> nnz(tiles);
-  detail::parallel_ranges(tm, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < tk; ++c) nnz[r * tk + c] = tile_nnz(dense, m, k, r, c);
-  });
-  out.tile_offsets.resize(tiles + 1);
-  int64_t total = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    out.tile_offsets[t] = uint32_t(total);
-    total += padded_words(nnz[t]);
-    out.nnz += nnz[t];
-    if (total > int64_t(UINT32_MAX))
-      throw InvalidArgument(detail::concat("encode_tiled_csl: ", m, "x", k,
-                                           " holds too many nonzeros for 32-bit word offsets"));
-  }
-  out.tile_offsets[tiles] = uint32_t(total);
-  out.words.resize(total);
-  detail::parallel_ranges(tm, threads, [&](int64_t r0, int64_t r1) {
+  const detail::TileGrid grid =
+      detail::tile_grid<kTileM, kTileK>(dense, m, k, threads, padded_words, "encode_tiled_csl");
+  const int64_t tk = grid.tiles_k;
+  out.tile_offsets = grid.offsets;
+  out.nnz = grid.total_nnz;
+  out.words.resize(out.tile_offsets.back());
+  detail::parallel_ranges(grid.tiles_m, threads, [&](int64_t r0, int64_t r1) {
     std::vector<uint32_t> scratch;
     scratch.reserve(kTileM * kTileK);
     for (int64_t r = r0; r < r1; ++r)

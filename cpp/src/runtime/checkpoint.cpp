@@ -34,7 +34,7 @@
 #include <sstream>
 
 #include "common/check.h"
-#include "formats/parallel_rows.h"
+#include "formats/tile_grid.h"
 #include "runtime/weights.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"

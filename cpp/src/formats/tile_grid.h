@@ -1,0 +1,94 @@
+// What the host encoders of the sparse formats share: running work over
+// ranges of indices on threads, and the grid of tiles W[m, k] (16-bit values,
+// row-major) is cut into — each tile's nonzero count (±0 count as zero) and,
+// given how many 32-bit words a tile of n nonzeros takes, its word offset.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "common/check.h"
+
+namespace sparsellm::detail {
+
+// Runs fn(begin, end) over [0, count) split into contiguous ranges, one per
+// thread. Deterministic output is the caller's job: each index is handled by
+// exactly one call, and calls write disjoint memory.
+template <typename Fn>
+void parallel_ranges(int64_t count, int threads, Fn fn) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  threads = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(count, 1)));
+  if (threads == 1) {
+    fn(int64_t(0), count);
+    return;
+  }
+  std::vector<std::thread> pool;
+  std::vector<std::exception_ptr> errors(threads);
+  for (int t = 0; t < threads; ++t) {
+    const int64_t begin = count * t / threads, end = count * (t + 1) / threads;
+    pool.emplace_back([&, t, begin, end] {
+      try {
+        fn(begin, end);
+      } catch (...) {
+        errors[t] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+inline bool is_nonzero(uint16_t bits) { return (bits & 0x7FFF) != 0; }
+
+// Nonzeros of tile (tr, tc) of kTileM × kTileK.
+template <int kTileM, int kTileK>
+int64_t tile_nnz(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc) {
+  const int64_t r0 = tr * kTileM, c0 = tc * kTileK;
+  const int64_t r1 = std::min(m, r0 + kTileM), c1 = std::min(k, c0 + kTileK);
+  int64_t n = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = dense + r * k;
+    for (int64_t c = c0; c < c1; ++c) n += is_nonzero(row[c]);
+  }
+  return n;
+}
+
+struct TileGrid {
+  int64_t tiles_m = 0, tiles_k = 0;
+  std::vector<int64_t> nnz;       // [tiles] nonzeros per tile, row-major
+  std::vector<uint32_t> offsets;  // [tiles + 1] first word of each tile; offsets[tiles] = all words
+  int64_t total_nnz = 0;
+};
+
+// Counts every tile's nonzeros (on `threads` threads) and lays the tiles out
+// back to back, tile t taking words_of(nnz[t]) words. Throws InvalidArgument
+// (prefixed by `who`) when the words exceed 32-bit offsets.
+template <int kTileM, int kTileK, typename WordsOf>
+TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, WordsOf words_of, const char* who) {
+  TileGrid g;
+  g.tiles_m = (m + kTileM - 1) / kTileM;
+  g.tiles_k = (k + kTileK - 1) / kTileK;
+  const int64_t tiles = g.tiles_m * g.tiles_k;
+  g.nnz.resize(tiles);
+  parallel_ranges(g.tiles_m, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < g.tiles_k; ++c) g.nnz[r * g.tiles_k + c] = tile_nnz<kTileM, kTileK>(dense, m, k, r, c);
+  });
+  g.offsets.resize(tiles + 1);
+  int64_t total = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    g.offsets[t] = uint32_t(total);
+    total += words_of(g.nnz[t]);
+    g.total_nnz += g.nnz[t];
+    SPARSELLM_CHECK_ARG(total <= int64_t(UINT32_MAX), who, ": ", m, "x", k,
+                        " holds too many nonzeros for 32-bit word offsets");
+  }
+  g.offsets[tiles] = uint32_t(total);
+  return g;
+}
+
+}  // namespace sparsellm::detail
