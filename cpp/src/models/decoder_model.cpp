@@ -7,6 +7,7 @@
 
 #include "common/check.h"
 #include "kernels/attention/attention.h"
+#include "kernels/embedding/embedding.h"
 #include "models/llama/llama_model.h"
 #include "models/opt/opt_model.h"
 #include "runtime/nvtx_range.h"
@@ -133,6 +134,24 @@ void check_forward_batch(const ForwardBatch& b, const KvCache& cache, int64_t ma
                       std::min(cache.max_seq(), max_positions), "]");
   SPARSELLM_CHECK_ARG(b.tokens && b.place.slot && b.place.position && (b.outputs == 0 || (b.out_rows && b.logits)),
                       who, " forward: a device pointer is null");
+}
+
+void gather_output_rows(const void* residual, const void* pending, const ForwardBatch& b, int64_t width,
+                        void* out, DType dtype, cudaStream_t stream) {
+  EmbeddingParams gather;
+  gather.table = residual;
+  gather.ids = b.out_rows;
+  gather.out = out;
+  gather.n = b.outputs;
+  gather.width = width;
+  gather.rows = b.tokens_count;
+  gather.dtype = dtype;
+  embedding(gather, stream);
+  if (pending) {
+    gather.table = pending;
+    gather.accumulate = true;
+    embedding(gather, stream);
+  }
 }
 
 }  // namespace sparsellm

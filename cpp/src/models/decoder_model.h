@@ -84,6 +84,12 @@ std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& checkpoint, c
 void check_forward_batch(const ForwardBatch& batch, const KvCache& cache, int64_t max_tokens, int64_t max_outputs,
                          int32_t max_positions, const char* who);
 
+// out[i, :] = residual[out_rows[i], :] (+ pending[out_rows[i], :] unless null),
+// i < batch.outputs: the rows whose logits are wanted, with a last layer's
+// branch output that has not been added to the residual stream yet.
+void gather_output_rows(const void* residual, const void* pending, const ForwardBatch& batch, int64_t width,
+                        void* out, DType dtype, cudaStream_t stream);
+
 // Scratch a family's forward needs beside its activations, sized once at load.
 struct ForwardWorkspaces {
   DeviceBuffer attention;      // attention's split-key partials

@@ -445,18 +445,7 @@ void LlamaModel::forward(const ForwardBatch& b, const KvCache& cache, cudaStream
 
   NvtxRange r("lm head");
   // The output rows of the residual stream plus the last layer's pending FFN output.
-  EmbeddingParams gather;
-  gather.table = hidden_.data();
-  gather.ids = b.out_rows;
-  gather.out = last_.data();
-  gather.n = b.outputs;
-  gather.width = h;
-  gather.rows = t;
-  gather.dtype = dtype_;
-  embedding(gather, stream);
-  gather.table = branch_.data();
-  gather.accumulate = true;
-  embedding(gather, stream);
+  gather_output_rows(hidden_.data(), branch_.data(), b, h, last_.data(), dtype_, stream);
   NormParams norm;
   norm.x = last_.data();
   norm.gamma = final_gamma_.data();

@@ -423,21 +423,8 @@ void OptModel::forward(const OptForwardBatch& b, const KvCache& cache, cudaStrea
   if (b.outputs == 0) return;  // a prefill chunk in which no prompt ends
 
   NvtxRange r("lm head");
-  // Gather the output rows of the residual stream (plus the pending FFN output of pre-LN models).
-  EmbeddingParams gather;
-  gather.table = hidden_.data();
-  gather.ids = b.out_rows;
-  gather.out = last_.data();
-  gather.n = b.outputs;
-  gather.width = h;
-  gather.rows = t;
-  gather.dtype = dtype_;
-  embedding(gather, stream);
-  if (cfg.pre_norm) {
-    gather.table = fc2_out_.data();
-    gather.accumulate = true;
-    embedding(gather, stream);
-  }
+  // The output rows of the residual stream (plus the pending FFN output of pre-LN models).
+  gather_output_rows(hidden_.data(), cfg.pre_norm ? fc2_out_.data() : nullptr, b, h, last_.data(), dtype_, stream);
   const void* x = last_.data();
   if (cfg.final_norm) {
     NormParams norm;
