@@ -3,6 +3,7 @@
 #include "models/llama/llama_model.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "comm/communicator.h"
 #include "common/check.h"
@@ -10,6 +11,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/norm/norm.h"
+#include "models/model_loading.h"
 #include "runtime/nvtx_range.h"
 #include "runtime/weights.h"
 #include "sparsellm/gemm.h"
@@ -20,39 +22,6 @@ namespace {
 using nlohmann::json;
 
 // --- config ---------------------------------------------------------------
-
-bool has_value(const json& c, const char* key) { return c.contains(key) && !c.at(key).is_null(); }
-
-int32_t positive_int(const json& c, const char* key, const std::string& where) {
-  if (!c.contains(key) || !c.at(key).is_number_integer())
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be an integer"));
-  const int64_t v = c.at(key).get<int64_t>();
-  if (v <= 0 || v > INT32_MAX)
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be positive, got ", v));
-  return int32_t(v);
-}
-
-bool flag(const json& c, const char* key, bool fallback, const std::string& where) {
-  if (!has_value(c, key)) return fallback;
-  if (!c.at(key).is_boolean())
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be true or false"));
-  return c.at(key).get<bool>();
-}
-
-float number(const json& c, const char* key, float fallback, const std::string& where) {
-  if (!has_value(c, key)) return fallback;
-  if (!c.at(key).is_number()) throw FormatError(detail::concat(where, ": model_config.", key, " must be a number"));
-  return c.at(key).get<float>();
-}
-
-// eos/bos ids: an integer, a list of integers (the first is used) or null.
-int32_t token_id(const json& c, const char* key) {
-  if (!c.contains(key)) return -1;
-  const json& v = c.at(key);
-  if (v.is_number_integer()) return int32_t(v.get<int64_t>());
-  if (v.is_array() && !v.empty() && v.at(0).is_number_integer()) return int32_t(v.at(0).get<int64_t>());
-  return -1;
-}
 
 // rope_theta and the scaling: transformers ≥ 5 writes one `rope_parameters`
 // object (rope_type, rope_theta, factor, …); earlier versions `rope_theta`
@@ -103,39 +72,6 @@ RopeConfig rope_config(const json& c, const std::string& where) {
     throw InvalidArgument(detail::concat(where, ": partial_rotary_factor ", partial,
                                          " is not supported (rotary embedding over the whole head only)"));
   return rope;
-}
-
-// --- checkpoint helpers ---------------------------------------------------
-
-void expect_shape(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape) {
-  const TensorEntry& t = ckpt.tensor(name);  // FormatError naming the file when absent
-  if (t.shape != shape) {
-    std::string got, want;
-    for (int64_t d : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
-    for (int64_t d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
-    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", got,
-                                     "], the model config implies [", want, "]"));
-  }
-}
-
-DeviceBuffer upload_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, cudaStream_t stream) {
-  expect_shape(ckpt, name, {n});
-  return upload_dense(ckpt, name, stream);
-}
-
-// `bias`: whether the module has one in the model; row-parallel biases are
-// stored on rank 0 only (`rank0_bias`).
-std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& module, bool bias, bool rank0_bias,
-                                    int64_t out, int64_t in, cudaStream_t stream) {
-  const std::string weight = module + ".weight";
-  const bool load_bias = bias && (!rank0_bias || ckpt.rank() == 0);
-  auto lin = std::make_unique<Linear>(ckpt, weight, load_bias ? module + ".bias" : std::string(), stream);
-  if (lin->out_features() != out || lin->in_features() != in)
-    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", weight, " has shape [", lin->out_features(), ", ",
-                                     lin->in_features(), "], the model config implies [", out, ", ", in, "]"));
-  if (!bias && ckpt.has(module + ".bias"))
-    throw FormatError(detail::concat(ckpt.rank_file(), ": holds ", module, ".bias, which the model config excludes"));
-  return lin;
 }
 
 }  // namespace
@@ -199,8 +135,8 @@ LlamaConfig LlamaConfig::from_json(const json& c, const std::string& where) {
   }
   if (cfg.model_type == "mistral" && has_value(c, "sliding_window"))
     cfg.sliding_window = positive_int(c, "sliding_window", where);
-  cfg.eos_token_id = token_id(c, "eos_token_id");
-  cfg.bos_token_id = token_id(c, "bos_token_id");
+  cfg.eos_token_id = token_id(c, "eos_token_id", -1);
+  cfg.bos_token_id = token_id(c, "bos_token_id", -1);
   if (cfg.eos_token_id >= cfg.vocab_size) cfg.eos_token_id = -1;
   if (cfg.bos_token_id >= cfg.vocab_size) cfg.bos_token_id = -1;
   return cfg;

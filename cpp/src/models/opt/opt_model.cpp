@@ -10,6 +10,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/norm/norm.h"
+#include "models/model_loading.h"
 #include "runtime/nvtx_range.h"
 #include "runtime/weights.h"
 #include "sparsellm/gemm.h"
@@ -18,65 +19,6 @@ namespace sparsellm {
 namespace {
 
 using nlohmann::json;
-
-// --- config ---------------------------------------------------------------
-
-int32_t positive_int(const json& c, const char* key, const std::string& where) {
-  if (!c.contains(key) || !c.at(key).is_number_integer())
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be an integer"));
-  const int64_t v = c.at(key).get<int64_t>();
-  if (v <= 0 || v > INT32_MAX)
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be positive, got ", v));
-  return int32_t(v);
-}
-
-bool flag(const json& c, const char* key, bool fallback, const std::string& where) {
-  if (!c.contains(key) || c.at(key).is_null()) return fallback;
-  if (!c.at(key).is_boolean())
-    throw FormatError(detail::concat(where, ": model_config.", key, " must be true or false"));
-  return c.at(key).get<bool>();
-}
-
-// eos/bos ids: an integer, a list of integers (the first is used) or null.
-int32_t token_id(const json& c, const char* key, int32_t fallback) {
-  if (!c.contains(key)) return fallback;
-  const json& v = c.at(key);
-  if (v.is_number_integer()) return int32_t(v.get<int64_t>());
-  if (v.is_array() && !v.empty() && v.at(0).is_number_integer()) return int32_t(v.at(0).get<int64_t>());
-  return -1;
-}
-
-// --- checkpoint helpers ---------------------------------------------------
-
-void expect_shape(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape) {
-  const TensorEntry& t = ckpt.tensor(name);  // FormatError naming the file when absent
-  if (t.shape != shape) {
-    std::string got, want;
-    for (int64_t d : t.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
-    for (int64_t d : shape) want += (want.empty() ? "" : ", ") + std::to_string(d);
-    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", got,
-                                     "], the model config implies [", want, "]"));
-  }
-}
-
-DeviceBuffer upload_vector(const Checkpoint& ckpt, const std::string& name, int64_t n, cudaStream_t stream) {
-  expect_shape(ckpt, name, {n});
-  return upload_dense(ckpt, name, stream);
-}
-
-void expect_linear(const Linear& lin, const Checkpoint& ckpt, const std::string& name, int64_t out, int64_t in) {
-  if (lin.out_features() != out || lin.in_features() != in)
-    throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", name, " has shape [", lin.out_features(), ", ",
-                                     lin.in_features(), "], the model config implies [", out, ", ", in, "]"));
-}
-
-std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& module, bool bias, int64_t out,
-                                    int64_t in, cudaStream_t stream) {
-  const std::string weight = module + ".weight";
-  auto lin = std::make_unique<Linear>(ckpt, weight, bias ? module + ".bias" : std::string(), stream);
-  expect_linear(*lin, ckpt, weight, out, in);
-  return lin;
-}
 
 // 1.0 in the storage dtype, for the gamma of norms without learned affine parameters.
 uint16_t one_bits(DType dtype) { return dtype == DType::kFloat16 ? uint16_t(0x3C00) : uint16_t(0x3F80); }
@@ -159,16 +101,12 @@ class OptDecoderLayer {
     // Tensor parallelism: this rank's rows of q/k/v/fc1, columns of out_proj/fc2;
     // the row-parallel biases are stored on rank 0 only (added once, before the all-reduce).
     const int64_t hl = h / ckpt.tp(), fl = f / ckpt.tp();
-    const bool row_parallel_bias = cfg.bias && ckpt.rank() == 0;
-    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, hl, h, stream);
-    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, hl, h, stream);
-    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, hl, h, stream);
-    out_ = load_linear(ckpt, p + "self_attn.out_proj", row_parallel_bias, h, hl, stream);
-    fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, fl, h, stream);
-    fc2_ = load_linear(ckpt, p + "fc2", row_parallel_bias, h, fl, stream);
-    if (cfg.bias && !row_parallel_bias && (ckpt.has(p + "self_attn.out_proj.bias") || ckpt.has(p + "fc2.bias")))
-      throw FormatError(detail::concat(ckpt.rank_file(), ": holds a bias of out_proj or fc2 of layer ", index,
-                                       "; with tensor parallelism only rank 0 may (it would be added twice)"));
+    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, false, hl, h, stream);
+    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, false, hl, h, stream);
+    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, false, hl, h, stream);
+    out_ = load_linear(ckpt, p + "self_attn.out_proj", cfg.bias, true, h, hl, stream);
+    fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, false, fl, h, stream);
+    fc2_ = load_linear(ckpt, p + "fc2", cfg.bias, true, h, fl, stream);
     attn_norm_ = load_norm(ckpt, p + "self_attn_layer_norm", cfg, ones, stream);
     ffn_norm_ = load_norm(ckpt, p + "final_layer_norm", cfg, ones, stream);
   }
@@ -329,8 +267,8 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
     embed_positions_ = upload_dense(ckpt, "model.decoder.embed_positions.weight", stream);
     weight_bytes_ += embed_tokens_.bytes() + embed_positions_.bytes();
     if (projected) {
-      project_in_ = load_linear(ckpt, "model.decoder.project_in", false, h, e, stream);
-      project_out_ = load_linear(ckpt, "model.decoder.project_out", false, e, h, stream);
+      project_in_ = load_linear(ckpt, "model.decoder.project_in", false, false, h, e, stream);
+      project_out_ = load_linear(ckpt, "model.decoder.project_out", false, false, e, h, stream);
       weight_bytes_ += project_in_->device_bytes() + project_out_->device_bytes();
     } else if (ckpt.has("model.decoder.project_in.weight") || ckpt.has("model.decoder.project_out.weight")) {
       throw FormatError(ckpt.rank_file() + ": holds project_in/project_out although word_embed_proj_dim equals "
@@ -344,7 +282,7 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
     if (cfg.tied_head) {
       lm_head_ = std::make_unique<Linear>(Linear::dense_view(embed_tokens_.data(), v, e, dtype_));
     } else {
-      lm_head_ = load_linear(ckpt, "lm_head", false, v, e, stream);
+      lm_head_ = load_linear(ckpt, "lm_head", false, false, v, e, stream);
       weight_bytes_ += lm_head_->device_bytes();
     }
     layers_.reserve(size_t(cfg.num_layers));
