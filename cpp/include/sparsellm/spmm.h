@@ -47,7 +47,6 @@ struct SparseMatrixView {
   DType dtype = DType::kFloat16;
   SparseFormat format = SparseFormat::kTiledCsl;
 };
-using TiledCslView = SparseMatrixView;
 
 struct SpmmParams {
   const void* x = nullptr;       // [n, k]

@@ -9,9 +9,6 @@
 // 32-bit words, so one plan and one workspace size serve both.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -58,17 +55,9 @@ void with_block_columns(int64_t n, F&& f) {
   }
 }
 
-// Calls f(T{}) with T the storage type of dtype.
-template <typename F>
-void with_storage_type(DType dtype, F&& f) {
-  if (dtype == DType::kFloat16)
-    f(__half{});
-  else
-    f(__nv_bfloat16{});
-}
-
-// The checks every format makes of a call (throws InvalidArgument), and of the device.
-inline void check_params(const SpmmParams& p) {
+// The checks every format makes of a call (throws InvalidArgument), and of the
+// device (DeviceError), whose properties it returns.
+inline const DeviceInfo& check_params(const SpmmParams& p) {
   const SparseMatrixView& w = p.weight;
   SPARSELLM_CHECK_ARG(p.n > 0, "spmm: n (rows of x) must be positive, got ", p.n);
   SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0, "spmm: invalid weight shape ", w.m, "x", w.k);
@@ -80,15 +69,14 @@ inline void check_params(const SpmmParams& p) {
   SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
                       " bytes given, ", need, " needed");
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
-  current_device();
+  return current_device();
 }
 
 // Launches `kernel` (one instantiation: its shared-memory opt-in is recorded
-// per kernel and device) for the product p on `stream`.
+// per kernel and device) for the product p on `stream` on GPU `device`.
 template <typename T, int BN, auto kernel>
-void launch(const SpmmParams& p, int threads, int smem_bytes, const char* name, cudaStream_t stream) {
+void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const char* name, cudaStream_t stream) {
   static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
-  const int device = current_device().id;
   if (device >= 64 || !(configured_devices.load() >> device & 1)) {
     SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
     if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);

@@ -31,9 +31,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-#include <atomic>
-
 #include "common/check.h"
 #include "kernels/device_math.cuh"
 #include "kernels/spmm/ptx.cuh"
@@ -390,12 +387,12 @@ void spmm_bitmap(const SpmmParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(w.format == SparseFormat::kBitmap, "spmm_bitmap: the weight is not in the bitmap format");
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(w.words) % 16 == 0,
                       "spmm: bitmap tile data must be 16-byte aligned");
-  stream_k::check_params(p);
-  stream_k::with_storage_type(w.dtype, [&](auto storage) {
+  const int device = stream_k::check_params(p).id;
+  kernels::dispatch_dtype(w.dtype, [&](auto storage) {
     using T = decltype(storage);
     stream_k::with_block_columns(p.n, [&](auto columns) {
       constexpr int BN = decltype(columns)::value;
-      stream_k::launch<T, BN, spmm_bitmap_kernel<T, BN>>(p, kThreads, Config<BN>::kSmemBytes, "spmm_bitmap_kernel",
+      stream_k::launch<T, BN, spmm_bitmap_kernel<T, BN>>(p, device, kThreads, Config<BN>::kSmemBytes, "spmm_bitmap_kernel",
                                                          stream);
     });
   });

@@ -20,9 +20,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-#include <atomic>
-
 #include "common/check.h"
 #include "kernels/device_math.cuh"
 #include "kernels/spmm/ptx.cuh"
@@ -412,12 +409,12 @@ size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
 }
 
 void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
-  stream_k::check_params(p);
-  stream_k::with_storage_type(p.weight.dtype, [&](auto storage) {
+  const int device = stream_k::check_params(p).id;
+  kernels::dispatch_dtype(p.weight.dtype, [&](auto storage) {
     using T = decltype(storage);
     stream_k::with_block_columns(p.n, [&](auto columns) {
       constexpr int BN = decltype(columns)::value;
-      stream_k::launch<T, BN, spmm_tiled_csl_kernel<T, BN>>(p, kThreads, Config<BN>::kSmemBytes,
+      stream_k::launch<T, BN, spmm_tiled_csl_kernel<T, BN>>(p, device, kThreads, Config<BN>::kSmemBytes,
                                                             "spmm_tiled_csl_kernel", stream);
     });
   });
