@@ -55,7 +55,6 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
   if (w.format != "dense" && w.format != "tiled_csl" && w.format != "bitmap")
     throw FormatError(concat(file, ": tensor ", weight_name, ": format ", w.format, " has no linear layer"));
   name_ = weight_name;
-  format_ = w.format;
   out_ = w.shape[0];
   in_ = w.shape[1];
   dtype_ = checkpoint.dtype();
@@ -68,21 +67,28 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
                                ": expected a dense [", out_, "] vector"));
   }
 
-  if (format_ == "dense") {
+  if (w.format == "dense") {
     buffers_.push_back(upload_dense(checkpoint, weight_name, stream));
     weight_ptr_ = buffers_.back().data();
   } else {  // tiled_csl, bitmap: the same tile grid, offsets and plan
     const ComponentView& offsets = w.component(".tile_offsets");
-    const ComponentView& words = w.component(format_ == "bitmap" ? ".tiles" : ".words");
+    const bool bitmap = w.format == "bitmap";
+    const ComponentView& words = w.component(bitmap ? ".tiles" : ".words");
     // The mapping may leave the uint32 array unaligned: plan from a copy.
     std::vector<uint32_t> host_offsets(offsets.bytes / sizeof(uint32_t));
     std::memcpy(host_offsets.data(), offsets.data, host_offsets.size() * sizeof(uint32_t));
     const std::vector<StreamKBlock> plan = spmm_plan(host_offsets.data(), out_, in_, spmm_plan_blocks());
     plan_blocks_ = int(plan.size());
+    SparseMatrixView view;
     buffers_.push_back(upload_component(words, stream));  // empty (null) for an all-zero weight
-    words_ = buffers_.back().as<const uint32_t>();
+    view.words = buffers_.back().as<const uint32_t>();
     buffers_.push_back(upload_component(offsets, stream));
-    tile_offsets_ = buffers_.back().as<const uint32_t>();
+    view.tile_offsets = buffers_.back().as<const uint32_t>();
+    view.m = out_;
+    view.k = in_;
+    view.dtype = dtype_;
+    view.format = bitmap ? SparseFormat::kBitmap : SparseFormat::kTiledCsl;
+    sparse_ = view;
     // `plan` dies with this scope; that is safe: a copy from pageable memory
     // returns only once its source has been staged.
     DeviceBuffer plan_buffer(plan.size() * sizeof(StreamKBlock), weight_name + " stream-K plan");
@@ -102,12 +108,16 @@ Linear Linear::dense_view(const void* weight, int64_t out_features, int64_t in_f
                       in_features, "]");
   Linear linear;
   linear.name_ = "(dense view)";
-  linear.format_ = "dense";
   linear.out_ = out_features;
   linear.in_ = in_features;
   linear.dtype_ = dtype;
   linear.weight_ptr_ = weight;
   return linear;
+}
+
+std::string Linear::format() const {
+  if (!sparse_) return "dense";
+  return sparse_->format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl";
 }
 
 size_t Linear::device_bytes() const {
@@ -118,14 +128,14 @@ size_t Linear::device_bytes() const {
 
 size_t Linear::spmm_workspace_bytes(int64_t max_n) const {
   SPARSELLM_CHECK_ARG(max_n > 0, "Linear::spmm_workspace_bytes: max_n must be positive, got ", max_n);
-  if (format_ == "dense") return 0;
+  if (!sparse_) return 0;
   return sparsellm::spmm_workspace_bytes(out_, max_n, plan_blocks_);
 }
 
 void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream) const {
   SPARSELLM_CHECK_ARG(n > 0, "Linear ", name_, ": n must be positive, got ", n);
   SPARSELLM_CHECK_ARG(x != nullptr && y != nullptr, "Linear ", name_, ": x and y must be device pointers, not null");
-  if (format_ == "dense") {
+  if (!sparse_) {
     DenseGemmParams p;
     p.x = x;
     p.w = weight_ptr_;
@@ -145,12 +155,7 @@ void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& w
   p.bias = bias_;
   p.y = y;
   p.n = n;
-  p.weight.words = words_;
-  p.weight.tile_offsets = tile_offsets_;
-  p.weight.m = out_;
-  p.weight.k = in_;
-  p.weight.dtype = dtype_;
-  p.weight.format = format_ == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl;
+  p.weight = *sparse_;
   p.plan = static_cast<const StreamKBlock*>(plan_);
   p.plan_blocks = plan_blocks_;
   p.workspace = workspace.spmm;

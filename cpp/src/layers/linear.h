@@ -17,6 +17,7 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/device_buffer.h"
+#include "sparsellm/spmm.h"
 #include "sparsellm/types.h"
 
 namespace sparsellm {
@@ -41,7 +42,7 @@ class Linear {
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  const std::string& format() const { return format_; }
+  std::string format() const;  // "dense", "tiled_csl" or "bitmap"
   size_t device_bytes() const;  // bytes of the weight (and bias) on the device
   // Workspace this layer needs for inputs of up to max_n rows.
   size_t spmm_workspace_bytes(int64_t max_n) const;
@@ -50,15 +51,14 @@ class Linear {
 
  private:
   Linear() = default;
-  std::string name_, format_;
+  std::string name_;
   int64_t in_ = 0, out_ = 0;
   DType dtype_ = DType::kFloat16;
   const void* weight_ptr_ = nullptr;  // dense: the [out, in] matrix
   std::vector<DeviceBuffer> buffers_;  // owned device arrays (weight components, plan, bias)
   const void* bias_ = nullptr;
-  // Sparse formats: encoded arrays and the stream-K plan on the device.
-  const uint32_t* words_ = nullptr;
-  const uint32_t* tile_offsets_ = nullptr;
+  // Sparse formats (empty: dense): the encoded weight and its stream-K plan on the device.
+  std::optional<SparseMatrixView> sparse_;
   const void* plan_ = nullptr;
   int plan_blocks_ = 0;
 };
