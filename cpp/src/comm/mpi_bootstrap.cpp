@@ -14,6 +14,7 @@
 
 #include "comm/check.h"
 #include "common/check.h"
+#include "sparsellm/device.h"
 #include "sparsellm/error.h"
 
 namespace sparsellm {
@@ -134,11 +135,7 @@ TensorParallelOptions MpiSession::tensor_parallel() const {
   if (failed) throw NcclError(rank_ == 0 ? error : std::string("rank 0 could not create the NCCL id"));
   SPARSELLM_CHECK_MPI(MPI_Bcast(id.data(), kNcclIdBytes, MPI_BYTE, 0, MPI_COMM_WORLD));
   o.nccl_id = id;
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) {  // no driver or no GPU: reported below
-    cudaGetLastError();
-    devices = 0;
-  }
+  const int devices = device_count();  // 0 without a driver or GPU: reported below
   if (local_rank_ >= devices)
     throw DeviceError(detail::concat("rank ", rank_, " has local rank ", local_rank_, " but this host has ", devices,
                                      " GPU(s): start at most one process per GPU"));

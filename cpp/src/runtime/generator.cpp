@@ -1,6 +1,9 @@
 // The generation loop (see generator.h).
 #include "runtime/generator.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -32,22 +35,6 @@ uint64_t splitmix64(uint64_t x) {
 
 // Sequence i of a request draws from its own Philox stream.
 uint64_t sequence_seed(uint64_t seed, size_t i) { return splitmix64(seed ^ splitmix64(uint64_t(i))); }
-
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-  if (exp == 0) return (sign ? -1.0f : 1.0f) * std::ldexp(float(mant), -24);  // zero or subnormal
-  const uint32_t bits = exp == 0x1F ? (sign | 0x7F800000u | (mant << 13)) : (sign | ((exp + 112) << 23) | (mant << 13));
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-float bf16_to_float(uint16_t b) {
-  const uint32_t bits = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 }  // namespace
 
@@ -525,7 +512,8 @@ std::vector<float> Generator::prompt_logits(const std::vector<std::vector<int32_
   }
   std::vector<float> logits(bits.size());
   const bool fp16 = model_->dtype() == DType::kFloat16;
-  for (size_t i = 0; i < bits.size(); ++i) logits[i] = fp16 ? half_to_float(bits[i]) : bf16_to_float(bits[i]);
+  for (size_t i = 0; i < bits.size(); ++i)
+    logits[i] = fp16 ? __half2float(__ushort_as_half(bits[i])) : __bfloat162float(__ushort_as_bfloat16(bits[i]));
   record_peak();
   return logits;
 }
