@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsellm.format_choice import gpu_tag
+
 GIB = float(1 << 30)
 RECORD_FIELDS = ("model", "tp", "gpus", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity", "prefill_ms",
                  "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
@@ -147,10 +149,6 @@ def model_shape(name: str) -> ModelShape:
     config, description = random_model_config(name)
     plan = model_plan(config, architecture_of(config, description))
     return ModelShape(name, config, [(prod(t.shape), t.pruned) for t in plan.tensors])
-
-
-def gpu_tag(name: str) -> str:
-    return name.replace("NVIDIA ", "").replace(" ", "-").lower()
 
 
 def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:

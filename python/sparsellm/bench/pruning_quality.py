@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ from typing import Any
 
 import torch
 
+from sparsellm.convert.checkpoint import file_sha256
 from sparsellm.convert.llama2c import BOS_ID, load_llama2c
 from sparsellm.prune import HessianAccumulator, layer_linears, prune_model, sample_sequences
 
@@ -50,14 +50,6 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[3] / ".." / "shared" / "models"
 SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 METHODS = ("magnitude", "wanda", "sparsegpt")
 OWL_RUNS = (("wanda", 0.7), ("sparsegpt", 0.7))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()

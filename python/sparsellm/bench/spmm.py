@@ -15,6 +15,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from sparsellm.format_choice import gpu_tag
+
 # (name, M, K): OPT-66B (hidden 9216), OPT-175B FC1 at TP 8, Llama-2-7B / 70B.
 SHAPES = [
     ("opt66b.qkv", 27648, 9216),
@@ -123,7 +125,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = gpu["name"].replace("NVIDIA ", "").replace(" ", "-").lower()
+    tag = gpu_tag(gpu["name"])
     doc = dict(gpu=gpu["name"], commit=_commit(), date=datetime.date.today().isoformat(),
                copy_gbps=round(copy_gbps, 1), records=records)
     (out / f"spmm-{tag}.json").write_text(json.dumps(doc, indent=1))
