@@ -20,13 +20,13 @@ same calls with the same arguments; each returns the same results (print them on
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from sparsellm.convert.checkpoint import read_config
 from sparsellm.errors import InvalidArgument
 
 # Files whose presence means the checkpoint carries a Hugging Face tokenizer.
@@ -87,8 +87,7 @@ class LLM:
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file}: no such file; expected a directory written by "
                                     "`sparsellm convert`")
-        with open(config_file) as f:
-            self.config: dict = json.load(f)
+        self.config: dict = read_config(self.path)  # FormatError for a malformed one
         if not isinstance(max_batch, int) or max_batch < 1:
             raise InvalidArgument(f"max_batch must be a positive integer, got {max_batch!r}")
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
