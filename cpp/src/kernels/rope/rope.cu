@@ -114,10 +114,9 @@ void rope(const RopeParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(p.position && p.inv_freq, "rope: position or inv_freq is null");
   RopeArgs a{p.q, p.k, p.q_stride, p.k_stride, p.q_heads, p.k_heads, p.head_dim / 2, p.position, p.inv_freq};
   const dim3 grid(static_cast<unsigned>(p.tokens));
-  if (p.dtype == DType::kFloat16)
-    rope_kernel<__half><<<grid, kThreads, 0, stream>>>(a);
-  else
-    rope_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(a);
+  kernels::dispatch_dtype(p.dtype, [&](auto storage) {
+    rope_kernel<decltype(storage)><<<grid, kThreads, 0, stream>>>(a);
+  });
   SPARSELLM_CHECK_LAUNCH("rope");
 }
 
