@@ -4,6 +4,11 @@
 # binary, and the benchmarks; writes logs and a summary into OUTDIR.
 #
 #   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR] [--multigpu]
+#                        [--skip ctest,sanitizers,pytest]
+#
+# --skip leaves the named steps out (to split one check over several runs).
+# PYTEST_WORKERS=N runs pytest in N processes (pytest-xdist); PYTEST_DIST picks
+# how tests are shared out (default loadfile: one test file per process).
 #
 # --multigpu (a machine with 2 or 4 GPUs, mpirun and mpi4py): configure, build,
 # then only the tensor-parallel tests: ctest -L multigpu (the NCCL communicator,
@@ -24,11 +29,13 @@ shift
 bench=quick
 deps_prefix=""
 multigpu=0
+skip=","
 while [ $# -gt 0 ]; do
   case $1 in
     --bench) bench=$2; shift 2 ;;
     --deps-prefix) deps_prefix=$2; shift 2 ;;
     --multigpu) multigpu=1; shift ;;
+    --skip) skip=",$2,"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -90,9 +97,10 @@ if [ $multigpu -eq 1 ]; then  # the tensor-parallel tests only
   exit $status
 fi
 
-step ctest ctest --test-dir "$build" --output-on-failure -j 4
+skipped() { [[ $skip == *",$1,"* ]]; }
+skipped ctest || step ctest ctest --test-dir "$build" --output-on-failure -j 4
 test_gpu="$build/tests/cpp/test_gpu"
-if [ -x "$test_gpu" ]; then
+if [ -x "$test_gpu" ] && ! skipped sanitizers; then
   # The statistical sampling test and the 4,000-token attention case are slow under the sanitizer.
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$test_gpu" \
     --gtest_filter='-*StepsFollow*:*LongContext*'
@@ -100,10 +108,9 @@ if [ -x "$test_gpu" ]; then
     --gtest_filter='*SpmmVsCublas*m64_*:*SpmmVsCublas*m512_*:*SpmmVsCublas*m384_*:*AttentionTest.Prefill*:*SamplingDtype.TopK*'
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
-# PYTEST_WORKERS=N runs the tests in N processes (pytest-xdist), one test file per process.
 pytest_workers=()
-[ -n "${PYTEST_WORKERS:-}" ] && pytest_workers=(-n "$PYTEST_WORKERS" --dist loadfile)
-step pytest timeout "${PYTEST_TIMEOUT_S:-900}" $python -m pytest tests/python "${pytest_workers[@]}" -v -rs \
+[ -n "${PYTEST_WORKERS:-}" ] && pytest_workers=(-n "$PYTEST_WORKERS" --dist "${PYTEST_DIST:-loadfile}")
+skipped pytest || step pytest timeout "${PYTEST_TIMEOUT_S:-900}" $python -m pytest tests/python "${pytest_workers[@]}" -v -rs \
   --durations=15 --junitxml="$out/pytest.xml"
 case $bench in
   full) step bench_spmm $python -m sparsellm.bench spmm --out "$out/bench" ;;
