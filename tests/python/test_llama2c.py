@@ -17,10 +17,8 @@ import torch
 
 from sparsellm.convert.llama2c import load_llama2c, read_llama2c
 
-MODEL = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "stories260K" / "stories260K.bin"
-needs_model = pytest.mark.skipif(
-    not MODEL.is_file(), reason=f"stories260K checkpoint not found at {MODEL} (the shared/ folder beside the repository)"
-)
+from shared_models import STORIES260K, needs_stories260k
+
 
 
 # ---------------------------------------------------------------- numpy reference
@@ -91,12 +89,12 @@ def reference_logits(w: dict, tokens: list[int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model():
-    return load_llama2c(MODEL)
+    return load_llama2c(STORIES260K)
 
 
-@needs_model
+@needs_stories260k
 def test_header_and_config(model):
-    header, arrays = read_llama2c(MODEL)
+    header, arrays = read_llama2c(STORIES260K)
     assert (header.dim, header.hidden_dim, header.n_layers, header.n_heads, header.n_kv_heads) == (64, 172, 5, 8, 4)
     assert (header.vocab_size, header.max_seq_len, header.shared_classifier) == (512, 512, True)
     assert "freq_cis_real" in arrays and "wcls" not in arrays
@@ -106,9 +104,9 @@ def test_header_and_config(model):
     assert model.dtype == torch.float32
 
 
-@needs_model
+@needs_stories260k
 def test_logits_match_reference(model):
-    w = reference_weights(MODEL)
+    w = reference_weights(STORIES260K)
     rng = np.random.default_rng(20261127)
     sequences = [[1] + rng.integers(0, 512, size=n - 1).tolist() for n in (1, 7, 33, 96)]
     for tokens in sequences:
@@ -119,9 +117,9 @@ def test_logits_match_reference(model):
         assert np.abs(got - expected).max() < 1e-4 * scale, f"sequence of {len(tokens)} tokens"
 
 
-@needs_model
+@needs_stories260k
 def test_greedy_decoding_matches_reference(model):
-    w = reference_weights(MODEL)
+    w = reference_weights(STORIES260K)
     ref, hf = [1], [1]
     for _ in range(60):
         ref.append(int(reference_logits(w, ref)[-1].argmax()))
@@ -130,12 +128,12 @@ def test_greedy_decoding_matches_reference(model):
     assert hf == ref
 
 
-@needs_model
+@needs_stories260k
 def test_wrong_rope_layout_is_detected():
     """Without the row permutation the model runs but its logits differ: the check has teeth."""
     from sparsellm.convert.llama2c import interleaved_to_half_split
 
-    header, arrays = read_llama2c(MODEL)
+    header, arrays = read_llama2c(STORIES260K)
     wq = torch.from_numpy(arrays["wq"][0])
     permuted = interleaved_to_half_split(wq, header.n_heads)
     assert not torch.equal(permuted, wq)

@@ -47,13 +47,11 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import sparsellm  # noqa: E402
 from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
 
+from shared_models import STORIES260K, needs_stories260k  # noqa: E402
 from gpu_reference import check_teacher_forced, make_prompts, reference_logits  # noqa: E402
 
 gpu = pytest.mark.gpu
 
-STORIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "stories260K" / "stories260K.bin"
-needs_stories = pytest.mark.skipif(
-    not STORIES.is_file(), reason=f"stories260K checkpoint not found at {STORIES} (the shared/ folder beside the repository)")
 
 # --- models -------------------------------------------------------------------------------
 
@@ -136,7 +134,7 @@ def store(tmp_path_factory):
             if name == "stories260K":
                 from sparsellm.convert.llama2c import load_llama2c
 
-                load_llama2c(STORIES).save_pretrained(path)
+                load_llama2c(STORIES260K).save_pretrained(path)
             else:
                 random_llama(name).save_pretrained(path)
             made[name] = path
@@ -299,7 +297,7 @@ def hf_greedy(model, prompt: list[int], steps: int) -> list[int]:
 
 
 @gpu
-@needs_stories
+@needs_stories260k
 @pytest.mark.parametrize("sparsity,method", [(0.0, "magnitude"), (0.5, "wanda")], ids=["dense", "wanda50"])
 def test_stories260k_greedy_matches_hugging_face(store, sparsity, method):
     from sparsellm.convert.llama2c import BOS_ID
@@ -356,7 +354,7 @@ def merged_dense_weights(ckpt: Path) -> dict:
 
 
 @pytest.mark.multigpu
-@needs_stories
+@needs_stories260k
 @pytest.mark.parametrize("sparsity,method", [(0.0, "magnitude"), (0.5, "wanda")], ids=["dense", "wanda50"])
 def test_stories260k_tp2_greedy_matches_hugging_face(store, tmp_path, sparsity, method):
     """mpirun -n 2 (tests/python/tp_worker.py): each rank holds 4 of the 8 query heads and 2 of the 4 KV heads;
@@ -488,12 +486,12 @@ def test_bias_in_the_checkpoint_must_match_the_config(tmp_path):
 
 def test_stories260k_tensor_parallel_split_keeps_kv_groups(tmp_path):
     """TP = 2 gives each rank 2 of the 4 KV heads (and 4 of 8 query heads); TP = 8 > 4 KV heads is refused."""
-    if not STORIES.is_file():
-        pytest.skip(f"stories260K checkpoint not found at {STORIES}")
+    if not STORIES260K.is_file():
+        pytest.skip(f"stories260K checkpoint not found at {STORIES260K}")
     from sparsellm.convert.llama2c import load_llama2c
 
     hf = tmp_path / "hf"
-    load_llama2c(STORIES).save_pretrained(hf)
+    load_llama2c(STORIES260K).save_pretrained(hf)
     convert(hf, tmp_path / "tp2", sparsity=0.0, format="dense", tp=2, progress=False)
     tensors = read_config(tmp_path / "tp2")["tensors"]
     assert tensors["model.layers.0.self_attn.k_proj.weight"]["shape"] == [16, 64]  # 2 KV heads x head_dim 8
