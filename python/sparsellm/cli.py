@@ -46,6 +46,9 @@ def convert(argv: list[str]) -> int:
     source.add_argument("--random", metavar="CONFIG",
                         help="random weights of a named shape (opt-125m ... opt-175b, llama-2-7b/13b/70b) "
                              "or of a config.json")
+    parser.add_argument("--generated", action="store_true",
+                        help="with --random: write config.json alone, the runtime draws the weights at load "
+                             "(dense or bitmap; docs/checkpoint.md)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
     parser.add_argument("--sparsity", type=float, help="fraction of each pruned weight's entries set to zero")
     parser.add_argument("--method", default="magnitude", choices=("magnitude", "wanda", "sparsegpt"))
@@ -68,28 +71,44 @@ def convert(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     args = parser.parse_args(argv)
 
-    from sparsellm.convert import convert as convert_model, convert_random
+    from sparsellm.convert import convert as convert_model, convert_random, write_generated
 
+    if args.random is not None and (args.method != "magnitude" or args.calib is not None):
+        parser.error("--random models are pruned by magnitude; --method and --calib do not apply")
+    if args.generated and args.random is None:
+        parser.error("--generated needs --random CONFIG (the shape whose weights the runtime draws)")
+    if args.generated and (args.nm is not None or args.layer_sparsity is not None):
+        parser.error("--generated draws every pruned weight's mask at load at --sparsity: --nm and "
+                     "--layer-sparsity do not apply")
     progress = False if args.quiet else None
-    common = dict(sparsity=args.sparsity, nm=args.nm, layer_sparsity=args.layer_sparsity, tp=args.tp,
-                  format=_format_policy(args) if args.format == "auto" else args.format, seed=args.seed,
-                  overwrite=args.overwrite, progress=progress)
-    if args.random is not None:
-        if args.method != "magnitude" or args.calib is not None:
-            parser.error("--random models are pruned by magnitude; --method and --calib do not apply")
-        config = convert_random(args.random, args.out, dtype=args.dtype or "fp16", **common)
+    fmt = _format_policy(args) if args.format == "auto" else args.format
+    common = dict(sparsity=args.sparsity, tp=args.tp, format=fmt, seed=args.seed, overwrite=args.overwrite)
+    converting = dict(nm=args.nm, layer_sparsity=args.layer_sparsity, progress=progress)
+    if args.generated:
+        config = write_generated(args.random, args.out, dtype=args.dtype or "fp16", **common)
+    elif args.random is not None:
+        config = convert_random(args.random, args.out, dtype=args.dtype or "fp16", **common, **converting)
     else:
         config = convert_model(args.model, args.out, method=args.method, calib=args.calib, nsamples=args.nsamples,
-                               seqlen=args.seqlen, dtype=args.dtype, log=None if args.quiet else _stderr, **common)
+                               seqlen=args.seqlen, dtype=args.dtype, log=None if args.quiet else _stderr, **common,
+                               **converting)
     if not args.quiet:
-        pruning = config["pruning"]
-        total = sum(f["bytes"] for f in config["files"].values())
-        stored = [t["format"] for t in config["tensors"].values()]
-        sparse = ", ".join(f"{stored.count(f)} {f}" for f in ("tiled_csl", "bitmap"))
-        _stderr(f"wrote {args.out}: {len(config['tensors'])} tensors ({sparse}), tp {config['tp']}, "
-                f"{config['dtype']}, {total} bytes; {pruning['method']} pruning, achieved sparsity "
-                f"{pruning['achieved_sparsity']:.4f}")
+        _stderr(_wrote_line(args.out, config))
     return 0
+
+
+def _wrote_line(out: str, config: dict) -> str:
+    """What ``convert`` wrote, in one line."""
+    pruning = config["pruning"]
+    stored = [t["format"] for t in config["tensors"].values()]
+    sparse = ", ".join(f"{stored.count(f)} {f}" for f in ("tiled_csl", "bitmap"))
+    head = f"wrote {out}: {len(config['tensors'])} tensors ({sparse}), tp {config['tp']}, {config['dtype']}"
+    if config["source"]["kind"] == "generated":
+        return (f"{head}, config.json alone (generated: the weights are drawn at load from seed "
+                f"{config['source']['seed']}); target sparsity {pruning['achieved_sparsity']:.4f}")
+    total = sum(f["bytes"] for f in config["files"].values())
+    return (f"{head}, {total} bytes; {pruning['method']} pruning, achieved sparsity "
+            f"{pruning['achieved_sparsity']:.4f}")
 
 
 def info(argv: list[str]) -> int:
@@ -103,18 +122,21 @@ def info(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from sparsellm.convert import load_checkpoint, read_config
+    from sparsellm.convert.checkpoint import is_generated
     from sparsellm.convert.summary import checkpoint_summary
 
     config = read_config(args.checkpoint)
     ranks = list(range(config["tp"])) if args.rank is None else [args.rank]
     if args.rank is not None and not 0 <= args.rank < config["tp"]:
         parser.error(f"--rank must be in [0, {config['tp']})")
-    if args.verify:
+    generated = is_generated(config)
+    if args.verify and not generated:
         for rank in ranks:
             load_checkpoint(args.checkpoint, rank)
     print(checkpoint_summary(config, ranks, _format_policy(args)))
     if args.verify:
-        print(f"verified: rank file(s) {', '.join(map(str, ranks))} match config.json")
+        print("verified: config.json of a generated checkpoint (no rank files: the weights are drawn at load)"
+              if generated else f"verified: rank file(s) {', '.join(map(str, ranks))} match config.json")
     return 0
 
 

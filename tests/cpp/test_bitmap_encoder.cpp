@@ -5,6 +5,7 @@
 #include <random>
 #include <vector>
 
+#include "bitmap_reference.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
 
@@ -17,33 +18,6 @@ std::vector<uint16_t> random_sparse(int64_t m, int64_t k, double density, uint32
   std::vector<uint16_t> w(m * k);
   for (auto& v : w) v = u(rng) < density ? uint16_t(0x3C00 | (rng() & 0x03FF)) ^ (rng() & 0x8000) : 0;
   return w;
-}
-
-// Dense bits from the format's definition (docs/formats.md), written
-// independently of the encoder's loops: walk every lane's values in order.
-std::vector<uint16_t> decode(const BitmapHost& enc) {
-  std::vector<uint16_t> out(enc.m * enc.k, 0);
-  const int64_t tk = enc.tiles_k();
-  for (int64_t t = 0; t + 1 < int64_t(enc.tile_offsets.size()); ++t) {
-    if (enc.tile_offsets[t] == enc.tile_offsets[t + 1]) continue;
-    const uint32_t* tile = enc.data.data() + enc.tile_offsets[t];
-    const uint16_t* row_start = reinterpret_cast<const uint16_t*>(tile + 256);
-    const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + 260);
-    for (int i = 0; i < 8; ++i) {
-      int v = row_start[i];
-      for (int j = 0; j < 4; ++j)
-        for (int lane = 0; lane < 32; ++lane)
-          for (int e = 0; e < 8; ++e) {
-            const int bit = 8 * lane + e;
-            if (!(tile[32 * i + 4 * (bit / 32) + j] >> (bit % 32) & 1)) continue;
-            const int reg = e / 2, half = e % 2;  // mma.m16n8k16 A fragment: a0..a3
-            const int row = 16 * i + lane / 4 + (reg % 2) * 8;
-            const int col = 16 * j + 2 * (lane % 4) + half + (reg / 2) * 8;
-            out[((t / tk) * 128 + row) * enc.k + (t % tk) * 64 + col] = values[v++];
-          }
-    }
-  }
-  return out;
 }
 
 std::vector<uint16_t> canonical(std::vector<uint16_t> w) {
@@ -63,7 +37,7 @@ TEST(BitmapEncoder, RoundTripsAndCountsNonzeros) {
     ASSERT_EQ(enc.tile_offsets.size(), size_t(enc.tiles_m() * enc.tiles_k() + 1));
     for (size_t t = 0; t + 1 < enc.tile_offsets.size(); ++t) EXPECT_EQ(enc.tile_offsets[t] % 4, 0u);
     EXPECT_NO_THROW(validate_bitmap(enc.tile_offsets.data(), enc.data.data(), enc.data.size(), m, k));
-    EXPECT_EQ(decode(enc), canonical(w)) << m << "x" << k;
+    EXPECT_EQ(decode_bitmap(enc), canonical(w)) << m << "x" << k;
   }
 }
 
@@ -80,7 +54,7 @@ TEST(BitmapEncoder, FullTileEmptyTilesAndNegativeZero) {
   const BitmapHost full = encode_bitmap(dense.data(), 128, 64, DType::kFloat16, 1);
   EXPECT_EQ(full.nnz, 128 * 64);
   EXPECT_EQ(full.data.size(), size_t(bitmap::kMaxTileWords));
-  EXPECT_EQ(decode(full), dense);
+  EXPECT_EQ(decode_bitmap(full), dense);
   std::vector<uint16_t> zeros(1000 * 70, 0x8000);  // −0 is zero
   const BitmapHost empty = encode_bitmap(zeros.data(), 1000, 70, DType::kBFloat16, 2);
   EXPECT_EQ(empty.nnz, 0);

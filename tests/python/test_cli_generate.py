@@ -128,7 +128,7 @@ def test_bench_e2e_help(capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     for option in ("--models", "--batches", "--sparsities", "--formats", "--prompt-len", "--gen-len", "--hf",
-                   "--quick", "--workdir", "--convert-only"):
+                   "--quick", "--workdir", "--convert-only", "--weights", "--tp", "mpirun -n N"):
         assert option in out
 
 
@@ -139,6 +139,27 @@ def test_bench_e2e_help(capsys):
 def test_bench_e2e_bad_settings(argv, tmp_path, capsys):
     assert main(["bench", "e2e", "--out", str(tmp_path), *argv]) == 1
     assert "sparsellm bench: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--tp", "2"], {}, "--tp 2 runs one process per GPU under mpirun: mpirun -n 2 python -m sparsellm.bench e2e"),
+    (["--tp", "2"], {"OMPI_COMM_WORLD_SIZE": "4"}, "--tp 2, but mpirun started 4 processes"),
+    ([], {"PMI_SIZE": "2"}, "--tp 1, but mpirun started 2 processes: pass --tp 2"),
+    (["--tp", "2", "--hf"], {"OMPI_COMM_WORLD_SIZE": "2"}, "--hf runs the transformers baseline on one GPU"),
+    (["--tp", "0"], {}, "--tp must be at least 1"),
+    (["--convert-only"], {"OMPI_COMM_WORLD_SIZE": "2"}, "--convert-only runs as one process"),
+    (["--weights", "generated", "--formats", "tiled_csl"], {}, "draws dense and bitmap weights only"),
+    (["--tp", "3", "--models", "opt-13b"], {"OMPI_COMM_WORLD_SIZE": "3"}, "tensor parallelism 3 does not divide"),
+])
+def test_bench_e2e_tensor_parallel_and_weights_settings(argv, env, message, tmp_path, capsys, monkeypatch):
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["bench", "e2e", "--out", str(tmp_path / "out"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sparsellm bench: error: ") and message in err, err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------- benchmark logic (CPU)
@@ -171,6 +192,23 @@ def test_named_shapes_and_memory_estimates():
     assert e2e.gpu_tag("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
 
 
+def test_memory_estimates_per_rank():
+    shape = e2e.model_shape("opt-66b")
+    gib = 1 << 30
+    one, two = shape.rank_bytes(0, "dense"), shape.rank_bytes(0, "dense", tp=2)
+    assert one == shape.checkpoint_bytes(0, "dense") and 120 * gib < one < 125 * gib
+    embeddings = 2 * (50272 + 2050) * 9216  # replicated: whole on every rank
+    assert two == pytest.approx((one - embeddings) / 2 + embeddings, rel=1e-3)
+    assert shape.checkpoint_bytes(0, "dense", tp=2) == pytest.approx(one + embeddings, rel=1e-3)  # all rank files
+    assert shape.kv_bytes(16, 384, tp=2) == shape.kv_bytes(16, 384) // 2
+    assert not e2e.fits_gpu(shape, one, 16, 128, 384, 80 * gib)
+    assert e2e.fits_gpu(shape, two, 16, 128, 384, 80 * gib, tp=2)
+    job = e2e.Job(shape, 0.8, "bitmap", 1, tp=2, weights="generated")
+    assert job.generated and job.bytes == 0 and job.rank_bytes == shape.rank_bytes(0.8, "bitmap", 2)
+    assert job.name == "opt-66b-bitmap-s80-tp2-generated" and job.label == "opt-66b bitmap 80% tp2 generated"
+    assert e2e.Job(shape, 0.8, "bitmap", 1).name == "opt-66b-bitmap-s80"  # as before: kept work directories reused
+
+
 def test_random_prompts_avoid_special_ids_and_are_seeded():
     a = e2e.random_prompts(3, 50, VOCAB, 7)
     assert len(a) == 3 and all(len(p) == 50 for p in a)
@@ -179,7 +217,7 @@ def test_random_prompts_avoid_special_ids_and_are_seeded():
 
 
 def test_pipeline_skips_what_the_disk_cannot_hold(tmp_path):
-    huge = e2e.ModelShape("opt-huge", None, [(10 ** 15, True)])
+    huge = e2e.ModelShape("opt-huge", None, [(10 ** 15, True, "rows")])
     messages = []
     pipeline = e2e.CheckpointPipeline([e2e.Job(huge, 0.0, "dense", 1)], tmp_path, jobs=2, keep=False,
                                       log=messages.append)
@@ -214,11 +252,43 @@ def test_pipeline_converts_ahead_deletes_and_reuses(tmp_path):
     assert sorted(p.name for p in work.iterdir()) == sorted(job.name for job in jobs)
 
 
+def test_pipeline_writes_generated_checkpoints_when_asked(tmp_path):
+    shape = e2e.model_shape(str(_tiny_config(tmp_path / "cfg", hidden=128, ffn=256)))
+    jobs = [e2e.Job(shape, 0.0, "dense", 1, tp=2, weights="generated"),
+            e2e.Job(shape, 0.7, "bitmap", 1, tp=2, weights="generated")]
+    work = tmp_path / "work"
+    work.mkdir()
+    messages = []
+    pipeline = e2e.CheckpointPipeline(jobs, work, jobs=2, keep=False, log=messages.append)
+    try:
+        assert pipeline.pool is None  # nothing to convert
+        for i, job in enumerate(jobs):
+            assert list(work.iterdir()) == []  # written when asked for, not ahead
+            path = pipeline.ready(i)
+            config = read_config(path)
+            assert config["source"]["kind"] == "generated" and config["tp"] == 2 and config["files"] == {}
+            assert {t["format"] for t in config["tensors"].values() if t["pruned"]} == {job.fmt}
+            assert not e2e._reusable(path, job)  # a converted checkpoint is never taken for it, nor it for one
+            pipeline.done(i)
+            assert not path.exists()
+    finally:
+        pipeline.close()
+    assert sum("config.json alone" in m for m in messages) == 2
+
+
+def test_reuse_needs_the_same_tp(tmp_path):
+    shape = e2e.model_shape(str(_tiny_config(tmp_path / "cfg", hidden=128, ffn=256)))
+    job = e2e.Job(shape, 0.0, "dense", 1)
+    convert_random(shape.name, tmp_path / job.name, sparsity=0.0, format="dense", seed=1, progress=False)
+    assert e2e._reusable(tmp_path / job.name, job)
+    assert not e2e._reusable(tmp_path / job.name, e2e.Job(shape, 0.0, "dense", 1, tp=2))
+
+
 class _FakeLLM:
     """Stands in for sparsellm.LLM on CPU: reads the checkpoint's config, makes tokens that depend on
     the prompt only (so sparse and dense-pruned agree), and reports timings that fall with sparsity."""
 
-    def __init__(self, path, *, max_batch=8, max_seq_len=None, cuda_graphs=True):
+    def __init__(self, path, *, max_batch=8, max_seq_len=None, cuda_graphs=True, tp=None):
         self.config = read_config(path)
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         sparse = {t["format"] for t in self.config["tensors"].values()} - {"dense"}
@@ -276,6 +346,42 @@ def test_bench_e2e_run_loop_with_a_stand_in_runtime(fake_gpu, tmp_path, capsys):
     doc = json.loads((out / "e2e-fake-gpu.json").read_text())
     assert sorted({r["gen_len"] for r in doc["records"]}) == [6, 7] and len(doc["records"]) == 6
     assert "| tiled_csl | 70% |" in capsys.readouterr().out
+
+
+def test_bench_e2e_generated_weights_merge_beside_converted_ones(fake_gpu, tmp_path, capsys):
+    config_file = _tiny_config(tmp_path / "cfg", hidden=128, ffn=256)
+    out = tmp_path / "out"
+    argv = ["e2e", "--models", str(config_file), "--batches", "1", "--sparsities", "0,0.7", "--prompt-len", "8",
+            "--gen-len", "6", "--formats", "bitmap", "--out", str(out), "--append"]
+    assert bench_main(argv) == 0
+    assert bench_main(argv + ["--weights", "generated"]) == 0
+    printed = capsys.readouterr().out
+    assert "generated" in printed and "converting" in printed
+    doc = json.loads((out / "e2e-fake-gpu.json").read_text())
+    assert sorted((r["weights"], r["format"]) for r in doc["records"]) == [
+        ("converted", "bitmap"), ("converted", "dense"), ("generated", "bitmap"), ("generated", "dense")]
+    assert all(r["tp"] == r["gpus"] == 1 and r["tokens_per_gpu_s"] == r["tokens_per_s"] for r in doc["records"])
+    md = (out / "e2e-fake-gpu.md").read_text()
+    assert "Weights: converted = drawn on the CPU" in md and "| 1 | generated | sparsellm |" in md
+    assert f"- {config_file} (generated weights), dense, batch 1–16: decode within" in md
+    assert f"- {config_file}, dense, batch 1–16: decode within" in md  # the converted run's, apart
+    assert not (out / "e2e-work").exists()
+
+
+def test_records_of_other_tp_and_weights_merge():
+    base = _records()[0]
+    runs = [dict(base, tp=2, gpus=2), dict(base, weights="generated"), dict(base, tp=2, gpus=2, weights="generated")]
+    old = dict(records=[base], skipped=[])
+    for record in runs:
+        old = e2e.merged(old, dict(records=[record], skipped=[]))
+    assert len(old["records"]) == 4 and len({e2e._key(r) for r in old["records"]}) == 4
+    legacy = {k: v for k, v in base.items() if k != "weights"}  # written before records had the field
+    assert e2e._key(legacy) == e2e._key(base)
+    again = e2e.merged(old, dict(records=[dict(base, tp=2, gpus=2, decode_ms_per_step=1.0)], skipped=[]))
+    assert len(again["records"]) == 4
+    assert [r["decode_ms_per_step"] for r in again["records"] if r["tp"] == 2 and r["weights"] == "converted"] == [1.0]
+    md = e2e.summary_markdown(dict(gpu="g", commit="c", date="d", copy_gbps=1.0, settings={}, records=old["records"]))
+    assert "tp N: N GPUs under mpirun" in md and "| opt-30b | 2 | generated | sparsellm |" in md
 
 
 def test_generate_output_with_a_stand_in_runtime(fake_gpu, tiny_checkpoint, capsys):

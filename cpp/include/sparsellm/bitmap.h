@@ -34,6 +34,12 @@
 
 #include "sparsellm/types.h"
 
+#ifdef __CUDACC__
+#define SPARSELLM_BITMAP_HD __host__ __device__
+#else
+#define SPARSELLM_BITMAP_HD
+#endif
+
 namespace sparsellm {
 
 namespace bitmap {
@@ -48,6 +54,17 @@ constexpr int kRowStartWords = kBlocksM / 2;              // 8 uint16
 constexpr int kHeaderWords = kMaskWords + kRowStartWords;  // 260 words
 constexpr int kMaxTileWords = kHeaderWords + kTileM * kTileK / 2;  // 4356 words (a full tile)
 constexpr int kWordsPerVector = 4;
+
+// Tile row and column of mask bit b (= 8 l + e) of block (i, j).
+SPARSELLM_BITMAP_HD constexpr int bit_row(int i, int b) { return kBlock * i + (b >> 5) + 8 * ((b >> 1) & 1); }
+SPARSELLM_BITMAP_HD constexpr int bit_col(int j, int b) {
+  return kBlock * j + 2 * ((b >> 3) & 3) + (b & 1) + 8 * ((b >> 2) & 1);
+}
+// Words of a tile holding nnz nonzeros (0 for an empty tile).
+SPARSELLM_BITMAP_HD constexpr int64_t tile_words(int64_t nnz) {
+  return nnz == 0 ? 0
+                  : (kHeaderWords + (nnz + 1) / 2 + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector;
+}
 }  // namespace bitmap
 
 // A bitmap matrix in host memory, as the encoder writes it.
@@ -73,3 +90,5 @@ BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtyp
 void validate_bitmap(const uint32_t* tile_offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k);
 
 }  // namespace sparsellm
+
+#undef SPARSELLM_BITMAP_HD

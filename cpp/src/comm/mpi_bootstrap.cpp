@@ -14,6 +14,7 @@
 
 #include "comm/check.h"
 #include "common/check.h"
+#include "runtime/checkpoint.h"
 #include "sparsellm/device.h"
 #include "sparsellm/error.h"
 
@@ -63,6 +64,7 @@ void check_tensor_parallel(const std::string& dir, int rank, int world) {
     if (n % world != 0)
       throw InvalidArgument(detail::concat(config_file, ": ", what, " = ", n, " does not divide by the world size ",
                                            world, "; tensor parallelism splits it evenly over the ranks"));
+  if (is_generated_checkpoint(config)) return;  // no rank files: every rank draws its shard
   const std::string file = detail::concat("rank", rank, "-of-", tp, ".safetensors");
   const fs::path path = fs::path(dir) / file;
   std::error_code ec;

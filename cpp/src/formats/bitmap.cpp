@@ -19,16 +19,6 @@ using namespace bitmap;
 
 using detail::is_nonzero;
 
-// Tile row and column of mask bit b (= 8 l + e) of block (i, j).
-inline int bit_row(int i, int b) { return kBlock * i + ((b >> 3) >> 2) + 8 * (((b & 7) >> 1) & 1); }
-inline int bit_col(int j, int b) { return kBlock * j + 2 * ((b >> 3) & 3) + (b & 1) + 8 * ((b & 7) >> 2); }
-
-int64_t tile_words(int64_t nnz) {
-  if (nnz == 0) return 0;
-  const int64_t words = kHeaderWords + (nnz + 1) / 2;
-  return (words + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector;
-}
-
 // Writes one non-empty tile (out sized by tile_words, zero-filled). Branch-free:
 // the tile is copied row by row (zeros past M and K), then read in mask order
 // with every value stored at the running count and the count advanced by

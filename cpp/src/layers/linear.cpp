@@ -1,10 +1,11 @@
 // Linear layer: y[n, out] = x[n, in] · W[out, in]ᵀ (+ b[out]).
 //
 // Load time (constructor): the checkpoint entry decides the path.
-//   dense      W [out, in] uploaded as is                  → dense_gemm (cuBLASLt)
+//   dense      W [out, in] uploaded (or drawn) as is       → dense_gemm (cuBLASLt)
 //   tiled_csl  tile_offsets [tiles + 1] and the data array
-//   bitmap     (words / tiles) uploaded; the stream-K plan
-//              computed on the host from the mapped offsets
+//   bitmap     (words / tiles) uploaded (or drawn,
+//              runtime/weights.h); the stream-K plan
+//              computed on the host from the offsets
 //              for this GPU's block count and uploaded     → spmm (dispatches on
 //                                                             the format)
 // The bias, when named, is a dense [out] vector applied in the GEMM / SpMM
@@ -15,8 +16,6 @@
 // forward() enqueues one GEMM or SpMM on the caller's stream: no allocation,
 // no synchronization.
 #include "layers/linear.h"
-
-#include <cstring>
 
 #include "common/check.h"
 #include "runtime/weights.h"
@@ -33,13 +32,6 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
   return out + "]";
-}
-
-// A component as one device buffer (asynchronous copy from the mapping).
-DeviceBuffer upload_component(const ComponentView& c, cudaStream_t stream) {
-  DeviceBuffer buffer(c.bytes, c.key);
-  buffer.upload(c.data, c.bytes, stream);
-  return buffer;
 }
 
 }  // namespace
@@ -71,26 +63,21 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
     buffers_.push_back(upload_dense(checkpoint, weight_name, stream));
     weight_ptr_ = buffers_.back().data();
   } else {  // tiled_csl, bitmap: the same tile grid, offsets and plan
-    const ComponentView& offsets = w.component(".tile_offsets");
-    const bool bitmap = w.format == "bitmap";
-    const ComponentView& words = w.component(bitmap ? ".tiles" : ".words");
-    // The mapping may leave the uint32 array unaligned: plan from a copy.
-    std::vector<uint32_t> host_offsets(offsets.bytes / sizeof(uint32_t));
-    std::memcpy(host_offsets.data(), offsets.data, host_offsets.size() * sizeof(uint32_t));
-    const std::vector<StreamKBlock> plan = spmm_plan(host_offsets.data(), out_, in_, spmm_plan_blocks());
+    SparseUpload weight = upload_sparse(checkpoint, weight_name, stream);
+    const std::vector<StreamKBlock> plan = spmm_plan(weight.host_offsets.data(), out_, in_, spmm_plan_blocks());
     plan_blocks_ = int(plan.size());
     SparseMatrixView view;
-    buffers_.push_back(upload_component(words, stream));  // empty (null) for an all-zero weight
-    view.words = buffers_.back().as<const uint32_t>();
-    buffers_.push_back(upload_component(offsets, stream));
-    view.tile_offsets = buffers_.back().as<const uint32_t>();
+    view.words = weight.data.as<const uint32_t>();  // null for an all-zero weight
+    view.tile_offsets = weight.tile_offsets.as<const uint32_t>();
     view.m = out_;
     view.k = in_;
     view.dtype = dtype_;
-    view.format = bitmap ? SparseFormat::kBitmap : SparseFormat::kTiledCsl;
+    view.format = w.format == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl;
     sparse_ = view;
-    // `plan` dies with this scope; that is safe: a copy from pageable memory
-    // returns only once its source has been staged.
+    buffers_.push_back(std::move(weight.data));
+    buffers_.push_back(std::move(weight.tile_offsets));
+    // `plan` and the host offsets die with this scope; that is safe: a copy
+    // from pageable memory returns only once its source has been staged.
     DeviceBuffer plan_buffer(plan.size() * sizeof(StreamKBlock), weight_name + " stream-K plan");
     plan_buffer.upload(plan.data(), plan_buffer.bytes(), stream);
     plan_ = plan_buffer.data();

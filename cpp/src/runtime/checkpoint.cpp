@@ -18,6 +18,9 @@
 //      the format's validator accepts the data; stored nonzeros = nnz).
 //      These scans run on all hardware threads, one tensor per task.
 //
+// A generated checkpoint (source.kind "generated": config.json alone, its
+// shards listing no components, formats dense and bitmap) stops after step 1.
+//
 // Every error is a FormatError whose message starts with the path of the file
 // at fault and, where there is one, names the tensor.
 #include "runtime/checkpoint.h"
@@ -29,13 +32,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "common/check.h"
 #include "formats/tile_grid.h"
-#include "runtime/weights.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
 #include "sparsellm/tiled_csl.h"
@@ -336,10 +339,14 @@ void check_listed_components(const std::string& name, const FormatSpec& fmt, con
   }
 }
 
-void check_entry(const std::string& name, const json& entry, const std::string& dtype, int tp) {
+// A generated checkpoint's shards list no components (nothing is stored), and
+// only the formats the runtime can draw.
+void check_entry(const std::string& name, const json& entry, const std::string& dtype, int tp, bool generated) {
   const std::string format = entry.at("format").get<std::string>();
   const FormatSpec* fmt = find_format(format);
   if (!fmt) format_error("unknown format '", format, "'");
+  if (generated && format != "dense" && format != "bitmap")
+    format_error("format ", format, " in a generated checkpoint (weights are drawn as dense or bitmap only)");
   const std::vector<int64_t> shape = parse_shape(entry.at("shape"), "shape");
   if (shape.size() < fmt->min_rank || shape.size() > fmt->max_rank)
     format_error("bad shape ", shape_str(shape), " for format ", format);
@@ -358,7 +365,11 @@ void check_entry(const std::string& name, const json& entry, const std::string& 
   for (const auto& item : shards.items()) {
     const json& shard = item.value();
     if (!shard.at("nnz").is_number_integer()) format_error("rank ", item.key(), ": nnz is not an integer");
-    check_listed_components(name, *fmt, shape, dtype, item.key(), shard.at("components"));
+    if (!generated) {
+      check_listed_components(name, *fmt, shape, dtype, item.key(), shard.at("components"));
+    } else if (!shard.at("components").is_object() || !shard.at("components").empty()) {
+      format_error("rank ", item.key(), ": a generated checkpoint stores no components");
+    }
   }
 }
 
@@ -388,13 +399,24 @@ void check_config(const std::string& path, const json& config) {
   const int64_t tp = config["tp"].get<int64_t>();
   if (tp < 1 || tp > 4096) format_error(path, ": bad tp ", tp);
   const json& files = config["files"];
-  bool files_ok = int64_t(files.size()) == tp;
-  for (int r = 0; r < tp && files_ok; ++r) files_ok = files.contains(rank_file_name(r, int(tp)));
-  if (!files_ok) format_error(path, ": 'files' lists ", files.size(), " files, expected rank0-of-", tp, " ... rank",
-                              tp - 1, "-of-", tp, ".safetensors");
+  const bool generated = is_generated_checkpoint(config);
+  if (generated) {
+    const json& source = config["source"];
+    if (!files.empty()) format_error(path, ": a generated checkpoint lists rank files");
+    if (!source.contains("seed") || !source["seed"].is_number_unsigned())
+      format_error(path, ": source.seed of a generated checkpoint must be a non-negative integer");
+    if (!source.contains("std") || !source["std"].is_number() || !(source["std"].get<double>() > 0.0) ||
+        !std::isfinite(source["std"].get<double>()))
+      format_error(path, ": source.std of a generated checkpoint must be a positive number");
+  } else {
+    bool files_ok = int64_t(files.size()) == tp;
+    for (int r = 0; r < tp && files_ok; ++r) files_ok = files.contains(rank_file_name(r, int(tp)));
+    if (!files_ok) format_error(path, ": 'files' lists ", files.size(), " files, expected rank0-of-", tp, " ... rank",
+                                tp - 1, "-of-", tp, ".safetensors");
+  }
   for (const auto& item : config["tensors"].items()) {
     try {
-      check_entry(item.key(), item.value(), dtype, int(tp));
+      check_entry(item.key(), item.value(), dtype, int(tp), generated);
     } catch (const FormatError& e) {
       format_error(path, ": tensor ", item.key(), ": ", e.what());
     } catch (const json::exception& e) {
@@ -497,6 +519,20 @@ std::map<std::string, HeaderEntry> read_header(const std::string& path, const ui
   return entries;
 }
 
+// A tensor's entry for rank `rank_key` (components are added by the caller).
+TensorEntry describe_entry(const std::string& name, const json& entry, const std::string& rank_key) {
+  const json& shard = entry["shards"][rank_key];
+  TensorEntry t;
+  t.name = name;
+  t.format = entry["format"].get<std::string>();
+  t.shape = parse_shape(entry["shape"], "shape");
+  t.split = entry["split"].get<std::string>();
+  t.pruned = entry.contains("pruned") && entry["pruned"].is_boolean() && entry["pruned"].get<bool>();
+  t.nnz = shard["nnz"].get<int64_t>();
+  t.sparsity = shard.contains("sparsity") && shard["sparsity"].is_number() ? shard["sparsity"].get<double>() : 0.0;
+  return t;
+}
+
 std::string read_text(const std::string& path, bool& found) {
   std::ifstream in(path, std::ios::binary);
   found = bool(in);
@@ -506,6 +542,12 @@ std::string read_text(const std::string& path, bool& found) {
 }
 
 }  // namespace
+
+bool is_generated_checkpoint(const json& config) {
+  const auto source = config.find("source");
+  return source != config.end() && source->is_object() && source->contains("kind") &&
+         (*source)["kind"] == "generated";
+}
 
 const ComponentView& TensorEntry::component(const std::string& suffix) const {
   auto it = components.find(name + suffix);
@@ -541,6 +583,20 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir, int rank, b
   if (rank < 0 || rank >= ck->tp_)
     format_error(config_path, ": rank ", rank, " requested, but the checkpoint has tp = ", ck->tp_, " (ranks 0..",
                  ck->tp_ - 1, ")");
+
+  const std::string rank_key = std::to_string(rank);
+  if (is_generated_checkpoint(config)) {  // no rank file: every tensor this rank holds, without components
+    ck->rank_file_ = concat(config_path, " (generated, rank ", rank, ")");
+    ck->generated_ = true;
+    ck->seed_ = config["source"]["seed"].get<uint64_t>();
+    ck->weight_std_ = config["source"]["std"].get<float>();
+    for (const auto& item : config["tensors"].items())
+      if (item.value()["shards"].contains(rank_key)) {
+        ck->names_.push_back(item.key());
+        ck->tensors_.emplace(item.key(), describe_entry(item.key(), item.value(), rank_key));
+      }
+    return ck;
+  }
 
   // 2. the rank file: size, hash, mapping
   const std::string file_name = rank_file_name(rank, ck->tp_);
@@ -588,23 +644,15 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir, int rank, b
   // 3. the header against config.json
   uint64_t data_begin = 0;
   const std::map<std::string, HeaderEntry> header = read_header(path, base, size, rank, ck->tp_, data_begin);
-  const std::string rank_key = std::to_string(rank);
   size_t listed = 0;
   std::vector<std::pair<uint64_t, std::string>> order;  // (first byte, name): storage order
   for (const auto& item : config["tensors"].items()) {
     const json& entry = item.value();
     const json& shards = entry["shards"];
     if (!shards.contains(rank_key)) continue;
-    const json& shard = shards[rank_key];
-    TensorEntry t;
-    t.name = item.key();
-    t.format = entry["format"].get<std::string>();
-    t.shape = parse_shape(entry["shape"], "shape");
-    t.split = entry["split"].get<std::string>();
-    t.nnz = shard["nnz"].get<int64_t>();
-    t.sparsity = shard.contains("sparsity") && shard["sparsity"].is_number() ? shard["sparsity"].get<double>() : 0.0;
+    TensorEntry t = describe_entry(item.key(), entry, rank_key);
     uint64_t first = UINT64_MAX;
-    for (const auto& c : shard["components"].items()) {
+    for (const auto& c : shards[rank_key]["components"].items()) {
       const std::string& key = c.key();
       auto h = header.find(key);
       if (h == header.end())
@@ -665,19 +713,6 @@ const TensorEntry& Checkpoint::tensor(const std::string& name) const {
                                  ? " (it is stored on other ranks only)"
                                  : " (config.json does not list it)"));
   return it->second;
-}
-
-DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream) {
-  const TensorEntry& t = checkpoint.tensor(name);
-  if (t.format != "dense")
-    throw FormatError(concat(checkpoint.rank_file(), ": tensor ", name, " is stored as ", t.format, ", expected dense"));
-  const ComponentView& c = t.component("");
-  if (c.dtype != dtype_name(checkpoint.dtype()))
-    throw FormatError(concat(checkpoint.rank_file(), ": tensor ", name, " is ", c.dtype, ", expected ",
-                             dtype_name(checkpoint.dtype())));
-  DeviceBuffer buffer(c.bytes, name);
-  buffer.upload(c.data, c.bytes, stream);
-  return buffer;
 }
 
 }  // namespace sparsellm

@@ -1,5 +1,6 @@
 // Reading a sparsellm checkpoint directory (docs/checkpoint.md): config.json
-// and one rank's safetensors file, memory-mapped. Everything is validated on
+// and one rank's safetensors file, memory-mapped (a generated checkpoint has
+// config.json alone). Everything is validated on
 // open — format version, architecture, dtype, tp and rank, the rank file's
 // size and header, every component's dtype, shape and byte range, and the
 // structure of encoded tensors — and every error names the file and tensor.
@@ -33,12 +34,17 @@ struct TensorEntry {
   std::string format;           // "dense", "tiled_csl", ...
   std::vector<int64_t> shape;   // this rank's logical shape
   std::string split;            // "rows", "columns", "rank0", "replicated"
-  double sparsity = 0.0;        // of this shard
+  bool pruned = false;          // a pruned decoder linear weight
+  double sparsity = 0.0;        // of this shard (of a generated one: the target)
   int64_t nnz = 0;              // of this shard
-  std::map<std::string, ComponentView> components;  // by key
+  std::map<std::string, ComponentView> components;  // by key (none in a generated checkpoint)
   // The component `<name><suffix>` (suffix "" for dense, ".words", ...); throws FormatError.
   const ComponentView& component(const std::string& suffix) const;
 };
+
+// Whether a parsed config.json is that of a generated checkpoint (source.kind
+// "generated": config.json alone, the weights drawn at load).
+bool is_generated_checkpoint(const nlohmann::json& config);
 
 class Checkpoint {
  public:
@@ -57,6 +63,12 @@ class Checkpoint {
   DType dtype() const { return dtype_; }
   int tp() const { return tp_; }
   int rank() const { return rank_; }
+  // A generated checkpoint (source.kind "generated") is config.json alone: its
+  // tensors have no components, and the loaders draw them on the GPU
+  // (runtime/weights.h) from seed() with standard deviation weight_std().
+  bool generated() const { return generated_; }
+  uint64_t seed() const { return seed_; }
+  float weight_std() const { return weight_std_; }
 
   // Tensors this rank holds, in storage order.
   const std::vector<std::string>& tensor_names() const { return names_; }
@@ -70,6 +82,9 @@ class Checkpoint {
   nlohmann::json config_;
   DType dtype_ = DType::kFloat16;
   int tp_ = 1, rank_ = 0;
+  bool generated_ = false;
+  uint64_t seed_ = 0;
+  float weight_std_ = 0.0f;
   std::vector<std::string> names_;
   std::map<std::string, TensorEntry> tensors_;
   void* mapping_ = nullptr;

@@ -1,15 +1,22 @@
-// Uploading checkpoint tensors to the device (load time only).
+// Putting a checkpoint's tensors on the device (load time only).
 //
-// The copies are enqueued with cudaMemcpyAsync on `stream` straight from the
-// checkpoint's read-only mapping (pageable memory: each call returns once its
-// source has been staged, so the Checkpoint may be closed afterwards). The
-// caller synchronizes `stream` once after loading everything.
+// Stored tensors are copied with cudaMemcpyAsync on `stream` straight from
+// the checkpoint's read-only mapping (pageable memory: each call returns once
+// its source has been staged, so the Checkpoint may be closed afterwards).
+// A generated checkpoint's tensors are drawn on `stream` instead
+// (kernels/random_weights: normal(0, std), norm weights 1 + normal(0, std),
+// pruned weights thinned by a Bernoulli mask of the entry's target density),
+// seeded per tensor by (seed, name, rank). The caller synchronizes `stream`
+// once after loading everything.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
+#include "kernels/random_weights/random_weights.h"
 #include "runtime/checkpoint.h"
 #include "runtime/device_buffer.h"
 
@@ -19,5 +26,18 @@ namespace sparsellm {
 // dtype) in a new device buffer. Throws FormatError naming the file and tensor
 // when the rank holds no such tensor, or holds it in another format or dtype.
 DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream);
+
+// A tiled sparse tensor (Tiled-CSL or bitmap) of this rank on the device, with
+// its tile offsets also on the host (the stream-K plan is made from them).
+struct SparseUpload {
+  DeviceBuffer data;                   // the words / tiles (empty for an all-zero matrix)
+  DeviceBuffer tile_offsets;           // [tiles + 1]
+  std::vector<uint32_t> host_offsets;  // the same, on the host
+};
+SparseUpload upload_sparse(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream);
+
+// A random bitmap matrix drawn on `stream` (kernels/random_weights.h); waits
+// for the tile counts, from which the host makes the offsets.
+SparseUpload draw_bitmap(const RandomWeightParams& params, const std::string& name, cudaStream_t stream);
 
 }  // namespace sparsellm

@@ -23,11 +23,31 @@ Timing, for both implementations:
                       run (read + write bytes ÷ time, as in bench/spmm.py): the decode step
                       of a runtime that only streams its weights; floor_ratio = decode/floor
 
+``--weights generated`` writes generated checkpoints instead (``write_generated``: config.json
+alone, at once; the runtime draws the weights on the GPU at load, each pruned weight with a
+random mask at the target sparsity, dense or bitmap only, so ``--formats`` defaults to bitmap
+there). Their weight bytes, hence the decode speed, match converted ones of the same
+sparsity in expectation; their values are not magnitude-pruned. No conversion, no disk:
+OPT-66B and OPT-175B can be measured. Records carry ``weights``: converted or generated
+(the transformers baseline's, drawn on the GPU, count as generated).
+
+Tensor parallelism: ``--tp N`` runs as
+
+    mpirun -n N python -m sparsellm.bench e2e --tp N [--weights generated] ...
+
+Every rank runs the same loop (the same jobs, calls and order); rank 0 makes the
+checkpoints (split for N ranks) while the other ranks wait at an MPI barrier, then
+broadcasts each one's path; only rank 0 prints and writes the outputs. A GPU's share is
+estimated per rank (its weight shard, its heads' KV cache). Records carry tp = gpus = N,
+tokens_per_gpu_s = tokens_per_s / N, and floor and peak memory of one GPU (rank 0). ``--tp``
+must equal the number of processes mpirun started; ``--hf`` runs on one GPU only.
+
 Configurations that cannot run (checkpoint larger than the free disk, weights + KV cache
 larger than the GPU) are skipped with a message in the output and in the JSON
 (``skipped``), never silently. Writes e2e-<gpu>.json, .md and .png into ``--out``, after
 every configuration, so that an interrupted run keeps what it measured; ``--append``
-merges into an existing JSON (e.g. one model per invocation).
+merges into an existing JSON (e.g. one model per invocation): a record replaces only the
+one of the same model, tp, weights, implementation, format, sparsity, batch and lengths.
 """
 from __future__ import annotations
 
@@ -49,8 +69,8 @@ from typing import Any
 from sparsellm.format_choice import gpu_tag
 
 GIB = float(1 << 30)
-RECORD_FIELDS = ("model", "tp", "gpus", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity", "prefill_ms",
-                 "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
+RECORD_FIELDS = ("model", "tp", "gpus", "weights", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity",
+                 "prefill_ms", "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
 # GPU memory that neither the weights nor the KV cache take: CUDA context, cuBLAS workspaces, torch's allocator
 GPU_RESERVE_BYTES = 2 << 30
 DISK_RESERVE_BYTES = 2 << 30
@@ -59,9 +79,16 @@ HEARTBEAT_S = 60  # progress line while waiting for a conversion
 CONVERT_PARAMS_PER_S = 1.5e7  # one conversion job's rate, measured on opt-125m / opt-350m (for estimates)
 
 
+WEIGHTS = ("converted", "generated")
+HF_WEIGHTS = "generated"  # the transformers baseline draws its dense weights on the GPU, stores none
+SPLIT_TENSORS = ("rows", "columns")  # split rules that cut a tensor in tp shards (convert/tensor_parallel.py)
+
+
 def conversion_estimate_s(jobs: list, parallel: int) -> float:
-    """Rough wall time to convert ``jobs`` ``parallel`` at a time."""
-    return sum(job.shape.params for job in jobs) / CONVERT_PARAMS_PER_S / max(1, min(parallel, len(jobs) or 1))
+    """Rough wall time to convert ``jobs`` ``parallel`` at a time (generated ones take none)."""
+    converted = [job for job in jobs if not job.generated]
+    parallel = max(1, min(parallel, len(converted) or 1))
+    return sum(job.shape.params for job in converted) / CONVERT_PARAMS_PER_S / parallel
 FIRST_TOKEN_ID = 3  # OPT: 0 <s>-like, 1 pad, 2 eos; random prompts avoid them
 
 
@@ -79,8 +106,9 @@ def add_arguments(p) -> None:
                                     f"config.json paths (default {DEFAULTS['models']})")
     p.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
     p.add_argument("--sparsities", help=f"0 is the dense model (default {DEFAULTS['sparsities']})")
-    p.add_argument("--formats", default="tiled_csl",
-                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl)")
+    p.add_argument("--formats",
+                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl; "
+                        "bitmap with --weights generated, which draws no tiled_csl)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, help=f"new tokens per sequence (default {DEFAULTS['gen_len']})")
     p.add_argument("--hf", action="store_true", help="also Hugging Face transformers fp16 (static and dynamic cache)")
@@ -96,16 +124,31 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true", help="run our decode steps without CUDA graphs")
     p.add_argument("--append", action="store_true", help="merge into an existing e2e-<gpu>.json")
     p.add_argument("--seed", type=int, default=1234, help="seed of the random weights and prompts")
+    p.add_argument("--weights", choices=WEIGHTS, default="converted",
+                   help="converted: checkpoints converted by convert_random (default); generated: config.json "
+                        "alone, the runtime draws the weights at load (no conversion, no disk)")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel GPUs; run as mpirun -n N python -m sparsellm.bench e2e --tp N ... (default 1)")
 
 
 # ----------------------------------------------------------------------------------------------- estimates
+
+def _stored_bytes(elements: int, pruned: bool, sparsity: float, fmt: str) -> int:
+    """fp16 bytes of ``elements`` weights (docs/formats.md): per element of a pruned weight at
+    density d, Tiled-CSL stores 4d (value + in-tile position), bitmap 2d + 0.127 (a 1,040-byte
+    mask and row header per 128×64 tile); + 2% for offsets and padding. Otherwise 2."""
+    per_element = {"tiled_csl": lambda d: 4 * d, "bitmap": lambda d: 2 * d + 1040 / 8192}
+    if pruned and fmt in per_element and sparsity > 0:
+        return int(per_element[fmt](1.0 - sparsity) * elements * 1.02)
+    return 2 * elements
+
 
 @dataclass
 class ModelShape:
     """What the estimates need of a named OPT shape."""
     name: str
     hf_config: Any = field(repr=False)  # the transformers config
-    tensors: list[tuple[int, bool]] = field(repr=False)  # (elements, pruned) per tensor
+    tensors: list[tuple[int, bool, str]] = field(repr=False)  # (elements, pruned, split rule) per tensor
 
     @property
     def config(self) -> dict[str, Any]:
@@ -113,24 +156,24 @@ class ModelShape:
 
     @property
     def params(self) -> int:
-        return sum(n for n, _ in self.tensors)
+        return sum(n for n, _, _ in self.tensors)
 
-    def checkpoint_bytes(self, sparsity: float, fmt: str) -> int:
-        """Bytes of the converted fp16 checkpoint (docs/formats.md): per element of a pruned
-        weight at density d, Tiled-CSL stores 4d (value + in-tile position), bitmap 2d + 0.127
-        (a 1,040-byte mask and row header per 128×64 tile); + 2% for offsets and padding."""
-        per_element = {"tiled_csl": lambda d: 4 * d, "bitmap": lambda d: 2 * d + 1040 / 8192}
-        total = 0
-        for n, pruned in self.tensors:
-            if pruned and fmt in per_element and sparsity > 0:
-                total += int(per_element[fmt](1.0 - sparsity) * n * 1.02)
-            else:
-                total += 2 * n
-        return total + (1 << 20)
+    def checkpoint_bytes(self, sparsity: float, fmt: str, tp: int = 1) -> int:
+        """Bytes of the converted fp16 checkpoint, all rank files (replicated tensors on each)."""
+        copies = lambda split: tp if split == "replicated" else 1  # noqa: E731
+        return sum(_stored_bytes(n, pruned, sparsity, fmt) * copies(split)
+                   for n, pruned, split in self.tensors) + (1 << 20)
 
-    def kv_bytes(self, batch: int, seq_len: int) -> int:
+    def rank_bytes(self, sparsity: float, fmt: str, tp: int = 1) -> int:
+        """Weight bytes of rank 0, the rank holding the most (it also holds the row-parallel biases)."""
+        share = lambda n, split: n // tp if split in SPLIT_TENSORS else n  # noqa: E731
+        return sum(_stored_bytes(share(n, split), pruned, sparsity, fmt) for n, pruned, split in self.tensors) \
+            + (1 << 20)
+
+    def kv_bytes(self, batch: int, seq_len: int, tp: int = 1) -> int:
+        """KV cache bytes of one rank: its heads' share (hidden / tp), fp16."""
         c = self.config
-        return 2 * c["num_hidden_layers"] * batch * seq_len * c["hidden_size"] * 2
+        return 2 * c["num_hidden_layers"] * batch * seq_len * (c["hidden_size"] // tp) * 2
 
     def workspace_bytes(self, batch: int, prompt_len: int) -> int:
         """Activations of a prefill of batch × prompt_len tokens (fp16) and fp32 logits."""
@@ -148,7 +191,7 @@ def model_shape(name: str) -> ModelShape:
 
     config, description = random_model_config(name)
     plan = model_plan(config, architecture_of(config, description))
-    return ModelShape(name, config, [(prod(t.shape), t.pruned) for t in plan.tensors])
+    return ModelShape(name, config, [(prod(t.shape), t.pruned, t.split) for t in plan.tensors])
 
 
 def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
@@ -162,38 +205,53 @@ def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[l
 
 @dataclass
 class Job:
-    """One checkpoint: a model shape at one sparsity in one format."""
+    """One checkpoint: a model shape at one sparsity in one format, for ``tp`` ranks, its weights
+    converted (stored) or generated (drawn at load)."""
     shape: ModelShape
     sparsity: float
     fmt: str
     seed: int
+    tp: int = 1
+    weights: str = "converted"
+
+    @property
+    def generated(self) -> bool:
+        return self.weights == "generated"
 
     @property
     def name(self) -> str:
         """Directory name of the checkpoint (a shape given as a config.json path is flattened)."""
         shape = re.sub(r"[^A-Za-z0-9._-]+", "_", self.shape.name).strip("_")
-        return f"{shape}-{self.fmt}-s{round(self.sparsity * 100):02d}"
+        tp = f"-tp{self.tp}" if self.tp > 1 else ""
+        return f"{shape}-{self.fmt}-s{round(self.sparsity * 100):02d}{tp}{'-generated' if self.generated else ''}"
 
     @property
     def label(self) -> str:
-        return f"{self.shape.name} {self.fmt} {self.sparsity:.0%}"
+        tp = f" tp{self.tp}" if self.tp > 1 else ""
+        return f"{self.shape.name} {self.fmt} {self.sparsity:.0%}{tp}{' generated' if self.generated else ''}"
 
     @property
     def bytes(self) -> int:
-        return self.shape.checkpoint_bytes(self.sparsity, self.fmt)
+        """Bytes on disk (a generated checkpoint's config.json is not counted)."""
+        return 0 if self.generated else self.shape.checkpoint_bytes(self.sparsity, self.fmt, self.tp)
+
+    @property
+    def rank_bytes(self) -> int:
+        """Weight bytes one GPU holds."""
+        return self.shape.rank_bytes(self.sparsity, self.fmt, self.tp)
 
 
-def _convert(name: str, out: str, sparsity: float, fmt: str, seed: int) -> float:
+def _convert(name: str, out: str, sparsity: float, fmt: str, seed: int, tp: int = 1) -> float:
     """convert_random in a worker process; returns the seconds it took."""
     from sparsellm.convert import convert_random
 
     start = time.perf_counter()
-    convert_random(name, out, sparsity=sparsity, format=fmt, seed=seed, progress=False)
+    convert_random(name, out, sparsity=sparsity, format=fmt, seed=seed, tp=tp, progress=False)
     return time.perf_counter() - start
 
 
 def _reusable(path: Path, job: Job) -> bool:
-    """An existing checkpoint at ``path`` made from the same shape, seed, sparsity and format."""
+    """An existing converted checkpoint at ``path`` made from the same shape, seed, sparsity, format and tp."""
     if not (path / "config.json").is_file():
         return False
     try:
@@ -205,19 +263,22 @@ def _reusable(path: Path, job: Job) -> bool:
     source, pruning = config.get("source", {}), config.get("pruning", {})
     formats = {t["format"] for t in config["tensors"].values() if t["pruned"]}
     want = {"dense"} if job.fmt == "dense" or job.sparsity == 0 else {job.fmt}
-    return (source.get("config") == job.shape.name and source.get("seed") == job.seed
+    return (source.get("kind") == "random" and source.get("config") == job.shape.name
+            and source.get("seed") == job.seed and config["tp"] == job.tp
             and math.isclose(pruning.get("sparsity") or 0.0, job.sparsity) and formats == want)
 
 
 class CheckpointPipeline:
     """Converts the jobs' checkpoints into ``workdir``, up to ``jobs`` at once ahead of their use,
-    never more at once than the free disk space holds. ``ready(i)`` waits for job i's checkpoint
-    and returns its path, or None (with a message) when it could not be made; ``done(i)`` deletes
-    it unless ``keep``."""
+    never more at once than the free disk space holds; a generated job's checkpoint (config.json
+    alone, seconds to write) is written here when asked for. ``ready(i)`` waits for job i's
+    checkpoint and returns its path, or None (with a message) when it could not be made;
+    ``done(i)`` deletes it unless ``keep``."""
 
     def __init__(self, job_list: list[Job], workdir: Path, jobs: int, keep: bool, log) -> None:
         self.jobs, self.workdir, self.keep, self.log = job_list, workdir, keep, log
-        self.pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) if job_list else None
+        converting = any(not job.generated for job in job_list)
+        self.pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=_spawn()) if converting else None
         self.width = max(1, jobs)
         self.futures: dict[int, Any] = {}
         self.reused: set[int] = set()
@@ -235,6 +296,9 @@ class CheckpointPipeline:
         while self.next < len(self.jobs) and len(self.futures) < self.width:
             i, job = self.next, self.jobs[self.next]
             path = self.path(i)
+            if job.generated:  # written by ready()
+                self.next += 1
+                continue
             if _reusable(path, job):
                 self.log(f"  reusing {path}")
                 self.reused.add(i)
@@ -252,8 +316,26 @@ class CheckpointPipeline:
             if path.exists():
                 shutil.rmtree(path)
             self.log(f"  converting {job.label} -> {path} (~{job.bytes / GIB:.1f} GiB)")
-            self.futures[i] = self.pool.submit(_convert, job.shape.name, str(path), job.sparsity, job.fmt, job.seed)
+            self.futures[i] = self.pool.submit(_convert, job.shape.name, str(path), job.sparsity, job.fmt, job.seed,
+                                               job.tp)
             self.next += 1
+
+    def _generate(self, i: int) -> Path | None:
+        """Writes job i's generated checkpoint (config.json alone: no worker, no disk space to plan)."""
+        from sparsellm.convert import write_generated
+
+        job, path = self.jobs[i], self.path(i)
+        if path.exists():
+            shutil.rmtree(path)
+        try:
+            write_generated(job.shape.name, path, sparsity=job.sparsity, tp=job.tp, format=job.fmt, seed=job.seed)
+        except Exception as exc:  # report, go on with the other configurations
+            self.skipped[i] = f"skipped {job.label}: its generated checkpoint could not be written: {exc}"
+            self.log("  " + self.skipped[i])
+            return None
+        self.log(f"  generated {job.label} -> {path} (config.json alone: the weights are drawn at load)")
+        self.in_use.add(i)
+        return path
 
     def ready(self, i: int) -> Path | None:
         # called for i = 0, 1, 2, ... with every earlier job done: nothing else holds the disk
@@ -262,6 +344,8 @@ class CheckpointPipeline:
         assert i < self.next, "CheckpointPipeline.ready() must be called in job order"
         if i in self.skipped:
             return None
+        if self.jobs[i].generated:
+            return self._generate(i)
         if i in self.reused:
             self.in_use.add(i)
             return self.path(i)
@@ -344,8 +428,11 @@ def throughput(batch: int, gen_len: int, prefill_ms: float, decode_ms: float) ->
     return batch * gen_len * 1e3 / total_ms if total_ms > 0 else float("nan")
 
 
-def fits_gpu(shape: ModelShape, weight_bytes: int, batch: int, prompt_len: int, seq_len: int, gpu_bytes: int) -> bool:
-    need = weight_bytes + shape.kv_bytes(batch, seq_len) + shape.workspace_bytes(batch, prompt_len) + GPU_RESERVE_BYTES
+def fits_gpu(shape: ModelShape, weight_bytes: int, batch: int, prompt_len: int, seq_len: int, gpu_bytes: int,
+             tp: int = 1) -> bool:
+    """Whether one GPU holds ``weight_bytes`` (its rank's), its share of the KV cache and the workspaces."""
+    need = (weight_bytes + shape.kv_bytes(batch, seq_len, tp) + shape.workspace_bytes(batch, prompt_len)
+            + GPU_RESERVE_BYTES)
     return need <= gpu_bytes
 
 
@@ -405,12 +492,14 @@ def hf_measure(torch, model, prompts, gen_len: int, cache: str, reps: int) -> di
     return dict(prefill_ms=prefill, decode_ms_per_step=decode, peak_mem_bytes=peak)
 
 
-def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dict, copy_gbps: float) -> dict:
+def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dict, copy_gbps: float, *,
+            tp: int = 1, weights: str = "converted") -> dict:
+    """One measurement as a JSON record (RECORD_FIELDS and more); ``tp`` GPUs ran it."""
     tps = throughput(batch, args.gen_len, m["prefill_ms"], m["decode_ms_per_step"])
-    rec = dict(model=shape.name, tp=1, gpus=1, batch=batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
-               impl=impl, format=fmt, sparsity=sparsity, prefill_ms=round(m["prefill_ms"], 3),
+    rec = dict(model=shape.name, tp=tp, gpus=tp, weights=weights, batch=batch, prompt_len=args.prompt_len,
+               gen_len=args.gen_len, impl=impl, format=fmt, sparsity=sparsity, prefill_ms=round(m["prefill_ms"], 3),
                decode_ms_per_step=round(m["decode_ms_per_step"], 4), tokens_per_s=round(tps, 1),
-               tokens_per_gpu_s=round(tps, 1), peak_mem_gib=round(m["peak_mem_bytes"] / GIB, 3), setting=setting)
+               tokens_per_gpu_s=round(tps / tp, 1), peak_mem_gib=round(m["peak_mem_bytes"] / GIB, 3), setting=setting)
     if m.get("weight_bytes"):
         floor_ms = m["weight_bytes"] / (copy_gbps * 1e9) * 1e3
         rec.update(weight_gib=round(m["weight_bytes"] / GIB, 3), floor_ms=round(floor_ms, 4),
@@ -424,7 +513,9 @@ def _settings(args) -> None:
     for name, value in (QUICK if args.quick else DEFAULTS).items():  # what the command line leaves unset
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("prompt_len", "gen_len", "jobs", "reps"):
+    if args.formats is None:
+        args.formats = "bitmap" if args.weights == "generated" else "tiled_csl"
+    for name in ("prompt_len", "gen_len", "jobs", "reps", "tp"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     args.model_list = _csv(str, args.models)
@@ -444,121 +535,210 @@ def _settings(args) -> None:
 
     for fmt in args.format_list:
         check_format(fmt)
+    if args.weights == "generated" and "tiled_csl" in args.format_list:
+        raise ValueError("--weights generated: the runtime draws dense and bitmap weights only; use --formats bitmap")
     for name in args.model_list:
         if not (name in NAMED_CONFIGS and name.startswith("opt-")) and not Path(name).is_file():
             raise ValueError(f"unknown model shape {name!r}: one of "
                              f"{', '.join(n for n in NAMED_CONFIGS if n.startswith('opt-'))}, or a config.json")
+    if args.hf and args.tp > 1:
+        raise ValueError("--hf runs the transformers baseline on one GPU: measure it in a run without --tp "
+                         "and merge the two with --append")
+    _check_launch(args)
+
+
+def _check_launch(args) -> None:
+    """--tp against the processes mpirun started (from the launcher's environment, the same on every rank);
+    --convert-only runs as one process, whatever --tp."""
+    from sparsellm.launch import launcher_world_size
+
+    world = launcher_world_size()
+    if args.convert_only:
+        if world > 1:
+            raise ValueError(f"--convert-only runs as one process, but mpirun started {world}: run it without mpirun")
+        return
+    if world == args.tp:
+        return
+    if world == 1:
+        raise ValueError(f"--tp {args.tp} runs one process per GPU under mpirun: "
+                         f"mpirun -n {args.tp} python -m sparsellm.bench e2e --tp {args.tp} ...")
+    raise ValueError(f"--tp {args.tp}, but mpirun started {world} processes: pass --tp {world} "
+                     f"or run mpirun -n {args.tp}")
+
+
+def _world(tp: int):
+    """MPI.COMM_WORLD of a tensor-parallel run (None for --tp 1), its size checked against ``tp``."""
+    if tp == 1:
+        return None
+    from sparsellm.launch import _mpi
+
+    comm = _mpi().COMM_WORLD
+    if comm.Get_size() != tp:
+        raise ValueError(f"--tp {tp}, but MPI has {comm.Get_size()} processes: run mpirun -n {tp}")
+    return comm
+
+
+def _bcast(comm, value):
+    """Rank 0's ``value`` on every rank (the value itself without tensor parallelism)."""
+    return value if comm is None else comm.bcast(value, root=0)
+
+
+def _agreed(comm, error: str | None) -> str | None:
+    """The first error of any rank (this rank's without tensor parallelism): every rank takes the same branch."""
+    if comm is None:
+        return error
+    return next((f"rank {r}: {e}" for r, e in enumerate(comm.allgather(error)) if e), None)
 
 
 def _jobs(args) -> list[Job]:
+    from sparsellm.convert.architectures import architecture_of, check_tensor_parallel
+
     jobs = []
     for name in args.model_list:
         shape = model_shape(name)
+        check_tensor_parallel(shape.hf_config, architecture_of(shape.hf_config, name), args.tp, name)
         for s in args.sparsity_list:
             for fmt in (["dense"] if s == 0 else args.format_list):
-                jobs.append(Job(shape, s, fmt, args.seed))
+                jobs.append(Job(shape, s, fmt, args.seed, args.tp, args.weights))
     return jobs
+
+
+def _barrier(comm, poll_s: float = 0.05) -> None:
+    """An MPI barrier that sleeps while it waits: a blocking collective keeps a core busy, and the
+    other ranks may wait minutes for rank 0's conversions, which need the cores."""
+    if comm is None:
+        return
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+
+
+class SharedCheckpoints:
+    """The pipeline's checkpoints as every rank of a run sees them. Rank 0 runs the pipeline
+    (``pipeline``; None on the other ranks); the other ranks wait at a barrier until it has
+    made checkpoint i, so none loads one before it is complete, then get its path, or why there
+    is none. ``done(i)`` waits until every rank has closed its model, then rank 0 deletes it."""
+
+    def __init__(self, pipeline: CheckpointPipeline | None, comm) -> None:
+        self.pipeline, self.comm = pipeline, comm
+
+    def ready(self, i: int) -> tuple[Path | None, str]:
+        answer = None
+        if self.pipeline is not None:
+            answer = (self.pipeline.ready(i), self.pipeline.skipped.get(i, ""))
+        _barrier(self.comm)
+        return _bcast(self.comm, answer)
+
+    def done(self, i: int) -> None:
+        _barrier(self.comm)
+        if self.pipeline is not None:
+            self.pipeline.done(i)
+
+    def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
+
+
+def _workdir(args) -> Path:
+    return Path(args.workdir) if args.workdir else Path(args.out) / "e2e-work"
+
+
+def _convert_only(args, jobs: list[Job], log) -> int:
+    workdir = _workdir(args)
+    log(f"{len(jobs)} checkpoints into {workdir} (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min, "
+        f"{args.jobs} at a time, unless reused)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    pipeline = CheckpointPipeline(jobs, workdir, args.jobs, keep=True, log=log)
+    try:
+        made = [pipeline.ready(i) for i in range(len(jobs))]
+    finally:
+        pipeline.close()
+    log(f"{sum(p is not None for p in made)} of {len(jobs)} checkpoints in {workdir}")
+    return 0 if all(p is not None for p in made) else 1
+
+
+def _gpu(comm) -> dict | None:
+    """Rank 0's GPU properties on every rank, or None (after a message on each rank) when any rank has none."""
+    from sparsellm._native import require_gpu
+
+    gpu, error = None, None
+    try:
+        gpu = require_gpu()
+    except Exception as exc:
+        error = str(exc)
+    error = _agreed(comm, error)
+    if error:
+        print(f"sparsellm bench e2e needs a CUDA GPU: {error}", file=sys.stderr)
+        return None
+    return _bcast(comm, gpu)
 
 
 def run(args) -> int:
     _settings(args)
-    out = Path(args.out)
-    workdir = Path(args.workdir) if args.workdir else out / "e2e-work"
-    keep = args.keep or args.convert_only
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
     jobs = _jobs(args)
-    seq_len = args.prompt_len + args.gen_len
-
     if args.convert_only:
-        log(f"{len(jobs)} checkpoints into {workdir} (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min, "
-            f"{args.jobs} at a time, unless reused)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        pipeline = CheckpointPipeline(jobs, workdir, args.jobs, keep=True, log=log)
-        try:
-            made = [pipeline.ready(i) for i in range(len(jobs))]
-        finally:
-            pipeline.close()
-        log(f"{sum(p is not None for p in made)} of {len(jobs)} checkpoints in {workdir}")
-        return 0 if all(p is not None for p in made) else 1
+        return _convert_only(args, jobs, lambda msg: print(msg, flush=True))
+    comm = _world(args.tp)
+    from sparsellm.launch import abort_job_on_error
 
-    from sparsellm._native import require_gpu
+    with abort_job_on_error():  # under mpirun, an error on one rank alone ends the job instead of a hang
+        return _measure(args, jobs, comm)
 
-    try:
-        gpu = require_gpu()
-    except Exception as exc:
-        print(f"sparsellm bench e2e needs a CUDA GPU: {exc}", file=sys.stderr)
+
+def _measure(args, jobs: list[Job], comm) -> int:
+    """The measurements, on every rank alike; rank 0 alone makes the checkpoints, prints and writes."""
+    rank = 0 if comm is None else comm.Get_rank()
+    out, workdir = Path(args.out), _workdir(args)
+    keep = args.keep
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+
+    gpu = _gpu(comm)
+    if gpu is None:
         return 2
     from sparsellm.bench.spmm import _commit
-    from sparsellm.llm import LLM
 
-    copy_gbps = measure_copy_gbps()
+    copy_gbps = _bcast(comm, measure_copy_gbps() if rank == 0 else None)
     gpu_bytes = int(gpu["global_mem_bytes"])
     tag = gpu_tag(gpu["name"])
-    out.mkdir(parents=True, exist_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
     json_path = out / f"e2e-{tag}.json"
-    previous = json.loads(json_path.read_text()) if args.append and json_path.exists() else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(json_path.read_text()) if rank == 0 and args.append and json_path.exists() else None
     doc = dict(gpu=gpu["name"], commit=_commit(), date=datetime.date.today().isoformat(),
                copy_gbps=round(copy_gbps, 1),
                settings=dict(models=args.model_list, batches=args.batch_list, sparsities=args.sparsity_list,
                              formats=args.format_list, prompt_len=args.prompt_len, gen_len=args.gen_len,
-                             reps=args.reps, cuda_graphs=not args.no_cuda_graphs, seed=args.seed, hf=args.hf),
+                             reps=args.reps, cuda_graphs=not args.no_cuda_graphs, seed=args.seed, hf=args.hf,
+                             tp=args.tp, weights=args.weights),
                records=[], skipped=[])
-    log(f"{gpu['name']}: {gpu_bytes / GIB:.1f} GiB, copy bandwidth {copy_gbps:.0f} GB/s; "
-        f"{len(jobs)} checkpoints into {workdir} (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min "
-        f"of conversion, {args.jobs} at a time, unless reused)")
+    what = ("generated checkpoints (config.json alone)" if args.weights == "generated" else
+            f"checkpoints (roughly {conversion_estimate_s(jobs, args.jobs) / 60:.0f} min of conversion, "
+            f"{args.jobs} at a time, unless reused)")
+    log(f"{gpu['name']}: {gpu_bytes / GIB:.1f} GiB, copy bandwidth {copy_gbps:.0f} GB/s"
+        + (f", {args.tp} GPUs (tensor parallelism)" if args.tp > 1 else "") + f"; {len(jobs)} {what} into {workdir}")
 
     def skip(message: str) -> None:
         log("  " + message)
         doc["skipped"].append(message)
 
     def save() -> None:
-        write_outputs(doc, out, tag, previous)
+        if rank == 0:
+            write_outputs(doc, out, tag, previous)
 
-    runnable = []  # (job, the batches whose weights + KV cache + workspaces fit the GPU)
-    for job in jobs:
-        batches = [b for b in args.batch_list
-                   if fits_gpu(job.shape, job.bytes, b, args.prompt_len, seq_len, gpu_bytes)]
-        for b in sorted(set(args.batch_list) - set(batches)):
-            skip(f"skipped {job.label} batch {b}: weights (~{job.bytes / GIB:.1f} GiB) + KV cache "
-                 f"(~{job.shape.kv_bytes(b, seq_len) / GIB:.1f} GiB) + workspaces do not fit "
-                 f"{gpu_bytes / GIB:.0f} GiB")
-        if batches:
-            runnable.append((job, batches))
-    pipeline = CheckpointPipeline([job for job, _ in runnable], workdir, args.jobs, keep, log)
+    runnable = _runnable(jobs, args, gpu_bytes, skip)
+    pipeline = CheckpointPipeline([job for job, _ in runnable], workdir, args.jobs, keep, log) if rank == 0 else None
+    checkpoints = SharedCheckpoints(pipeline, comm)
     try:
         for i, (job, batches) in enumerate(runnable):
-            shape = job.shape
-            vocab = shape.config["vocab_size"]
-            path = pipeline.ready(i)
+            path, why = checkpoints.ready(i)
             if path is None:
-                doc["skipped"].append(pipeline.skipped[i])
-                continue
-            log(f"{job.label}: loading {path} (max batch {max(batches)}, max length {seq_len})")
-            try:
-                llm = LLM(str(path), max_batch=max(batches), max_seq_len=seq_len,
-                          cuda_graphs=not args.no_cuda_graphs)
-            except Exception as exc:  # out of memory or an unsupported checkpoint: report, go on
-                skip(f"skipped {job.label}: loading failed: {type(exc).__name__}: {exc}")
-                pipeline.done(i)
+                doc["skipped"].append(why)
                 continue
             try:
-                for b in batches:
-                    prompts = random_prompts(b, args.prompt_len, vocab, args.seed + b)
-                    try:
-                        m = measure_llm(llm, prompts, args.gen_len, args.reps)
-                    except Exception as exc:
-                        skip(f"skipped {job.label} batch {b}: {type(exc).__name__}: {exc}")
-                        continue
-                    rec = _record(shape, b, args, "sparsellm", "cuda graphs" if not args.no_cuda_graphs else "eager",
-                                  job.fmt, job.sparsity, m, copy_gbps)
-                    doc["records"].append(rec)
-                    log(_line(rec))
-                    save()
+                _measure_job(job, batches, path, args, comm, copy_gbps, doc, skip, save, log)
             finally:
-                llm.close()
-                del llm
-                pipeline.done(i)
+                checkpoints.done(i)
         if args.hf:
             import torch
 
@@ -567,12 +747,69 @@ def run(args) -> int:
                 _run_hf(torch, next(j.shape for j in jobs if j.shape.name == name), args, device, gpu_bytes,
                         copy_gbps, doc, skip, save, log)
     finally:
-        pipeline.close()
-        if not keep and workdir.is_dir() and not any(workdir.iterdir()):
+        checkpoints.close()
+        if rank == 0 and not keep and workdir.is_dir() and not any(workdir.iterdir()):
             workdir.rmdir()
     save()
-    print(summary_markdown(doc if previous is None else merged(previous, doc)))
+    log(summary_markdown(doc if previous is None else merged(previous, doc)))
     return 0
+
+
+def _runnable(jobs: list[Job], args, gpu_bytes: int, skip) -> list[tuple[Job, list[int]]]:
+    """(job, the batches whose weights + KV cache + workspaces fit one GPU) of every job that fits at some batch."""
+    seq_len = args.prompt_len + args.gen_len
+    runnable = []
+    for job in jobs:
+        batches = [b for b in args.batch_list
+                   if fits_gpu(job.shape, job.rank_bytes, b, args.prompt_len, seq_len, gpu_bytes, job.tp)]
+        per_gpu = " per GPU" if job.tp > 1 else ""
+        for b in sorted(set(args.batch_list) - set(batches)):
+            skip(f"skipped {job.label} batch {b}: weights (~{job.rank_bytes / GIB:.1f} GiB{per_gpu}) + KV cache "
+                 f"(~{job.shape.kv_bytes(b, seq_len, job.tp) / GIB:.1f} GiB{per_gpu}) + workspaces do not fit "
+                 f"{gpu_bytes / GIB:.0f} GiB")
+        if batches:
+            runnable.append((job, batches))
+    return runnable
+
+
+def _measure_job(job: Job, batches: list[int], path: Path, args, comm, copy_gbps: float, doc, skip, save,
+                 log) -> None:
+    """Loads one checkpoint and measures it at each batch, on every rank alike (errors agreed between ranks)."""
+    from sparsellm.llm import LLM
+
+    seq_len = args.prompt_len + args.gen_len
+    log(f"{job.label}: loading {path} (max batch {max(batches)}, max length {seq_len})")
+    llm, error = None, None
+    try:
+        llm = LLM(str(path), max_batch=max(batches), max_seq_len=seq_len, cuda_graphs=not args.no_cuda_graphs,
+                  tp=args.tp)
+    except Exception as exc:  # out of memory or an unsupported checkpoint: report, go on
+        error = f"{type(exc).__name__}: {exc}"
+    error = _agreed(comm, error)
+    if error:
+        skip(f"skipped {job.label}: loading failed: {error}")
+        if llm is not None:
+            llm.close()
+        return
+    try:
+        for b in batches:
+            prompts = random_prompts(b, args.prompt_len, job.shape.config["vocab_size"], args.seed + b)
+            m, error = None, None
+            try:
+                m = measure_llm(llm, prompts, args.gen_len, args.reps)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            error = _agreed(comm, error)
+            if error:
+                skip(f"skipped {job.label} batch {b}: {error}")
+                continue
+            rec = _record(job.shape, b, args, "sparsellm", "cuda graphs" if not args.no_cuda_graphs else "eager",
+                          job.fmt, job.sparsity, m, copy_gbps, tp=job.tp, weights=job.weights)
+            doc["records"].append(rec)
+            log(_line(rec))
+            save()
+    finally:
+        llm.close()
 
 
 def _run_hf(torch, shape: ModelShape, args, device, gpu_bytes, copy_gbps, doc, skip, save, log) -> None:
@@ -608,7 +845,8 @@ def _run_hf(torch, shape: ModelShape, args, device, gpu_bytes, copy_gbps, doc, s
                     torch.cuda.empty_cache()
                     continue
                 m["weight_bytes"] = weight_bytes
-                rec = _record(shape, b, args, "hf", f"{cache} cache", "dense", 0.0, m, copy_gbps)
+                rec = _record(shape, b, args, "hf", f"{cache} cache", "dense", 0.0, m, copy_gbps,
+                              weights=HF_WEIGHTS)
                 doc["records"].append(rec)
                 log(_line(rec))
                 save()
@@ -621,16 +859,32 @@ def _run_hf(torch, shape: ModelShape, args, device, gpu_bytes, copy_gbps, doc, s
 
 # ------------------------------------------------------------------------------------------- outputs
 
+def _tp(r: dict) -> int:
+    return r.get("tp", 1)
+
+
+def _weights(r: dict) -> str:
+    """A record's weights; records written before the field existed were converted."""
+    return r.get("weights", "converted")
+
+
+def _group_note(tp: int, weights: str) -> str:
+    """How a run differs from one GPU with converted weights: '', ' (tp 2)', ' (generated weights)', ..."""
+    notes = ([f"tp {tp}"] if tp > 1 else []) + (["generated weights"] if weights == "generated" else [])
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def _line(r: dict) -> str:
     floor = f" floor {r['floor_ms']:.2f} ms ({r['floor_ratio']:.2f}x)" if "floor_ms" in r else ""
-    return (f"  {r['model']} {r['impl']:9s} {r['setting']:13s} {r['format']:9s} s={r['sparsity']:.2f} "
+    return (f"  {r['model']}{_group_note(_tp(r), _weights(r))} {r['impl']:9s} {r['setting']:13s} {r['format']:9s} "
+            f"s={r['sparsity']:.2f} "
             f"batch {r['batch']:3d}: prefill {r['prefill_ms']:8.1f} ms, decode {r['decode_ms_per_step']:7.2f} ms/step, "
             f"{r['tokens_per_s']:9.1f} tok/s, peak {r['peak_mem_gib']:.1f} GiB{floor}")
 
 
 def _key(r: dict) -> tuple:
     return (r["model"], r["impl"], r.get("setting"), r["format"], r["sparsity"], r["batch"], r["prompt_len"],
-            r["gen_len"], r["tp"])
+            r["gen_len"], _tp(r), _weights(r))
 
 
 def merged(previous: dict, doc: dict) -> dict:
@@ -653,48 +907,70 @@ def _find(recs, **want):
     return next((r for r in recs if all(r.get(k) == v for k, v in want.items())), None)
 
 
+WEIGHTS_NOTE = ("Weights: converted = drawn on the CPU, magnitude-pruned per row and stored (convert_random); "
+                "generated = drawn by the runtime on the GPU at load, each pruned weight with a random mask at the "
+                "target sparsity (the same bytes in expectation, not magnitude-pruned); transformers draws its "
+                "dense weights on the GPU too.")
+TP_NOTE = ("tp N: N GPUs under mpirun; tokens/GPU-s = tokens/s ÷ N; peak memory and floor are one GPU's "
+           "(rank 0's weight shard).")
+
+
 def summary_markdown(doc: dict) -> str:
-    recs = sorted(doc["records"], key=lambda r: (r["model"], r["impl"] != "sparsellm", r.get("setting", ""),
-                                                 r["format"], r["sparsity"], r["batch"]))
+    recs = sorted(doc["records"], key=lambda r: (r["model"], _tp(r), _weights(r), r["impl"] != "sparsellm",
+                                                 r.get("setting", ""), r["format"], r["sparsity"], r["batch"]))
     s = doc.get("settings", {})
     lines = [f"# End-to-end generation on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
              f"Random-weight OPT models, fp16, prompt {s.get('prompt_len')} tokens, {s.get('gen_len')} new tokens, "
              f"greedy. Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s; floor = weight bytes ÷ "
-             "copy bandwidth.", "",
-             "| model | impl | setting | format | sparsity | batch | prefill ms | decode ms/step | tokens/s | "
-             "tokens/GPU-s | peak GiB | floor ms | decode ÷ floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "copy bandwidth.", ""]
+    if any(_weights(r) == "generated" and r["impl"] == "sparsellm" for r in recs):
+        lines += [WEIGHTS_NOTE, ""]
+    if any(_tp(r) > 1 for r in recs):
+        lines += [TP_NOTE, ""]
+    lines += ["| model | tp | weights | impl | setting | format | sparsity | batch | prefill ms | decode ms/step | "
+              "tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         floor = f"{r['floor_ms']:.2f} | {r['floor_ratio']:.2f}" if "floor_ms" in r else "– | –"
-        lines.append(f"| {r['model']} | {r['impl']} | {r.get('setting', '')} | {r['format']} | {r['sparsity']:.0%} | "
+        lines.append(f"| {r['model']} | {_tp(r)} | {_weights(r)} | {r['impl']} | {r.get('setting', '')} | "
+                     f"{r['format']} | {r['sparsity']:.0%} | "
                      f"{r['batch']} | {r['prefill_ms']:.1f} | {r['decode_ms_per_step']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | "
                      f"{r['tokens_per_gpu_s']:.0f} | {r['peak_mem_gib']:.1f} | {floor} |")
     lines += ["", "## Against the targets", ""]
-    for model in sorted({r["model"] for r in recs}):
-        ours = [r for r in recs if r["model"] == model and r["impl"] == "sparsellm"]
-        dense = [r for r in ours if r["sparsity"] == 0 and r["batch"] <= 16 and "floor_ratio" in r]
-        if dense:
-            worst = max(dense, key=lambda r: r["floor_ratio"])
-            lines.append(f"- {model}, dense, batch 1–16: decode within {worst['floor_ratio']:.2f}× of the "
-                         "weight-bytes "
-                         f"floor (worst at batch {worst['batch']}; target ≤ 1.15×)")
-        d16 = _find(ours, sparsity=0.0, batch=16)
-        for r in ours:
-            if r["batch"] == 16 and r["sparsity"] > 0 and d16:
-                lines.append(f"- {model}, batch 16, {r['format']} {r['sparsity']:.0%}: decode step "
-                             f"{r['decode_ms_per_step'] / d16['decode_ms_per_step']:.2f}× our dense path"
-                             + (" (target ≤ 0.45× for OPT-30B at 80%)" if model == "opt-30b" and r["sparsity"] == 0.8
-                                else ""))
-        for setting in ("static cache", "dynamic cache"):
-            hf = _find(recs, model=model, impl="hf", setting=setting, batch=16)
-            if hf and d16:
-                ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
-                lines.append(f"- {model}, batch 16: our dense path {ratio:.2f}× the "
-                             f"tokens/s of transformers with its {setting} (target ≥ 1.5× its fastest)")
+    for model, tp, weights in sorted({(r["model"], _tp(r), _weights(r)) for r in recs if r["impl"] == "sparsellm"}):
+        lines += _target_lines(recs, model, tp, weights)
     if doc.get("skipped"):
         lines += ["", "## Not measured", ""] + [f"- {m}" for m in doc["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[str]:
+    """Our runs of one model at one tp with one kind of weights against the targets (transformers: tp 1 only)."""
+    name = model + _group_note(tp, weights)
+    ours = [r for r in recs if r["model"] == model and r["impl"] == "sparsellm" and _tp(r) == tp
+            and _weights(r) == weights]
+    lines = []
+    dense = [r for r in ours if r["sparsity"] == 0 and r["batch"] <= 16 and "floor_ratio" in r]
+    if dense:
+        worst = max(dense, key=lambda r: r["floor_ratio"])
+        lines.append(f"- {name}, dense, batch 1–16: decode within {worst['floor_ratio']:.2f}× of the "
+                     "weight-bytes "
+                     f"floor (worst at batch {worst['batch']}; target ≤ 1.15×)")
+    d16 = _find(ours, sparsity=0.0, batch=16)
+    for r in ours:
+        if r["batch"] == 16 and r["sparsity"] > 0 and d16:
+            lines.append(f"- {name}, batch 16, {r['format']} {r['sparsity']:.0%}: decode step "
+                         f"{r['decode_ms_per_step'] / d16['decode_ms_per_step']:.2f}× our dense path"
+                         + (" (target ≤ 0.45× for OPT-30B at 80%)" if model == "opt-30b" and r["sparsity"] == 0.8
+                            else ""))
+    for setting in ("static cache", "dynamic cache"):
+        hf = _find(recs, model=model, impl="hf", setting=setting, batch=16)
+        if hf and d16 and tp == 1:
+            ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
+            lines.append(f"- {name}, batch 16: our dense path {ratio:.2f}× the "
+                         f"tokens/s of transformers with its {setting} (target ≥ 1.5× its fastest)")
+    return lines
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -713,12 +989,14 @@ def plot(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         sel = [r for r in recs if r["model"] == model]
-        lines = sorted({(r["impl"], r.get("setting", ""), r["format"], r["sparsity"]) for r in sel})
-        for impl, setting, fmt, s in lines:
-            pts = sorted((r["batch"], r["tokens_per_s"]) for r in sel if (r["impl"], r.get("setting", ""),
-                                                                          r["format"], r["sparsity"]) ==
-                         (impl, setting, fmt, s))
-            label = f"{impl} {setting}" if impl == "hf" else (f"{fmt} {s:.0%}" if s > 0 else "dense")
+        def line_of(r: dict) -> tuple:
+            return r["impl"], r.get("setting", ""), r["format"], r["sparsity"], _tp(r), _weights(r)
+
+        for impl, setting, fmt, s, tp, weights in sorted({line_of(r) for r in sel}):
+            pts = sorted((r["batch"], r["tokens_per_s"]) for r in sel
+                         if line_of(r) == (impl, setting, fmt, s, tp, weights))
+            label = (f"{impl} {setting}" if impl == "hf" else
+                     (f"{fmt} {s:.0%}" if s > 0 else "dense") + _group_note(tp, weights))
             ax.plot(*zip(*pts), "--" if impl == "hf" else "-", marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -3,6 +3,7 @@
 from .checkpoint import FORMAT_VERSION, dense_weights, load_checkpoint, read_config
 from .converter import convert, convert_random
 from .encoding import TILED_CSL_MIN_SPARSITY
+from .generated import write_generated
 from .random_model import NAMED_CONFIGS
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "dense_weights",
     "load_checkpoint",
     "read_config",
+    "write_generated",
 ]

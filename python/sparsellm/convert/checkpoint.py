@@ -7,6 +7,11 @@ description in config.json; ``load_checkpoint`` also checks one rank's file agai
 structure) and returns its arrays; ``dense_weights`` decodes them back to dense
 matrices with the numpy reference decoders.
 
+A generated checkpoint (``source.kind`` "generated", generated.py) is config.json alone:
+``read_config`` accepts it (no files, shards without components, dense and bitmap
+tensors only, the seed and std the runtime draws from); ``load_checkpoint`` and
+``dense_weights``, which need stored arrays, refuse it with InvalidArgument.
+
 Needs numpy and safetensors only, plus torch for bfloat16 checkpoints (numpy has no
 bfloat16: such values come back as their uint16 bit patterns).
 """
@@ -29,6 +34,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
 TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap")
+GENERATED_FORMATS = ("dense", "bitmap")  # the formats the runtime draws
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
 SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
 _REQUIRED_FIELDS = {
@@ -68,10 +74,25 @@ def _check_components(name: str, entry: dict, dtype: str, rank: str) -> None:
                               + (f"shape {want_shape}" if want_shape is not None else "a 1-D shape"))
 
 
-def _check_entry(name: str, entry: dict, dtype: str, tp: int) -> None:
+def is_generated(config: dict[str, Any]) -> bool:
+    """Whether config.json describes a generated checkpoint (``source.kind`` "generated")."""
+    source = config.get("source")
+    return isinstance(source, dict) and source.get("kind") == "generated"
+
+
+def _check_generated_shard(entry: dict, rank: str) -> None:
+    """A shard of a generated checkpoint stores nothing: its components are an empty object."""
+    if entry["shards"][rank]["components"] != {}:
+        raise FormatError(f"rank {rank}: a generated checkpoint stores no components")
+
+
+def _check_entry(name: str, entry: dict, dtype: str, tp: int, generated: bool = False) -> None:
     """One tensor entry of config.json (raises FormatError, KeyError or TypeError)."""
     if entry["format"] not in TENSOR_FORMATS:
         raise FormatError(f"unknown format {entry['format']!r}")
+    if generated and entry["format"] not in GENERATED_FORMATS:
+        raise FormatError(f"format {entry['format']} in a generated checkpoint (the runtime draws "
+                          f"{' and '.join(GENERATED_FORMATS)} tensors only)")
     shape = entry["shape"]
     ranks_allowed = (2,) if entry["format"] in SPARSE_DATA_COMPONENT else (1, 2)
     if not (isinstance(shape, list) and len(shape) in ranks_allowed
@@ -83,7 +104,29 @@ def _check_entry(name: str, entry: dict, dtype: str, tp: int) -> None:
     for rank in ranks:
         if not isinstance(entry["shards"][rank]["nnz"], int):
             raise FormatError(f"rank {rank}: nnz is not an integer")
-        _check_components(name, entry, dtype, rank)
+        if generated:
+            _check_generated_shard(entry, rank)
+        else:
+            _check_components(name, entry, dtype, rank)
+
+
+def _check_files(config: dict[str, Any], path: Path) -> None:
+    """The "files" field lists every rank file, or nothing for a generated checkpoint (whose
+    source must give the runtime a seed and a std to draw from)."""
+    if not is_generated(config):
+        files = {rank_file_name(r, config["tp"]) for r in range(config["tp"])}
+        if set(config["files"]) != files:
+            hint = ' (only a generated checkpoint, source.kind "generated", lists none)' if not config["files"] else ""
+            raise FormatError(f"{path}: 'files' lists {sorted(config['files'])}, expected {sorted(files)}{hint}")
+        return
+    source = config["source"]
+    if config["files"]:
+        raise FormatError(f"{path}: a generated checkpoint lists rank files {sorted(config['files'])}")
+    seed, std = source.get("seed"), source.get("std")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FormatError(f"{path}: source.seed of a generated checkpoint must be a non-negative integer, got {seed!r}")
+    if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 < std < float("inf"):
+        raise FormatError(f"{path}: source.std of a generated checkpoint must be a positive number, got {std!r}")
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -109,12 +152,11 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     tp, dtype = config["tp"], config["dtype"]
     if tp < 1 or dtype not in STORED_DTYPES:
         raise FormatError(f"{path}: bad tp {tp!r} or dtype {dtype!r}")
-    files = {rank_file_name(r, tp) for r in range(tp)}
-    if set(config["files"]) != files:
-        raise FormatError(f"{path}: 'files' lists {sorted(config['files'])}, expected {sorted(files)}")
+    _check_files(config, path)
+    generated = is_generated(config)
     for name, entry in config["tensors"].items():
         try:
-            _check_entry(name, entry, dtype, tp)
+            _check_entry(name, entry, dtype, tp, generated)
         except (KeyError, TypeError, InvalidArgument) as exc:
             raise FormatError(f"{path}: tensor {name}: malformed entry ({exc!r})") from None
         except FormatError as exc:
@@ -166,12 +208,15 @@ def load_checkpoint(
     Raises FileNotFoundError for a missing directory or file and FormatError (naming the
     file and tensor) for anything inconsistent: a file whose size or sha256 differs from
     config.json, missing or extra components, a wrong dtype or shape, malformed Tiled-CSL.
+    A generated checkpoint, which stores no arrays, raises InvalidArgument.
     """
     from sparsellm._native import native
     from sparsellm.formats.tiled_csl import TILE_BYTES
 
     directory = Path(directory)
     config = read_config(directory)
+    if is_generated(config):
+        raise InvalidArgument(f"{directory} is a generated checkpoint: its weights are drawn at load, none are stored")
     tp = config["tp"]
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < tp:
         raise InvalidArgument(f"rank must be in [0, {tp}) for {directory}, got {rank!r}")
@@ -231,7 +276,9 @@ def as_numpy_values(bits: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def dense_weights(directory: str | os.PathLike, rank: int = 0) -> dict[str, np.ndarray]:
-    """{tensor name: dense array} of one rank: float16, or uint16 bit patterns for bfloat16."""
+    """{tensor name: dense array} of one rank: float16, or uint16 bit patterns for bfloat16.
+
+    A generated checkpoint has no weights to decode (InvalidArgument, from ``load_checkpoint``)."""
     from sparsellm.formats import decode_bitmap, decode_tiled_csl
 
     config, arrays = load_checkpoint(directory, rank)

@@ -9,6 +9,9 @@ most a hidden ``.partial`` directory, never a directory at the output path.
 An existing output path is an error unless ``overwrite`` is set, and even then only an
 empty directory or a sparsellm checkpoint (a directory whose config.json has a
 ``format_version``) is replaced; the old one is removed after the new one is in place.
+
+A generated checkpoint (``rank_files=False``) goes through the same steps with config.json
+alone: its "files" is empty.
 """
 
 from __future__ import annotations
@@ -56,14 +59,17 @@ class CheckpointWriter:
     """Context manager: ``write`` components per rank, then ``commit(config)``.
 
     ``components[rank]`` lists (key, ndim) of every component that rank's file may get;
-    it sizes the reserved safetensors header.
+    it sizes the reserved safetensors header. ``rank_files=False``: no rank file is made,
+    ``commit`` publishes config.json alone (a generated checkpoint).
     """
 
     def __init__(
-        self, out: str | os.PathLike, tp: int, components: dict[int, list[tuple[str, int]]], overwrite: bool = False
+        self, out: str | os.PathLike, tp: int, components: dict[int, list[tuple[str, int]]], overwrite: bool = False,
+        *, rank_files: bool = True,
     ) -> None:
         self.out = check_output_dir(out, overwrite)
         self.tp = tp
+        self.rank_files = rank_files
         self.overwrite = overwrite
         self._components = components
         self._temp: Path | None = None
@@ -73,7 +79,7 @@ class CheckpointWriter:
     def __enter__(self) -> "CheckpointWriter":
         self._temp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
         try:
-            for rank in range(self.tp):
+            for rank in range(self.tp if self.rank_files else 0):
                 metadata = {"format": "sparsellm", "rank": str(rank), "tp": str(self.tp)}
                 reserve = header_bound(self._components.get(rank, []), metadata)
                 path = self._temp / rank_file_name(rank, self.tp)

@@ -50,6 +50,23 @@ def _model_config(config: Any) -> dict[str, Any]:
     return json.loads(config.to_json_string(use_diff=False))
 
 
+def config_fields(
+    plan: ModelPlan, *, dtype: str, tp: int, tensors: dict[str, dict], pruning: dict[str, Any],
+    describe: dict[str, Any],
+) -> dict[str, Any]:
+    """The fields of config.json but "files" and "copied_files" (``CheckpointWriter.commit`` adds those)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "architecture": plan.arch.name,
+        "model_config": _model_config(plan.config),
+        "dtype": dtype,
+        "tp": tp,
+        "tensors": tensors,
+        "pruning": pruning,
+        **describe,
+    }
+
+
 def _store_tensor(
     item: TensorPlan, tensor: Any, writer: CheckpointWriter, *, tp: int, dtype: str, fmt: str,
     target: float | None, spec: PruningSpec,
@@ -103,16 +120,8 @@ def _write_checkpoint(
                                                    target=target, spec=spec)
                 del tensor
                 bar.update()
-        config = {
-            "format_version": FORMAT_VERSION,
-            "architecture": plan.arch.name,
-            "model_config": _model_config(plan.config),
-            "dtype": dtype,
-            "tp": tp,
-            "tensors": tensors,
-            "pruning": pruning_record(spec, plan, tensors, pruning_extra),
-            **describe,
-        }
+        config = config_fields(plan, dtype=dtype, tp=tp, tensors=tensors,
+                               pruning=pruning_record(spec, plan, tensors, pruning_extra), describe=describe)
         return writer.commit(config, list(copy_files))
 
 
@@ -208,6 +217,16 @@ def convert(
     return _write_checkpoint(plan, in_memory, out, targets=None, pruning_extra=extra, **common)
 
 
+def random_plan(config: str | os.PathLike, tp: int) -> tuple[ModelPlan, str]:
+    """(plan, description) of a named shape or config.json, after checking its architecture and ``tp``."""
+    from .random_model import random_model_config
+
+    model_config, description = random_model_config(config)
+    arch = architecture_of(model_config, description)
+    check_tensor_parallel(model_config, arch, tp, description)
+    return model_plan(model_config, arch), description
+
+
 def convert_random(
     config: str | os.PathLike,
     out: str | os.PathLike,
@@ -228,7 +247,7 @@ def convert_random(
     tensor is drawn, pruned and encoded on its own (random_model.py): the dense model is
     never materialized. ``layer_sparsity`` may be a sparsity map (OWL needs a real model).
     """
-    from .random_model import RandomWeights, random_model_config
+    from .random_model import RandomWeights
 
     spec = PruningSpec("magnitude", sparsity, nm, layer_sparsity, None, seed=seed).checked()
     if spec.owl:
@@ -237,11 +256,8 @@ def convert_random(
         raise InvalidArgument("OWL layer sparsity needs calibration data, which a random model does not have")
     fmt = check_format(format)
     out = check_output_dir(out, overwrite)
-    model_config, description = random_model_config(config)
-    arch = architecture_of(model_config, description)
-    check_tensor_parallel(model_config, arch, tp, description)
+    plan, description = random_plan(config, tp)
     dtype = check_dtype(dtype)
-    plan = model_plan(model_config, arch)
     check_pattern_fits(plan, spec)
     weights = RandomWeights(plan, seed)
     describe = {"source": {"kind": "random", "config": description, "seed": seed, "std": weights.std}}

@@ -80,6 +80,7 @@ def random_model_config(spec: str | os.PathLike) -> tuple[Any, str]:
 
 
 CHUNK_ELEMENTS = 1 << 22
+DEFAULT_STD = 0.02  # of the values drawn, here and by the runtime for a generated checkpoint
 
 
 def _normal(shape: tuple[int, ...], seed: list[int], std: float) -> np.ndarray:
@@ -104,7 +105,7 @@ def _normal(shape: tuple[int, ...], seed: list[int], std: float) -> np.ndarray:
 class RandomWeights:
     """A tensor source for the converter: every tensor of ``plan`` drawn at random."""
 
-    def __init__(self, plan: ModelPlan, seed: int, std: float = 0.02) -> None:
+    def __init__(self, plan: ModelPlan, seed: int, std: float = DEFAULT_STD) -> None:
         self.shapes = {item.name: item.shape for item in plan.tensors}
         self.seed = seed
         self.std = std

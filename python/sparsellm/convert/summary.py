@@ -5,6 +5,9 @@ the rank's shard), stored bytes (all components), the bytes of the same shard st
 dense in float16 and their ratio, and, for 2-D weights when a ``FormatPolicy`` is given,
 the speedup over dense its speed model predicts for the shard at the policy's decode
 batch (1.00 for dense). Totals per rank follow.
+
+A generated checkpoint stores nothing: its bytes are those its shards are expected to take
+once the runtime has drawn them (``format_choice.weight_bytes`` at the target sparsity).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sparsellm.format_choice import FormatPolicy
+from sparsellm.format_choice import FormatPolicy, weight_bytes
 
-from .checkpoint import rank_file_name
+from .checkpoint import is_generated, rank_file_name
 
 _ITEM_BYTES = {"float16": 2, "bfloat16": 2, "uint32": 4, "uint16": 2}
 
@@ -38,13 +41,24 @@ class TensorRow:
         return self.bytes / self.dense_fp16_bytes if self.dense_fp16_bytes else 0.0
 
 
+def expected_bytes(fmt: str, shape: list[int], sparsity: float) -> int:
+    """Bytes of a generated shard once drawn: 2 per element dense, else the format's size model."""
+    if fmt == "dense" or len(shape) != 2:
+        return 2 * int(np.prod(shape))
+    return round(weight_bytes(fmt, shape[0], shape[1], sparsity))
+
+
 def rank_rows(config: dict[str, Any], rank: int) -> list[TensorRow]:
+    generated = is_generated(config)
     rows = []
     for name, entry in config["tensors"].items():
         shard = entry["shards"].get(str(rank))
         if shard is None:
             continue
-        size = sum(_ITEM_BYTES[c["dtype"]] * int(np.prod(c["shape"])) for c in shard["components"].values())
+        if generated:
+            size = expected_bytes(entry["format"], entry["shape"], shard["sparsity"])
+        else:
+            size = sum(_ITEM_BYTES[c["dtype"]] * int(np.prod(c["shape"])) for c in shard["components"].values())
         rows.append(TensorRow(name, entry["format"], tuple(entry["shape"]), shard["sparsity"], size))
     return rows
 
@@ -99,9 +113,19 @@ def checkpoint_summary(config: dict[str, Any], ranks: list[int], policy: FormatP
         f"pruning: {pruning.get('method')} at {pruning.get('sparsity')} "
         f"(achieved {pruning.get('achieved_sparsity', 0):.4f} over the pruned tensors)",
     ]
+    if is_generated(config):
+        source = config["source"]
+        head.append(f"generated: config.json alone, the weights are drawn at load (seed {source['seed']}, "
+                    f"std {source['std']}); bytes are those expected once drawn")
     parts = ["\n".join(head)]
     for rank in ranks:
-        file_name = rank_file_name(rank, config["tp"])
-        parts.append(f"rank {rank} of {config['tp']} ({file_name}, {config['files'][file_name]['bytes']} bytes)\n"
+        parts.append(f"rank {rank} of {config['tp']} ({_rank_file_description(config, rank)})\n"
                      + rank_table(config, rank, policy))
     return "\n\n".join(parts)
+
+
+def _rank_file_description(config: dict[str, Any], rank: int) -> str:
+    if is_generated(config):
+        return "generated, no file"
+    file_name = rank_file_name(rank, config["tp"])
+    return f"{file_name}, {config['files'][file_name]['bytes']} bytes"
