@@ -63,7 +63,8 @@ def launcher_world_size() -> int:
     return 1
 
 
-def _mpi():
+def mpi():
+    """mpi4py's MPI module; TensorParallelError naming what is missing without it."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
@@ -89,7 +90,7 @@ def check_launch(path: str | os.PathLike, tp: int | None = None):
         return None
     from sparsellm._native import native
 
-    MPI = _mpi()
+    MPI = mpi()
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     wanted = world if tp is None else tp

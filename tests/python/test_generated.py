@@ -366,3 +366,19 @@ def test_bench_e2e_tp_other_than_the_world_is_an_error_on_every_rank(tmp_path):
     assert proc.returncode != 0, output
     assert output.count("sparsellm bench: error: --tp 1, but mpirun started 2 processes") == 2, output
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_e2e_scale_lines():
+    """The scale targets: fewest GPUs per sparsity, and tokens per GPU-second against dense at tp 4."""
+    from sparsellm.bench.e2e import _scale_lines
+
+    def rec(tp, sparsity, batch, tps):
+        return dict(model="opt-66b", impl="sparsellm", tp=tp, gpus=tp, sparsity=sparsity, batch=batch,
+                    tokens_per_gpu_s=tps / tp)
+
+    lines = _scale_lines([rec(4, 0.0, 16, 800.0), rec(2, 0.0, 16, 500.0), rec(1, 0.8, 16, 400.0),
+                          rec(2, 0.8, 16, 600.0), rec(1, 0.8, 1, 30.0)])
+    assert lines[0].startswith("- opt-66b: ran on 2 GPUs dense, 1 GPU at 80%")
+    assert lines[1] == ("- opt-66b, batch 16: 80% sparse on 1 GPU gives 2.00× the tokens per GPU-second of dense "
+                        "at tp 4 (target ≥ 3.5× for OPT-66B at 80%)")
+    assert len(lines) == 2

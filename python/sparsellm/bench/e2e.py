@@ -570,9 +570,9 @@ def _world(tp: int):
     """MPI.COMM_WORLD of a tensor-parallel run (None for --tp 1), its size checked against ``tp``."""
     if tp == 1:
         return None
-    from sparsellm.launch import _mpi
+    from sparsellm.launch import mpi
 
-    comm = _mpi().COMM_WORLD
+    comm = mpi().COMM_WORLD
     if comm.Get_size() != tp:
         raise ValueError(f"--tp {tp}, but MPI has {comm.Get_size()} processes: run mpirun -n {tp}")
     return comm
@@ -940,6 +940,7 @@ def summary_markdown(doc: dict) -> str:
     lines += ["", "## Against the targets", ""]
     for model, tp, weights in sorted({(r["model"], _tp(r), _weights(r)) for r in recs if r["impl"] == "sparsellm"}):
         lines += _target_lines(recs, model, tp, weights)
+    lines += _scale_lines(recs)
     if doc.get("skipped"):
         lines += ["", "## Not measured", ""] + [f"- {m}" for m in doc["skipped"]]
     return "\n".join(lines) + "\n"
@@ -970,6 +971,29 @@ def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[s
             ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
             lines.append(f"- {name}, batch 16: our dense path {ratio:.2f}× the "
                          f"tokens/s of transformers with its {setting} (target ≥ 1.5× its fastest)")
+    return lines
+
+
+def _scale_lines(recs: list[dict]) -> list[str]:
+    """The scale targets: the fewest GPUs each model ran on per sparsity, and tokens per GPU-second at
+    batch 16 of the sparse model on the fewest GPUs against the dense model at tp 4."""
+    ours = [r for r in recs if r["impl"] == "sparsellm"]
+    lines = []
+    for model in sorted({r["model"] for r in ours}):
+        fewest = {}
+        for r in ours:
+            if r["model"] == model:
+                fewest[r["sparsity"]] = min(fewest.get(r["sparsity"], r["gpus"]), r["gpus"])
+        lines.append(f"- {model}: ran on " + ", ".join(
+            f"{n} GPU{'s' if n > 1 else ''} {'dense' if s == 0 else f'at {s:.0%}'}" for s, n in sorted(fewest.items()))
+            + " (fewest per sparsity; targets: OPT-66B at 80% on 1, OPT-175B at 80% on 2)")
+        dense4 = _find(ours, model=model, sparsity=0.0, batch=16, tp=4)
+        for s, n in sorted(fewest.items()):
+            sparse = _find(ours, model=model, sparsity=s, batch=16, tp=n)
+            if s > 0 and sparse and dense4:
+                lines.append(f"- {model}, batch 16: {s:.0%} sparse on {n} GPU{'s' if n > 1 else ''} gives "
+                             f"{sparse['tokens_per_gpu_s'] / dense4['tokens_per_gpu_s']:.2f}× the tokens per "
+                             "GPU-second of dense at tp 4 (target ≥ 3.5× for OPT-66B at 80%)")
     return lines
 
 
