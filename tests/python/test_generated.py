@@ -32,7 +32,6 @@ from sparsellm.convert.summary import expected_bytes
 from test_tensor_parallel import launch_env, mpirun, needs_mpi  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 FC1 = "model.decoder.layers.0.fc1.weight"
 OUT_PROJ_BIAS = "model.decoder.layers.0.self_attn.out_proj.bias"
 NOT_STORED = "is a generated checkpoint: its weights are drawn at load, none are stored"
@@ -322,7 +321,8 @@ def test_convert_generated_refuses_a_bad_tp_in_one_line(tmp_path, capsys):
 # --- bench e2e with --tp under mpirun (CPU, stand-in runtime) -----------------------------------
 
 def run_e2e_worker(tp: int, calls: Path, options: list[str]) -> subprocess.CompletedProcess:
-    env = launch_env({"PYTHONPATH": str(REPO / "python")})
+    # The package under test (installed, or the source tree with its built module), not the bare sources.
+    env = launch_env({"PYTHONPATH": str(Path(sparsellm.__file__).resolve().parents[1])})
     calls.mkdir(parents=True, exist_ok=True)
     return subprocess.run(mpirun(tp, env) + [sys.executable, str(HERE / "e2e_tp_worker.py"), str(calls), *options],
                           capture_output=True, text=True, env=env, timeout=600)
