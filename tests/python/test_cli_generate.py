@@ -133,7 +133,7 @@ def test_bench_e2e_help(capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--sparsities", "0,1"], ["--models", "llama-2-7b"], ["--models", "opt-1b"], ["--formats", "dense"],
+    ["--sparsities", "0,1"], ["--models", "llama-2-7b", "--hf"], ["--models", "opt-1b"], ["--formats", "dense"],
     ["--batches", "0"], ["--gen-len", "0"],
 ])
 def test_bench_e2e_bad_settings(argv, tmp_path, capsys):

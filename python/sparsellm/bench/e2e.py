@@ -1,5 +1,5 @@
 """End-to-end generation benchmark: prefill and decode latency, tokens/s, tokens per
-GPU-second and peak GPU memory of random-weight OPT models of real shapes, dense and
+GPU-second and peak GPU memory of random-weight OPT and Llama models of real shapes, dense and
 pruned to several sparsities in each sparse format, in our runtime (``sparsellm.LLM``)
 and — with ``--hf`` — in Hugging Face transformers (fp16, same card, static and default
 dynamic cache) at the same settings. Nothing to download.
@@ -102,7 +102,7 @@ def _csv(kind, text: str) -> list:
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="docs/benchmarks", help="output directory (default docs/benchmarks)")
-    p.add_argument("--models", help=f"comma-separated OPT shapes of sparsellm.convert.NAMED_CONFIGS or "
+    p.add_argument("--models", help=f"comma-separated OPT or Llama shapes of sparsellm.convert.NAMED_CONFIGS or "
                                     f"config.json paths (default {DEFAULTS['models']})")
     p.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
     p.add_argument("--sparsities", help=f"0 is the dense model (default {DEFAULTS['sparsities']})")
@@ -145,7 +145,7 @@ def _stored_bytes(elements: int, pruned: bool, sparsity: float, fmt: str) -> int
 
 @dataclass
 class ModelShape:
-    """What the estimates need of a named OPT shape."""
+    """What the estimates need of a named OPT or Llama shape."""
     name: str
     hf_config: Any = field(repr=False)  # the transformers config
     tensors: list[tuple[int, bool, str]] = field(repr=False)  # (elements, pruned, split rule) per tensor
@@ -171,15 +171,18 @@ class ModelShape:
             + (1 << 20)
 
     def kv_bytes(self, batch: int, seq_len: int, tp: int = 1) -> int:
-        """KV cache bytes of one rank: its heads' share (hidden / tp), fp16."""
+        """KV cache bytes of one rank: its share of the KV heads (all heads for OPT), fp16."""
         c = self.config
-        return 2 * c["num_hidden_layers"] * batch * seq_len * (c["hidden_size"] // tp) * 2
+        heads = c["num_attention_heads"]
+        kv_width = (c.get("num_key_value_heads") or heads) * (c["hidden_size"] // heads)
+        return 2 * c["num_hidden_layers"] * batch * seq_len * (kv_width // tp) * 2
 
     def workspace_bytes(self, batch: int, prompt_len: int) -> int:
         """Activations of a prefill of batch × prompt_len tokens (fp16) and fp32 logits."""
         c = self.config
         tokens = batch * prompt_len
-        return tokens * (4 * c["hidden_size"] + c["ffn_dim"]) * 2 * 2 + batch * c["vocab_size"] * 4 * 2
+        ffn = c.get("ffn_dim") or c["intermediate_size"]  # OPT, Llama
+        return tokens * (4 * c["hidden_size"] + 2 * ffn) * 2 * 2 + batch * c["vocab_size"] * 4 * 2
 
 
 def model_shape(name: str) -> ModelShape:
@@ -538,9 +541,10 @@ def _settings(args) -> None:
     if args.weights == "generated" and "tiled_csl" in args.format_list:
         raise ValueError("--weights generated: the runtime draws dense and bitmap weights only; use --formats bitmap")
     for name in args.model_list:
-        if not (name in NAMED_CONFIGS and name.startswith("opt-")) and not Path(name).is_file():
-            raise ValueError(f"unknown model shape {name!r}: one of "
-                             f"{', '.join(n for n in NAMED_CONFIGS if n.startswith('opt-'))}, or a config.json")
+        if name not in NAMED_CONFIGS and not Path(name).is_file():
+            raise ValueError(f"unknown model shape {name!r}: one of {', '.join(NAMED_CONFIGS)}, or a config.json")
+        if args.hf and name in NAMED_CONFIGS and not name.startswith("opt-"):
+            raise ValueError(f"--hf runs transformers' OPT only; {name} is not an OPT shape")
     if args.hf and args.tp > 1:
         raise ValueError("--hf runs the transformers baseline on one GPU: measure it in a run without --tp "
                          "and merge the two with --append")
@@ -920,7 +924,7 @@ def summary_markdown(doc: dict) -> str:
                                                  r.get("setting", ""), r["format"], r["sparsity"], r["batch"]))
     s = doc.get("settings", {})
     lines = [f"# End-to-end generation on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
-             f"Random-weight OPT models, fp16, prompt {s.get('prompt_len')} tokens, {s.get('gen_len')} new tokens, "
+             f"Random-weight models, fp16, prompt {s.get('prompt_len')} tokens, {s.get('gen_len')} new tokens, "
              f"greedy. Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s; floor = weight bytes ÷ "
              "copy bandwidth.", ""]
     if any(_weights(r) == "generated" and r["impl"] == "sparsellm" for r in recs):
