@@ -1,4 +1,4 @@
-"""Peak resident memory of a calibrated conversion, measured in a fresh process.
+"""Peak resident memory of a conversion (magnitude, or calibrated), measured in a fresh process.
 
 Not a test (pytest does not collect it): the tool behind the Memory table of
 docs/checkpoint.md.
@@ -8,8 +8,9 @@ docs/checkpoint.md.
         optionally with another layer count) with random float16 weights, tensor by tensor,
         into safetensors shards of at most 1 GB
     python tests/python/layerwise_memory.py convert /tmp/opt13-hf /tmp/out --method wanda \\
-        --nsamples 16 --seqlen 128 [--tp 2] [--whole]
-        converts it with random calibration ids (seed 0) and prints one JSON line: peak RSS
+        --nsamples 16 --seqlen 128 [--tp 2] [--whole] [--format bitmap]
+        converts it (wanda / sparsegpt: with random calibration ids, seed 0; magnitude: streamed,
+        without) and prints one JSON line: peak RSS
         (resource.getrusage ru_maxrss), the baseline after importing torch and transformers,
         the time, and the source size; --whole uses the whole-model path (layerwise=False)
 """
@@ -78,12 +79,14 @@ def run_convert(source: Path, out: Path, args: argparse.Namespace) -> None:
     config = json.loads((source / "config.json").read_text())
     ids = np.random.default_rng(0).integers(0, config["vocab_size"], size=(args.nsamples, args.seqlen))
     start = time.time()
-    convert(source, out, method=args.method, sparsity=args.sparsity, calib=ids, tp=args.tp,
-            layer_sparsity="owl" if args.owl else None, layerwise=not args.whole, progress=False,
-            device=args.device)
+    calibrated = args.method != "magnitude"  # magnitude pruning streams, without calibration data
+    convert(source, out, method=args.method, sparsity=args.sparsity, calib=ids if calibrated else None, tp=args.tp,
+            format=args.format, layer_sparsity="owl" if args.owl else None, layerwise=not args.whole,
+            progress=False, device=args.device)
     size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
     print(json.dumps({
-        "source": str(source), "source_gib": round(size / 2**30, 3), "method": args.method, "owl": args.owl,
+        "source": str(source), "source_gib": round(size / 2**30, 3), "method": args.method, "format": args.format,
+        "owl": args.owl,
         "tp": args.tp, "nsamples": args.nsamples, "seqlen": args.seqlen,
         "path": "whole model" if args.whole else "layer by layer",
         "peak_rss_mib": round(rss_mib()), "baseline_mib": round(baseline), "seconds": round(time.time() - start),
@@ -103,6 +106,7 @@ def main() -> None:
     c.add_argument("out", type=Path)
     c.add_argument("--method", default="wanda")
     c.add_argument("--sparsity", type=float, default=0.6)
+    c.add_argument("--format", default="auto")
     c.add_argument("--owl", action="store_true")
     c.add_argument("--nsamples", type=int, default=16)
     c.add_argument("--seqlen", type=int, default=128)
