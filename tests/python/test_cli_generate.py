@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import OPTConfig
 
-from sparsellm.bench import e2e
+from sparsellm.bench import e2e, e2e_report
 from sparsellm.bench.__main__ import main as bench_main
 from sparsellm.cli import main
 from sparsellm.cli_generate import _agreement, demo_table
@@ -373,14 +373,14 @@ def test_records_of_other_tp_and_weights_merge():
     runs = [dict(base, tp=2, gpus=2), dict(base, weights="generated"), dict(base, tp=2, gpus=2, weights="generated")]
     old = dict(records=[base], skipped=[])
     for record in runs:
-        old = e2e.merged(old, dict(records=[record], skipped=[]))
-    assert len(old["records"]) == 4 and len({e2e._key(r) for r in old["records"]}) == 4
+        old = e2e_report.merged(old, dict(records=[record], skipped=[]))
+    assert len(old["records"]) == 4 and len({e2e_report.record_key(r) for r in old["records"]}) == 4
     legacy = {k: v for k, v in base.items() if k != "weights"}  # written before records had the field
-    assert e2e._key(legacy) == e2e._key(base)
-    again = e2e.merged(old, dict(records=[dict(base, tp=2, gpus=2, decode_ms_per_step=1.0)], skipped=[]))
+    assert e2e_report.record_key(legacy) == e2e_report.record_key(base)
+    again = e2e_report.merged(old, dict(records=[dict(base, tp=2, gpus=2, decode_ms_per_step=1.0)], skipped=[]))
     assert len(again["records"]) == 4
     assert [r["decode_ms_per_step"] for r in again["records"] if r["tp"] == 2 and r["weights"] == "converted"] == [1.0]
-    md = e2e.summary_markdown(dict(gpu="g", commit="c", date="d", copy_gbps=1.0, settings={}, records=old["records"]))
+    md = e2e_report.summary_markdown(dict(gpu="g", commit="c", date="d", copy_gbps=1.0, settings={}, records=old["records"]))
     assert "tp N: N GPUs under mpirun" in md and "| opt-30b | 2 | generated | sparsellm |" in md
 
 
@@ -432,7 +432,7 @@ def test_records_report_and_plot(tmp_path):
                                                   rel=1e-3)
     dense16 = next(r for r in doc["records"] if r["impl"] == "sparsellm" and r["sparsity"] == 0 and r["batch"] == 16)
     assert dense16["floor_ms"] == pytest.approx((25 << 30) / 3e12 * 1e3, rel=1e-3)
-    e2e.write_outputs(doc, tmp_path, "h100")
+    e2e_report.write_outputs(doc, tmp_path, "h100")
     md = (tmp_path / "e2e-h100.md").read_text()
     assert "decode step 0.40× our dense path (target ≤ 0.45× for OPT-30B at 80%)" in md
     assert "our dense path 1.59× the tokens/s of transformers with its static cache" in md
@@ -446,9 +446,9 @@ def test_append_replaces_remeasured_records():
     old = dict(records=_records(), skipped=["a"])
     new_rec = dict(_records()[0], decode_ms_per_step=9.0)
     doc = dict(records=[new_rec], skipped=["b"])
-    out = e2e.merged(old, doc)
+    out = e2e_report.merged(old, doc)
     assert len(out["records"]) == len(old["records"]) and out["skipped"] == ["a", "b"]
-    assert [r["decode_ms_per_step"] for r in out["records"] if e2e._key(r) == e2e._key(new_rec)] == [9.0]
+    assert [r["decode_ms_per_step"] for r in out["records"] if e2e_report.record_key(r) == e2e_report.record_key(new_rec)] == [9.0]
 
 
 def test_hf_baseline_on_a_tiny_cpu_model():

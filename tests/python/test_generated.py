@@ -370,7 +370,7 @@ def test_bench_e2e_tp_other_than_the_world_is_an_error_on_every_rank(tmp_path):
 
 def test_bench_e2e_scale_lines():
     """The scale targets: fewest GPUs per sparsity, and tokens per GPU-second against dense at tp 4."""
-    from sparsellm.bench.e2e import _scale_lines
+    from sparsellm.bench.e2e_report import _scale_lines
 
     def rec(tp, sparsity, batch, tps):
         return dict(model="opt-66b", impl="sparsellm", tp=tp, gpus=tp, sparsity=sparsity, batch=batch,
