@@ -148,13 +148,10 @@ def _scale_lines(recs: list[dict]) -> list[str]:
 
 
 def plot(doc: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from .plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot written")
+    plt = pyplot()
+    if plt is None:
         return
     recs = doc["records"]
     models = sorted({r["model"] for r in recs})

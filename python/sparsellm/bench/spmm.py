@@ -209,13 +209,10 @@ def summary_markdown(doc) -> str:
 
 
 def plot(doc, path) -> None:
-    try:
-        import matplotlib
+    from .plotting import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot written")
+    plt = pyplot()
+    if plt is None:
         return
     recs = doc["records"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
