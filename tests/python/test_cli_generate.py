@@ -217,7 +217,9 @@ def test_random_prompts_avoid_special_ids_and_are_seeded():
 
 
 def test_pipeline_skips_what_the_disk_cannot_hold(tmp_path):
-    huge = e2e.ModelShape("opt-huge", None, [(10 ** 15, True, "rows")])
+    from sparsellm.convert.model_plan import TensorPlan
+
+    huge = e2e.ModelShape("opt-huge", None, [TensorPlan("huge.weight", (10 ** 8, 10 ** 7), 0, "rows", "huge")])
     messages = []
     pipeline = e2e.CheckpointPipeline([e2e.Job(huge, 0.0, "dense", 1)], tmp_path, jobs=2, keep=False,
                                       log=messages.append)

@@ -83,7 +83,6 @@ CONVERT_PARAMS_PER_S = 1.5e7  # one conversion job's rate, measured on opt-125m 
 
 WEIGHTS = ("converted", "generated")
 HF_WEIGHTS = "generated"  # the transformers baseline draws its dense weights on the GPU, stores none
-SPLIT_TENSORS = ("rows", "columns")  # split rules that cut a tensor in tp shards (convert/tensor_parallel.py)
 
 
 def conversion_estimate_s(jobs: list, parallel: int) -> float:
@@ -135,14 +134,17 @@ def add_arguments(p) -> None:
 
 # ----------------------------------------------------------------------------------------------- estimates
 
-def _stored_bytes(elements: int, pruned: bool, sparsity: float, fmt: str) -> int:
-    """fp16 bytes of ``elements`` weights (docs/formats.md): per element of a pruned weight at
-    density d, Tiled-CSL stores 4d (value + in-tile position), bitmap 2d + 0.127 (a 1,040-byte
-    mask and row header per 128×64 tile); + 2% for offsets and padding. Otherwise 2."""
-    per_element = {"tiled_csl": lambda d: 4 * d, "bitmap": lambda d: 2 * d + 1040 / 8192}
-    if pruned and fmt in per_element and sparsity > 0:
-        return int(per_element[fmt](1.0 - sparsity) * elements * 1.02)
-    return 2 * elements
+def _stored_bytes(item, sparsity: float, fmt: str, tp: int) -> float:
+    """Bytes of one rank's shard of ``item`` (a convert.model_plan.TensorPlan): a pruned weight in
+    ``fmt`` by the formats' size model (format_choice.weight_bytes), anything else fp16."""
+    from math import prod
+
+    from sparsellm.format_choice import weight_bytes
+
+    shape = item.shard_shape(tp)
+    if item.pruned and fmt != "dense" and sparsity > 0:
+        return weight_bytes(fmt, shape[0], shape[1], sparsity)
+    return 2.0 * prod(shape)
 
 
 @dataclass
@@ -150,7 +152,7 @@ class ModelShape:
     """What the estimates need of a named OPT or Llama shape."""
     name: str
     hf_config: Any = field(repr=False)  # the transformers config
-    tensors: list[tuple[int, bool, str]] = field(repr=False)  # (elements, pruned, split rule) per tensor
+    tensors: list[Any] = field(repr=False)  # the model's convert.model_plan.TensorPlan items
 
     @property
     def config(self) -> dict[str, Any]:
@@ -158,19 +160,17 @@ class ModelShape:
 
     @property
     def params(self) -> int:
-        return sum(n for n, _, _ in self.tensors)
+        from math import prod
+
+        return sum(prod(t.shape) for t in self.tensors)
 
     def checkpoint_bytes(self, sparsity: float, fmt: str, tp: int = 1) -> int:
         """Bytes of the converted fp16 checkpoint, all rank files (replicated tensors on each)."""
-        copies = lambda split: tp if split == "replicated" else 1  # noqa: E731
-        return sum(_stored_bytes(n, pruned, sparsity, fmt) * copies(split)
-                   for n, pruned, split in self.tensors) + (1 << 20)
+        return int(sum(_stored_bytes(t, sparsity, fmt, tp) * len(t.ranks(tp)) for t in self.tensors)) + (1 << 20)
 
     def rank_bytes(self, sparsity: float, fmt: str, tp: int = 1) -> int:
         """Weight bytes of rank 0, the rank holding the most (it also holds the row-parallel biases)."""
-        share = lambda n, split: n // tp if split in SPLIT_TENSORS else n  # noqa: E731
-        return sum(_stored_bytes(share(n, split), pruned, sparsity, fmt) for n, pruned, split in self.tensors) \
-            + (1 << 20)
+        return int(sum(_stored_bytes(t, sparsity, fmt, tp) for t in self.tensors)) + (1 << 20)
 
     def kv_bytes(self, batch: int, seq_len: int, tp: int = 1) -> int:
         """KV cache bytes of one rank: its share of the KV heads (all heads for OPT), fp16."""
@@ -188,15 +188,13 @@ class ModelShape:
 
 
 def model_shape(name: str) -> ModelShape:
-    from math import prod
-
     from sparsellm.convert.architectures import architecture_of
     from sparsellm.convert.model_plan import model_plan
     from sparsellm.convert.random_model import random_model_config
 
     config, description = random_model_config(name)
     plan = model_plan(config, architecture_of(config, description))
-    return ModelShape(name, config, [(prod(t.shape), t.pruned, t.split) for t in plan.tensors])
+    return ModelShape(name, config, list(plan.tensors))
 
 
 def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
