@@ -62,14 +62,15 @@ def randomized_model(config, seed: int):
     return model
 
 
-def save_model(model, directory: Path, layout: str) -> Path:
+def save_model(model, directory: Path, layout: str, shard_size: str = "20KB") -> Path:
+    """``model`` as a Hugging Face directory: "safetensors", "sharded" (shards of ``shard_size``) or "bin"."""
     if layout == "bin":
         model.config.save_pretrained(directory)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()
                     if k != "lm_head.weight" or not model.config.tie_word_embeddings},
                    directory / "pytorch_model.bin")
     else:
-        model.save_pretrained(directory, max_shard_size="20KB" if layout == "sharded" else "5GB")
+        model.save_pretrained(directory, max_shard_size=shard_size if layout == "sharded" else "5GB")
     return directory
 
 

@@ -23,6 +23,8 @@ import sparsellm
 from sparsellm.convert import convert, dense_weights
 from sparsellm.prune import layerwise
 
+from test_convert import save_model  # noqa: E402
+
 PRUNED_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "out_proj.weight",
                    "fc1.weight", "fc2.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight")
 
@@ -56,14 +58,7 @@ def random_model(config, seed: int, dtype=torch.float32):
 
 
 def save(model, directory: Path, layout: str) -> Path:
-    if layout == "bin":
-        model.config.save_pretrained(directory)
-        torch.save({k: v.contiguous() for k, v in model.state_dict().items()
-                    if k != "lm_head.weight" or not model.config.tie_word_embeddings},
-                   directory / "pytorch_model.bin")
-    else:
-        model.save_pretrained(directory, max_shard_size="40KB" if layout == "sharded" else "5GB")
-    return directory
+    return save_model(model, directory, layout, shard_size="40KB")
 
 
 @pytest.fixture(scope="module")
