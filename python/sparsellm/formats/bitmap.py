@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsellm.formats.encoding import encode_with_native
+
 TILE_M = 128
 TILE_K = 64
 MASK_WORDS = 256
@@ -37,14 +39,9 @@ def tile_words(nnz: int) -> int:
 
 
 def encode_bitmap(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
-    """Encode a dense [m, k] float16 / bfloat16 matrix (given as its uint16 bits,
-    or as a float16 array for dtype 'float16') with the C++ encoder."""
-    from sparsellm._native import native
-
-    bits = np.ascontiguousarray(dense).view(np.uint16) if dense.dtype != np.uint16 else np.ascontiguousarray(dense)
-    if bits.ndim != 2:
-        raise ValueError(f"encode_bitmap: expected a 2-D matrix, got shape {dense.shape}")
-    return native().encode_bitmap(bits, dtype, threads)
+    """Encode a dense [m, k] float16 / bfloat16 matrix (its uint16 bits, or a float16 array for
+    dtype 'float16') with the C++ encoder."""
+    return encode_with_native("encode_bitmap", dense, dtype, threads)
 
 
 def decode_bitmap(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
