@@ -42,17 +42,22 @@ def test_uneven_rows_half_dense_half_empty():
     np.testing.assert_array_equal(decode_tiled_csl(enc["tile_offsets"], enc["words"], 512, 256), bits)
 
 
-def test_encoder_speed_on_a_large_matrix():
-    """A 36864×9216 matrix encodes in seconds (the measured time is printed)."""
+@pytest.mark.parametrize("fmt", ["tiled_csl", "bitmap"])
+def test_encoder_speed_on_a_large_matrix(fmt):
+    """A 36864×9216 matrix encodes in seconds, in either format (the measured time is printed)."""
     import time
+
+    from sparsellm.formats import encode_bitmap
+
+    encode = {"tiled_csl": encode_tiled_csl, "bitmap": encode_bitmap}[fmt]
 
     rng = np.random.default_rng(0)
     m, k = 36864, 9216
     bits = np.where(rng.random((m, k), dtype=np.float32) < 0.5, np.uint16(0x3C01), np.uint16(0))
     t0 = time.perf_counter()
-    enc = encode_tiled_csl(bits, "float16")
+    enc = encode(bits, "float16")
     seconds = time.perf_counter() - t0
-    print(f"encode 36864x9216 at 50%: {seconds:.2f} s")
+    print(f"{fmt} encode 36864x9216 at 50%: {seconds:.2f} s")
     assert enc["nnz"] == int(np.count_nonzero(bits))
     assert seconds < 30
 
