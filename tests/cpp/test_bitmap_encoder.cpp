@@ -2,23 +2,15 @@
 // across thread counts, empty and full tiles, and rejection of corrupt buffers.
 #include <gtest/gtest.h>
 
-#include <random>
 #include <vector>
 
 #include "bitmap_reference.h"
+#include "encoder_checks.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
 
 namespace sparsellm {
 namespace {
-
-std::vector<uint16_t> random_sparse(int64_t m, int64_t k, double density, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  std::vector<uint16_t> w(m * k);
-  for (auto& v : w) v = u(rng) < density ? uint16_t(0x3C00 | (rng() & 0x03FF)) ^ (rng() & 0x8000) : 0;
-  return w;
-}
 
 std::vector<uint16_t> canonical(std::vector<uint16_t> w) {
   for (auto& v : w)
@@ -30,23 +22,16 @@ TEST(BitmapEncoder, RoundTripsAndCountsNonzeros) {
   for (auto [m, k, density] : {std::tuple<int64_t, int64_t, double>{300, 130, 0.37}, {64, 172, 0.5},
                                {129, 65, 0.9}, {1000, 70, 0.05}}) {
     auto w = random_sparse(m, k, density, uint32_t(m + k));
-    int64_t expected = 0;
-    for (auto v : w) expected += (v & 0x7FFF) != 0;
     const BitmapHost enc = encode_bitmap(w.data(), m, k, DType::kFloat16, 3);
-    EXPECT_EQ(enc.nnz, expected);
-    ASSERT_EQ(enc.tile_offsets.size(), size_t(enc.tiles_m() * enc.tiles_k() + 1));
-    for (size_t t = 0; t + 1 < enc.tile_offsets.size(); ++t) EXPECT_EQ(enc.tile_offsets[t] % 4, 0u);
+    EXPECT_EQ(enc.nnz, count_nonzeros(w));
+    ASSERT_NO_FATAL_FAILURE(expect_16_byte_tiles(enc));
     EXPECT_NO_THROW(validate_bitmap(enc.tile_offsets.data(), enc.data.data(), enc.data.size(), m, k));
     EXPECT_EQ(decode_bitmap(enc), canonical(w)) << m << "x" << k;
   }
 }
 
 TEST(BitmapEncoder, DeterministicWhateverTheThreadCount) {
-  auto w = random_sparse(700, 333, 0.5, 2);
-  const BitmapHost a = encode_bitmap(w.data(), 700, 333, DType::kFloat16, 1);
-  const BitmapHost b = encode_bitmap(w.data(), 700, 333, DType::kFloat16, 4);
-  EXPECT_EQ(a.tile_offsets, b.tile_offsets);
-  EXPECT_EQ(a.data, b.data);
+  expect_same_on_1_and_4_threads(encode_bitmap, &BitmapHost::data);
 }
 
 TEST(BitmapEncoder, FullTileEmptyTilesAndNegativeZero) {

@@ -3,32 +3,21 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <random>
 #include <vector>
 
+#include "encoder_checks.h"
 #include "sparsellm/error.h"
 #include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
 namespace {
 
-std::vector<uint16_t> random_sparse(int64_t m, int64_t k, double density, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  std::vector<uint16_t> w(m * k);
-  for (auto& v : w) v = u(rng) < density ? uint16_t(0x3C00 | (rng() & 0x03FF)) ^ (rng() & 0x8000) : 0;
-  return w;
-}
-
 TEST(TiledCslEncoder, CountsNonzerosAndPadsTilesTo16Bytes) {
   const int64_t m = 300, k = 130;
   auto w = random_sparse(m, k, 0.37, 1);
-  int64_t expected = 0;
-  for (auto v : w) expected += (v & 0x7FFF) != 0;
   const TiledCslHost enc = encode_tiled_csl(w.data(), m, k, DType::kFloat16, 3);
-  EXPECT_EQ(enc.nnz, expected);
-  ASSERT_EQ(enc.tile_offsets.size(), size_t(enc.tiles_m() * enc.tiles_k() + 1));
-  for (size_t t = 0; t + 1 < enc.tile_offsets.size(); ++t) EXPECT_EQ(enc.tile_offsets[t] % 4, 0u);
+  EXPECT_EQ(enc.nnz, count_nonzeros(w));
+  ASSERT_NO_FATAL_FAILURE(expect_16_byte_tiles(enc));
   EXPECT_NO_THROW(validate_tiled_csl(enc.tile_offsets.data(), enc.words.data(), enc.words.size(), m, k));
 }
 
@@ -41,11 +30,7 @@ TEST(TiledCslEncoder, NegativeZeroIsZero) {
 }
 
 TEST(TiledCslEncoder, DeterministicWhateverTheThreadCount) {
-  auto w = random_sparse(700, 333, 0.5, 2);
-  const TiledCslHost a = encode_tiled_csl(w.data(), 700, 333, DType::kFloat16, 1);
-  const TiledCslHost b = encode_tiled_csl(w.data(), 700, 333, DType::kFloat16, 4);
-  EXPECT_EQ(a.tile_offsets, b.tile_offsets);
-  EXPECT_EQ(a.words, b.words);
+  expect_same_on_1_and_4_threads(encode_tiled_csl, &TiledCslHost::words);
 }
 
 TEST(TiledCslEncoder, FullTileAndEmptyMatrix) {

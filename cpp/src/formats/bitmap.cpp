@@ -23,7 +23,13 @@ using detail::is_nonzero;
 // the tile is copied row by row (zeros past M and K), then read in mask order
 // with every value stored at the running count and the count advanced by
 // whether it is nonzero.
-void encode_tile(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc, uint32_t* out) {
+struct TileEncoder {
+  const uint16_t* dense;
+  int64_t m, k;
+  void operator()(int64_t tr, int64_t tc, uint32_t* out) const;
+};
+
+void TileEncoder::operator()(int64_t tr, int64_t tc, uint32_t* out) const {
   const int64_t r0 = tr * kTileM, c0 = tc * kTileK;
   const int rows = int(std::min<int64_t>(kTileM, m - r0)), cols = int(std::min<int64_t>(kTileK, k - c0));
   std::array<uint16_t, kTileM * kTileK> tile{};
@@ -53,42 +59,19 @@ void encode_tile(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_
 }  // namespace
 
 BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads) {
-  SPARSELLM_CHECK_ARG(m > 0 && k > 0, "encode_bitmap: the matrix must be non-empty, got ", m, "x", k);
-  SPARSELLM_CHECK_ARG(dense != nullptr, "encode_bitmap: null input");
-  BitmapHost out;
-  out.m = m;
-  out.k = k;
-  out.dtype = dtype;
-  const detail::TileGrid grid = detail::tile_grid<kTileM, kTileK>(dense, m, k, threads, tile_words, "encode_bitmap");
-  const int64_t tk = grid.tiles_k;
-  out.tile_offsets = grid.offsets;
-  out.nnz = grid.total_nnz;
-  out.data.assign(out.tile_offsets.back(), 0u);
-  detail::parallel_ranges(grid.tiles_m, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < tk; ++c)
-        if (grid.nnz[r * tk + c] > 0) encode_tile(dense, m, k, r, c, out.data.data() + out.tile_offsets[r * tk + c]);
-  });
-  return out;
+  return detail::encode_tiles<BitmapHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, tile_words,
+                                                                        &BitmapHost::data, "encode_bitmap");
 }
 
 void validate_bitmap(const uint32_t* offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k) {
   auto fail = [](auto&&... parts) { throw FormatError(detail::concat("bitmap: ", parts...)); };
-  if (m <= 0 || k <= 0) fail("invalid shape ", m, "x", k);
-  const int64_t tm = (m + kTileM - 1) / kTileM, tk = (k + kTileK - 1) / kTileK, tiles = tm * tk;
-  if (offsets[0] != 0) fail("tile_offsets[0] is ", offsets[0], ", expected 0");
-  if (int64_t(offsets[tiles]) != num_words)
-    fail("tile_offsets[", tiles, "] is ", offsets[tiles], " but there are ", num_words, " words");
-  for (int64_t t = 0; t < tiles; ++t) {
-    const uint32_t b = offsets[t], e = offsets[t + 1];
+  auto check_tile = [&](int64_t t, uint32_t b, uint32_t e, int rows, int cols) {
     if (e < b || e - b > uint32_t(kMaxTileWords)) fail("tile ", t, " spans words [", b, ", ", e, ")");
-    if (e == b) continue;
+    if (e == b) return;
     if (e - b < uint32_t(kHeaderWords)) fail("tile ", t, " is shorter than its header");
     const uint32_t* tile = data + b;
     const uint16_t* row_start = reinterpret_cast<const uint16_t*>(tile + kMaskWords);
     const uint16_t* values = reinterpret_cast<const uint16_t*>(tile + kHeaderWords);
-    const int rows = int(std::min<int64_t>(kTileM, m - (t / tk) * kTileM));
-    const int cols = int(std::min<int64_t>(kTileK, k - (t % tk) * kTileK));
     int64_t count = 0;
     for (int i = 0; i < kBlocksM; ++i) {
       if (row_start[i] != count)
@@ -112,7 +95,8 @@ void validate_bitmap(const uint32_t* offsets, const uint32_t* data, int64_t num_
       if (!is_nonzero(values[v])) fail("tile ", t, ": value ", v, " is zero");
     for (int64_t v = count; v < 2 * int64_t(e - b - kHeaderWords); ++v)
       if (values[v] != 0) fail("tile ", t, ": padding value ", v, " is not zero");
-  }
+  };
+  detail::validate_tiles<kTileM, kTileK>(offsets, num_words, m, k, fail, check_tile);
 }
 
 }  // namespace sparsellm

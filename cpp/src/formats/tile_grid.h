@@ -1,7 +1,9 @@
 // What the host encoders of the sparse formats share: running work over
 // ranges of indices on threads, and the grid of tiles W[m, k] (16-bit values,
 // row-major) is cut into — each tile's nonzero count (±0 count as zero) and,
-// given how many 32-bit words a tile of n nonzeros takes, its word offset.
+// given how many 32-bit words a tile of n nonzeros takes, its word offset;
+// the encoder's driver over that grid, templated on the format's per-tile
+// encoder; and the checks of the tile offsets every validator starts with.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "sparsellm/types.h"
 
 namespace sparsellm::detail {
 
@@ -89,6 +92,57 @@ TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, Wor
   }
   g.offsets[tiles] = uint32_t(total);
   return g;
+}
+
+// Encodes W[m, k] into a Host (BitmapHost, TiledCslHost) whose tile words are
+// the member `words`: checks the input (errors prefixed by `who`), lays the
+// tiles out with tile_grid, then fills every tile holding nonzeros on `threads`
+// threads over tile rows. Each thread makes its own TileEncoder{dense, m, k}
+// (scratch stays per thread) and calls encode(tr, tc, out) for tile (tr, tc),
+// with `out` its words, zero-filled. Each tile is written by exactly one
+// thread: the output does not depend on the thread count.
+template <typename Host, typename TileEncoder, int kTileM, int kTileK, typename WordsOf>
+Host encode_tiles(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads, WordsOf words_of,
+                  std::vector<uint32_t> Host::*words, const char* who) {
+  SPARSELLM_CHECK_ARG(m > 0 && k > 0, who, ": the matrix must be non-empty, got ", m, "x", k);
+  SPARSELLM_CHECK_ARG(dense != nullptr, who, ": null input");
+  Host out;
+  out.m = m;
+  out.k = k;
+  out.dtype = dtype;
+  const TileGrid grid = tile_grid<kTileM, kTileK>(dense, m, k, threads, words_of, who);
+  const int64_t tk = grid.tiles_k;
+  out.tile_offsets = grid.offsets;
+  out.nnz = grid.total_nnz;
+  std::vector<uint32_t>& data = out.*words;
+  data.assign(out.tile_offsets.back(), 0u);
+  parallel_ranges(grid.tiles_m, threads, [&](int64_t r0, int64_t r1) {
+    TileEncoder encode{dense, m, k};
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < tk; ++c)
+        if (grid.nnz[r * tk + c] > 0) encode(r, c, data.data() + out.tile_offsets[r * tk + c]);
+  });
+  return out;
+}
+
+// The checks of a tiled matrix W[m, k] every validator starts with (its shape,
+// offsets[0] = 0, offsets[tiles] = num_words), then check_tile(t, b, e, rows,
+// cols) for every tile t: its words [b, e) and the rows × cols of W it holds
+// (fewer than a full tile at the bottom and right edges). fail(parts...)
+// throws the format's error.
+template <int kTileM, int kTileK, typename Fail, typename CheckTile>
+void validate_tiles(const uint32_t* offsets, int64_t num_words, int64_t m, int64_t k, Fail fail,
+                    CheckTile check_tile) {
+  if (m <= 0 || k <= 0) fail("invalid shape ", m, "x", k);
+  const int64_t tm = (m + kTileM - 1) / kTileM, tk = (k + kTileK - 1) / kTileK, tiles = tm * tk;
+  if (offsets[0] != 0) fail("tile_offsets[0] is ", offsets[0], ", expected 0");
+  if (int64_t(offsets[tiles]) != num_words)
+    fail("tile_offsets[", tiles, "] is ", offsets[tiles], " but there are ", num_words, " words");
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int rows = int(std::min<int64_t>(kTileM, m - (t / tk) * kTileM));
+    const int cols = int(std::min<int64_t>(kTileK, k - (t % tk) * kTileK));
+    check_tile(t, offsets[t], offsets[t + 1], rows, cols);
+  }
 }
 
 }  // namespace sparsellm::detail

@@ -34,9 +34,20 @@ inline int bank_of(uint32_t offset) { return int((offset >> 2) & (kBanks - 1)); 
 
 int64_t padded_words(int64_t nnz) { return (nnz + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector; }
 
-// Writes one tile's words (already sized: padded_words(nnz)) into `out`.
-void encode_tile(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc, uint32_t* out,
-                 std::vector<uint32_t>& scratch) {
+// Writes one tile's words (already sized: padded_words(nnz)) into `out`; one
+// encoder per thread, its scratch reused from tile to tile.
+struct TileEncoder {
+  TileEncoder(const uint16_t* dense, int64_t m, int64_t k) : dense(dense), m(m), k(k) {
+    scratch.reserve(kTileM * kTileK);
+  }
+  void operator()(int64_t tr, int64_t tc, uint32_t* out);
+
+  const uint16_t* dense;
+  int64_t m, k;
+  std::vector<uint32_t> scratch;
+};
+
+void TileEncoder::operator()(int64_t tr, int64_t tc, uint32_t* out) {
   const int64_t r0 = tr * kTileM, c0 = tc * kTileK;
   const int rows = int(std::min<int64_t>(kTileM, m - r0)), cols = int(std::min<int64_t>(kTileK, k - c0));
 
@@ -97,41 +108,15 @@ void encode_tile(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_
 }  // namespace
 
 TiledCslHost encode_tiled_csl(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads) {
-  SPARSELLM_CHECK_ARG(m > 0 && k > 0, "encode_tiled_csl: the matrix must be non-empty, got ", m, "x", k);
-  SPARSELLM_CHECK_ARG(dense != nullptr, "encode_tiled_csl: null input");
-  TiledCslHost out;
-  out.m = m;
-  out.k = k;
-  out.dtype = dtype;
-  const detail::TileGrid grid =
-      detail::tile_grid<kTileM, kTileK>(dense, m, k, threads, padded_words, "encode_tiled_csl");
-  const int64_t tk = grid.tiles_k;
-  out.tile_offsets = grid.offsets;
-  out.nnz = grid.total_nnz;
-  out.words.resize(out.tile_offsets.back());
-  detail::parallel_ranges(grid.tiles_m, threads, [&](int64_t r0, int64_t r1) {
-    std::vector<uint32_t> scratch;
-    scratch.reserve(kTileM * kTileK);
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < tk; ++c)
-        encode_tile(dense, m, k, r, c, out.words.data() + out.tile_offsets[r * tk + c], scratch);
-  });
-  return out;
+  return detail::encode_tiles<TiledCslHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, padded_words,
+                                                                          &TiledCslHost::words, "encode_tiled_csl");
 }
 
 void validate_tiled_csl(const uint32_t* offsets, const uint32_t* words, int64_t num_words, int64_t m, int64_t k) {
   auto fail = [](auto&&... parts) { throw FormatError(detail::concat("Tiled-CSL: ", parts...)); };
-  if (m <= 0 || k <= 0) fail("invalid shape ", m, "x", k);
-  const int64_t tm = (m + kTileM - 1) / kTileM, tk = (k + kTileK - 1) / kTileK, tiles = tm * tk;
-  if (offsets[0] != 0) fail("tile_offsets[0] is ", offsets[0], ", expected 0");
-  if (int64_t(offsets[tiles]) != num_words)
-    fail("tile_offsets[", tiles, "] is ", offsets[tiles], " but there are ", num_words, " words");
-  for (int64_t t = 0; t < tiles; ++t) {
-    const uint32_t b = offsets[t], e = offsets[t + 1];
+  auto check_tile = [&](int64_t t, uint32_t b, uint32_t e, int rows, int cols) {
     if (e < b || (e - b) % kWordsPerVector != 0 || e - b > uint32_t(kTileM * kTileK + 3))
       fail("tile ", t, " spans words [", b, ", ", e, "): not a 16-byte multiple within one tile's capacity");
-    const int rows = int(std::min<int64_t>(kTileM, m - (t / tk) * kTileM));
-    const int cols = int(std::min<int64_t>(kTileK, k - (t % tk) * kTileK));
     for (uint32_t i = b; i < e; ++i) {
       const uint32_t off = words[i] >> 16;
       if (off >= uint32_t(kPadBase)) {
@@ -143,7 +128,8 @@ void validate_tiled_csl(const uint32_t* offsets, const uint32_t* words, int64_t 
       if (off % 2 != 0 || row >= rows || col >= cols)
         fail("word ", i, " of tile ", t, " points outside the matrix (row ", row, ", column ", col, ")");
     }
-  }
+  };
+  detail::validate_tiles<kTileM, kTileK>(offsets, num_words, m, k, fail, check_tile);
 }
 
 }  // namespace sparsellm

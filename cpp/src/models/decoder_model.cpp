@@ -1,10 +1,12 @@
 // The architecture dispatch: the checkpoint's "architecture" field picks the
-// model family's config parser and class (decoder_model.h).
+// model family's config parser and class; and what the families' models
+// share (decoder_model.h).
 #include "models/decoder_model.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "comm/communicator.h"
 #include "common/check.h"
 #include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
@@ -16,41 +18,45 @@
 
 namespace sparsellm {
 
-DecoderShape decoder_shape(const Checkpoint& ckpt, const std::string& where) {
+namespace {
+
+// The sizes every family's config holds under the same names; cache_kv_heads
+// is this rank's share of the key/value heads.
+template <typename Config>
+DecoderShape shape_of(const Config& c, const std::string& architecture, int32_t cache_kv_heads) {
   DecoderShape s;
-  s.architecture = ckpt.architecture();
+  s.architecture = architecture;
+  s.vocab_size = c.vocab_size;
+  s.hidden_size = c.hidden_size;
+  s.num_layers = c.num_layers;
+  s.num_heads = c.num_heads;
+  s.cache_kv_heads = cache_kv_heads;
+  s.head_dim = c.head_dim;
+  s.max_positions = c.max_positions;
+  s.eos_token_id = c.eos_token_id;
+  s.bos_token_id = c.bos_token_id;
+  return s;
+}
+
+}  // namespace
+
+DecoderShape decoder_shape(const Checkpoint& ckpt, const std::string& where) {
+  const std::string architecture = ckpt.architecture();
   const int tp = ckpt.tp();
-  if (s.architecture == "opt") {
+  if (architecture == "opt") {
     const OptConfig c = OptConfig::from_json(ckpt.model_config(), where);
-    s.vocab_size = c.vocab_size;
-    s.hidden_size = c.hidden_size;
-    s.num_layers = c.num_layers;
-    s.num_heads = c.num_heads;
-    s.cache_kv_heads = c.num_heads / tp;
-    s.head_dim = c.head_dim;
-    s.max_positions = c.max_positions;
-    s.eos_token_id = c.eos_token_id;
-    s.bos_token_id = c.bos_token_id;
-  } else if (s.architecture == "llama") {
+    return shape_of(c, architecture, c.num_heads / tp);
+  }
+  if (architecture == "llama") {
     const LlamaConfig c = LlamaConfig::from_json(ckpt.model_config(), where);
     if (c.num_kv_heads % tp != 0 || c.num_heads % tp != 0)
       throw InvalidArgument(detail::concat(where, ": tp = ", tp, " does not divide num_key_value_heads ",
                                            c.num_kv_heads, " and num_attention_heads ", c.num_heads,
                                            ": each rank must hold whole key/value heads"));
-    s.vocab_size = c.vocab_size;
-    s.hidden_size = c.hidden_size;
-    s.num_layers = c.num_layers;
-    s.num_heads = c.num_heads;
-    s.cache_kv_heads = c.num_kv_heads / tp;
-    s.head_dim = c.head_dim;
-    s.max_positions = c.max_positions;
-    s.eos_token_id = c.eos_token_id;
-    s.bos_token_id = c.bos_token_id;
-  } else {
-    throw InvalidArgument(detail::concat(where, ": architecture '", s.architecture,
-                                         "' is not supported by the runtime (supported: opt, llama)"));
+    return shape_of(c, architecture, c.num_kv_heads / tp);
   }
-  return s;
+  throw InvalidArgument(detail::concat(where, ": architecture '", architecture,
+                                       "' is not supported by the runtime (supported: opt, llama)"));
 }
 
 std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& ckpt, const std::string& where, int64_t max_tokens,
@@ -121,6 +127,24 @@ size_t ForwardWorkspaces::allocate(int64_t max_tokens, int32_t heads, int32_t he
   linear.gemm = gemm.data();
   linear.gemm_bytes = gemm.bytes();
   return total;
+}
+
+const Communicator* check_model_args(const Checkpoint& ckpt, const Communicator* comm, int64_t max_tokens,
+                                     int64_t max_outputs, const char* who) {
+  SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens, who,
+                      " model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
+  const int tp = ckpt.tp();
+  if (tp <= 1) return nullptr;
+  SPARSELLM_CHECK_ARG(comm != nullptr && comm->world() == tp && comm->rank() == ckpt.rank(), ckpt.rank_file(),
+                      ": the checkpoint is split over tp = ", tp, " ranks and this is rank ", ckpt.rank(),
+                      "; the model needs a communicator of ", tp, " ranks at that rank",
+                      comm ? detail::concat(", got rank ", comm->rank(), " of ", comm->world()) : std::string());
+  return comm;
+}
+
+void ActivationAllocator::operator()(DeviceBuffer& buf, int64_t rows, int64_t width, const char* what) {
+  buf = DeviceBuffer(size_t(rows) * size_t(width) * dtype_size(dtype), std::string("activations: ") + what);
+  bytes += buf.bytes();
 }
 
 void check_forward_batch(const ForwardBatch& b, const KvCache& cache, int64_t max_tokens, int64_t max_outputs,

@@ -78,6 +78,13 @@ std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& checkpoint, c
                                                  int64_t max_tokens, int64_t max_outputs, int32_t max_seq,
                                                  cudaStream_t stream, const Communicator* comm = nullptr);
 
+// Checks what a family's constructor is given: 1 ≤ max_outputs ≤ max_tokens,
+// and for a checkpoint split over tp > 1 ranks a communicator of tp ranks at
+// the checkpoint's rank; `who` names the model in the InvalidArgument it
+// throws. Returns the communicator the model uses (null when tp = 1).
+const Communicator* check_model_args(const Checkpoint& checkpoint, const Communicator* comm, int64_t max_tokens,
+                                     int64_t max_outputs, const char* who);
+
 // Checks a forward's batch against the model's workspace (max_tokens,
 // max_outputs), its cache and its position limit; `who` names the model in
 // the InvalidArgument it throws.
@@ -102,6 +109,14 @@ struct ForwardWorkspaces {
   // linears; returns the bytes allocated.
   size_t allocate(int64_t max_tokens, int32_t heads, int32_t head_dim, int32_t max_seq, size_t spmm_bytes,
                   cudaStream_t stream);
+};
+
+// Allocates a model's activations, each [rows, width] of `dtype` (named
+// "activations: " + what), and counts their bytes.
+struct ActivationAllocator {
+  DType dtype = DType::kFloat16;
+  size_t bytes = 0;
+  void operator()(DeviceBuffer& buf, int64_t rows, int64_t width, const char* what);
 };
 
 // The attention step of every family: the T tokens' keys and values go into one

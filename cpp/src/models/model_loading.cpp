@@ -1,5 +1,7 @@
 #include "models/model_loading.h"
 
+#include <algorithm>
+
 #include "common/check.h"
 #include "runtime/weights.h"
 #include "sparsellm/error.h"
@@ -69,6 +71,24 @@ std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& m
     throw FormatError(detail::concat(ckpt.rank_file(), ": tensor ", weight, " has shape [", lin->out_features(), ", ",
                                      lin->in_features(), "], the model config implies [", out, ", ", in, "]"));
   return lin;
+}
+
+void expect_no_extra_layers(const Checkpoint& ckpt, const std::string& tensor, int32_t num_layers) {
+  if (ckpt.has(tensor))
+    throw FormatError(detail::concat(ckpt.rank_file(), ": holds more decoder layers than num_hidden_layers = ",
+                                     num_layers));
+}
+
+size_t device_bytes(const std::vector<const Linear*>& linears) {
+  size_t bytes = 0;
+  for (const Linear* l : linears) bytes += l->device_bytes();
+  return bytes;
+}
+
+size_t spmm_workspace_bytes(const std::vector<const Linear*>& linears, int64_t max_n) {
+  size_t bytes = 0;
+  for (const Linear* l : linears) bytes = std::max(bytes, l->spmm_workspace_bytes(max_n));
+  return bytes;
 }
 
 }  // namespace sparsellm

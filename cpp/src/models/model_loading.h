@@ -1,12 +1,13 @@
 // What every model family needs to load itself: typed reads of the Hugging
-// Face model_config (FormatError naming `where` and the key), and checked
-// uploads of the checkpoint's tensors (FormatError naming the rank file and
-// the tensor).
+// Face model_config (FormatError naming `where` and the key), checked uploads
+// of the checkpoint's tensors (FormatError naming the rank file and the
+// tensor), and the sizes of the linears loaded.
 #pragma once
 
 #include <cuda_runtime.h>
 #include <nlohmann/json.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -37,5 +38,14 @@ DeviceBuffer upload_vector(const Checkpoint& ckpt, const std::string& name, int6
 // model excludes, is a FormatError.
 std::unique_ptr<Linear> load_linear(const Checkpoint& ckpt, const std::string& module, bool bias, bool rank0_bias,
                                     int64_t out, int64_t in, cudaStream_t stream);
+// FormatError when the checkpoint holds `tensor`, one of layer num_layers: more
+// decoder layers than the config's num_hidden_layers.
+void expect_no_extra_layers(const Checkpoint& ckpt, const std::string& tensor, int32_t num_layers);
+
+// --- sizes of what was loaded ---
+// Bytes of the linears' weights and biases on the device.
+size_t device_bytes(const std::vector<const Linear*>& linears);
+// The largest SpMM workspace any of the linears needs for up to max_n rows.
+size_t spmm_workspace_bytes(const std::vector<const Linear*>& linears, int64_t max_n);
 
 }  // namespace sparsellm

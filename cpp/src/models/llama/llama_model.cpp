@@ -8,9 +8,9 @@
 #include "comm/communicator.h"
 #include "common/check.h"
 #include "kernels/activation/activation.h"
-#include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/norm/norm.h"
+#include "models/decoder_layer.h"
 #include "models/model_loading.h"
 #include "runtime/nvtx_range.h"
 #include "runtime/weights.h"
@@ -147,15 +147,13 @@ LlamaConfig LlamaConfig::from_json(const json& c, const std::string& where) {
 class LlamaDecoderLayer {
  public:
   LlamaDecoderLayer(const Checkpoint& ckpt, const LlamaModel& m, int index, cudaStream_t stream)
-      : index_(index), range_name_("layer " + std::to_string(index)) {
+      : index_(index),
+        range_name_("layer " + std::to_string(index)),
+        attn_(ckpt, prefix(index) + "self_attn.", "o_proj", m.config_.qkv_bias, m.config_.o_bias,
+              m.config_.hidden_size, m.heads_, m.kv_heads_, m.config_.head_dim, stream) {
     const LlamaConfig& cfg = m.config_;
-    const std::string p = "model.layers." + std::to_string(index) + ".";
-    const int64_t h = cfg.hidden_size, d = cfg.head_dim, qw = int64_t(m.heads_) * d, kvw = int64_t(m.kv_heads_) * d,
-                  f = m.ffn_;
-    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.qkv_bias, false, qw, h, stream);
-    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.qkv_bias, false, kvw, h, stream);
-    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.qkv_bias, false, kvw, h, stream);
-    o_ = load_linear(ckpt, p + "self_attn.o_proj", cfg.o_bias, true, h, qw, stream);
+    const std::string p = prefix(index);
+    const int64_t h = cfg.hidden_size, f = m.ffn_;
     gate_ = load_linear(ckpt, p + "mlp.gate_proj", cfg.mlp_bias, false, f, h, stream);
     up_ = load_linear(ckpt, p + "mlp.up_proj", cfg.mlp_bias, false, f, h, stream);
     down_ = load_linear(ckpt, p + "mlp.down_proj", cfg.mlp_bias, true, h, f, stream);
@@ -163,17 +161,9 @@ class LlamaDecoderLayer {
     ffn_norm_ = upload_vector(ckpt, p + "post_attention_layernorm.weight", h, stream);
   }
 
-  size_t weight_bytes() const {
-    size_t bytes = attn_norm_.bytes() + ffn_norm_.bytes();
-    for (const Linear* l : linears()) bytes += l->device_bytes();
-    return bytes;
-  }
+  size_t weight_bytes() const { return attn_norm_.bytes() + ffn_norm_.bytes() + device_bytes(linears()); }
 
-  size_t spmm_workspace_bytes(int64_t max_n) const {
-    size_t bytes = 0;
-    for (const Linear* l : linears()) bytes = std::max(bytes, l->spmm_workspace_bytes(max_n));
-    return bytes;
-  }
+  size_t spmm_workspace_bytes(int64_t max_n) const { return sparsellm::spmm_workspace_bytes(linears(), max_n); }
 
   //   h += branch (down_proj's output, pending from the previous layer; none for layer 0)
   //   x = RMSNorm1(h);  q, k, v = proj(x);  rope(q, k);  cache ← k, v;  a = attention(q)
@@ -182,16 +172,10 @@ class LlamaDecoderLayer {
   void forward(const LlamaModel& m, const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
     NvtxRange layer_range(range_name_.c_str());
     const LlamaConfig& cfg = m.config_;
-    const int64_t t = b.tokens_count, h = cfg.hidden_size, d = cfg.head_dim;
-    const int64_t qw = int64_t(m.heads_) * d, kvw = int64_t(m.kv_heads_) * d;
+    const int64_t t = b.tokens_count, h = cfg.hidden_size;
     const DType dt = m.dtype_;
 
-    NormParams norm;
-    norm.n = t;
-    norm.width = h;
-    norm.eps = cfg.norm_eps;
-    norm.kind = NormKind::kRmsNorm;
-    norm.dtype = dt;
+    NormParams norm = layer_norms(NormKind::kRmsNorm, t, h, cfg.norm_eps, dt);
     {
       NvtxRange r("attention norm");
       norm.x = index_ == 0 ? nullptr : m.branch_.data();
@@ -201,45 +185,18 @@ class LlamaDecoderLayer {
       sparsellm::norm(norm, stream);
     }
     {
-      NvtxRange r("qkv");
-      q_->forward(m.normed_.data(), m.q_.data(), t, m.ws_.linear, stream);
-      k_->forward(m.normed_.data(), m.k_.data(), t, m.ws_.linear, stream);
-      v_->forward(m.normed_.data(), m.v_.data(), t, m.ws_.linear, stream);
-    }
-    {
-      NvtxRange r("rope");
-      RopeParams rp;
-      rp.q = m.q_.data();
-      rp.k = m.k_.data();
-      rp.q_stride = qw;
-      rp.k_stride = kvw;
-      rp.q_heads = m.heads_;
-      rp.k_heads = m.kv_heads_;
-      rp.head_dim = cfg.head_dim;
-      rp.position = b.place.position;
-      rp.inv_freq = static_cast<const float*>(m.inv_freq_.data());
-      rp.tokens = t;
-      rp.dtype = dt;
-      rope(rp, stream);
-    }
-    {
-      CachedAttention ca;
-      ca.q = m.q_.data();
-      ca.k = m.k_.data();
-      ca.v = m.v_.data();
-      ca.q_stride = qw;
-      ca.kv_stride = kvw;
-      ca.out = m.attn_.data();
-      ca.heads = m.heads_;
-      ca.head_dim = cfg.head_dim;
-      ca.workspace = m.ws_.attention.data();
-      ca.workspace_bytes = m.ws_.attention_bytes;
-      cached_attention(ca, cache.layer(index_), b, dt, stream);
-    }
-    {
-      NvtxRange r("o_proj");
-      o_->forward(m.attn_.data(), m.branch_.data(), t, m.ws_.linear, stream);
-      if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' heads
+      SelfAttentionStep step;
+      step.x = m.normed_.data();
+      step.q = m.q_.data();
+      step.k = m.k_.data();
+      step.v = m.v_.data();
+      step.attn = m.attn_.data();
+      step.out = m.branch_.data();
+      step.inv_freq = static_cast<const float*>(m.inv_freq_.data());
+      step.ws = &m.ws_;
+      step.comm = m.comm_;
+      step.dtype = dt;
+      attn_.forward(step, b, cache.layer(index_), stream);
     }
     {
       NvtxRange r("residual norm");
@@ -270,13 +227,18 @@ class LlamaDecoderLayer {
   }
 
  private:
+  static std::string prefix(int index) { return "model.layers." + std::to_string(index) + "."; }
+
   std::vector<const Linear*> linears() const {
-    return {q_.get(), k_.get(), v_.get(), o_.get(), gate_.get(), up_.get(), down_.get()};
+    std::vector<const Linear*> all = attn_.linears();
+    all.insert(all.end(), {gate_.get(), up_.get(), down_.get()});
+    return all;
   }
 
   int index_;
   std::string range_name_;
-  std::unique_ptr<Linear> q_, k_, v_, o_, gate_, up_, down_;
+  SelfAttention attn_;
+  std::unique_ptr<Linear> gate_, up_, down_;
   DeviceBuffer attn_norm_, ffn_norm_;  // [H] RMSNorm gammas
 };
 
@@ -285,16 +247,8 @@ class LlamaDecoderLayer {
 LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t max_tokens, int64_t max_outputs,
                        int32_t max_seq, cudaStream_t stream, const Communicator* comm)
     : config_(cfg), dtype_(ckpt.dtype()), max_tokens_(max_tokens), max_outputs_(max_outputs) {
-  SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens,
-                      "Llama model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
+  comm_ = check_model_args(ckpt, comm, max_tokens, max_outputs, "Llama");
   const int tp = ckpt.tp();
-  if (tp > 1) {
-    SPARSELLM_CHECK_ARG(comm != nullptr && comm->world() == tp && comm->rank() == ckpt.rank(), ckpt.rank_file(),
-                        ": the checkpoint is split over tp = ", tp, " ranks and this is rank ", ckpt.rank(),
-                        "; the model needs a communicator of ", tp, " ranks at that rank",
-                        comm ? detail::concat(", got rank ", comm->rank(), " of ", comm->world()) : std::string());
-    comm_ = comm;
-  }
   if (cfg.num_heads % tp != 0 || cfg.num_kv_heads % tp != 0 || cfg.intermediate_size % tp != 0)
     throw InvalidArgument(detail::concat(ckpt.rank_file(), ": tp = ", tp, " does not divide num_attention_heads ",
                                          cfg.num_heads, ", num_key_value_heads ", cfg.num_kv_heads,
@@ -308,7 +262,6 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   ffn_ = cfg.intermediate_size / tp;
   const int64_t h = cfg.hidden_size, v = cfg.vocab_size, d = cfg.head_dim;
   const int64_t qw = int64_t(heads_) * d, kvw = int64_t(kv_heads_) * d;
-  const size_t es = dtype_size(dtype_);
 
   {
     NvtxRange r("load weights");
@@ -330,15 +283,11 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
       layers_.push_back(std::make_unique<LlamaDecoderLayer>(ckpt, *this, l, stream));
       weight_bytes_ += layers_.back()->weight_bytes();
     }
-    if (ckpt.has("model.layers." + std::to_string(cfg.num_layers) + ".input_layernorm.weight"))
-      throw FormatError(detail::concat(ckpt.rank_file(), ": holds more decoder layers than num_hidden_layers = ",
-                                       cfg.num_layers));
+    expect_no_extra_layers(ckpt, "model.layers." + std::to_string(cfg.num_layers) + ".input_layernorm.weight",
+                           cfg.num_layers);
   }
 
-  auto alloc = [&](DeviceBuffer& buf, int64_t rows, int64_t width, const char* what) {
-    buf = DeviceBuffer(size_t(rows) * size_t(width) * es, std::string("activations: ") + what);
-    workspace_bytes_ += buf.bytes();
-  };
+  ActivationAllocator alloc{dtype_};
   alloc(hidden_, max_tokens, h, "hidden states");
   alloc(normed_, max_tokens, h, "normed hidden states");
   alloc(q_, max_tokens, qw, "queries");
@@ -350,6 +299,7 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   alloc(branch_, max_tokens, h, "branch output");
   alloc(last_, max_outputs, h, "output rows");
   alloc(last_normed_, max_outputs, h, "normed output rows");
+  workspace_bytes_ += alloc.bytes;
 
   size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
   for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));

@@ -7,9 +7,9 @@
 
 #include "comm/communicator.h"
 #include "common/check.h"
-#include "kernels/attention/attention.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/norm/norm.h"
+#include "models/decoder_layer.h"
 #include "models/model_loading.h"
 #include "runtime/nvtx_range.h"
 #include "runtime/weights.h"
@@ -95,16 +95,16 @@ class OptDecoderLayer {
  public:
   OptDecoderLayer(const Checkpoint& ckpt, const OptConfig& cfg, int index, const DeviceBuffer& ones,
                   cudaStream_t stream)
-      : index_(index), range_name_("layer " + std::to_string(index)) {
-    const std::string p = "model.decoder.layers." + std::to_string(index) + ".";
+      : index_(index),
+        range_name_("layer " + std::to_string(index)),
+        // Tensor parallelism: this rank's heads (rows of q/k/v, columns of out_proj).
+        attn_(ckpt, prefix(index) + "self_attn.", "out_proj", cfg.bias, cfg.bias, cfg.hidden_size,
+              cfg.num_heads / ckpt.tp(), cfg.num_heads / ckpt.tp(), cfg.head_dim, stream) {
+    const std::string p = prefix(index);
     const int64_t h = cfg.hidden_size, f = cfg.ffn_dim;
-    // Tensor parallelism: this rank's rows of q/k/v/fc1, columns of out_proj/fc2;
-    // the row-parallel biases are stored on rank 0 only (added once, before the all-reduce).
-    const int64_t hl = h / ckpt.tp(), fl = f / ckpt.tp();
-    q_ = load_linear(ckpt, p + "self_attn.q_proj", cfg.bias, false, hl, h, stream);
-    k_ = load_linear(ckpt, p + "self_attn.k_proj", cfg.bias, false, hl, h, stream);
-    v_ = load_linear(ckpt, p + "self_attn.v_proj", cfg.bias, false, hl, h, stream);
-    out_ = load_linear(ckpt, p + "self_attn.out_proj", cfg.bias, true, h, hl, stream);
+    // Tensor parallelism: this rank's rows of fc1, columns of fc2; the
+    // row-parallel biases are stored on rank 0 only (added once, before the all-reduce).
+    const int64_t fl = f / ckpt.tp();
     fc1_ = load_linear(ckpt, p + "fc1", cfg.bias, false, fl, h, stream);
     fc2_ = load_linear(ckpt, p + "fc2", cfg.bias, true, h, fl, stream);
     attn_norm_ = load_norm(ckpt, p + "self_attn_layer_norm", cfg, ones, stream);
@@ -112,17 +112,12 @@ class OptDecoderLayer {
   }
 
   size_t weight_bytes(const OptConfig& cfg, DType dtype) const {
-    size_t bytes = 0;
-    for (const Linear* l : linears()) bytes += l->device_bytes();
+    size_t bytes = device_bytes(linears());
     if (cfg.norm_affine) bytes += 4 * size_t(cfg.hidden_size) * dtype_size(dtype);
     return bytes;
   }
 
-  size_t spmm_workspace_bytes(int64_t max_n) const {
-    size_t bytes = 0;
-    for (const Linear* l : linears()) bytes = std::max(bytes, l->spmm_workspace_bytes(max_n));
-    return bytes;
-  }
+  size_t spmm_workspace_bytes(int64_t max_n) const { return sparsellm::spmm_workspace_bytes(linears(), max_n); }
 
   // Pre-LN:   h += fc2_out (pending from the previous layer; none for layer 0)
   //           h += out_proj(attn(LN1(h)));  fc2_out = FFN(LN2(h))   (left pending)
@@ -131,15 +126,9 @@ class OptDecoderLayer {
     NvtxRange layer_range(range_name_.c_str());
     const OptConfig& cfg = m.config_;
     const int64_t t = b.tokens_count, h = cfg.hidden_size;
-    const int64_t hl = m.local_width_;  // this rank's heads · head_dim (= h when tp = 1)
     const DType dt = m.dtype_;
 
-    NormParams norm;
-    norm.n = t;
-    norm.width = h;
-    norm.eps = cfg.norm_eps;
-    norm.kind = NormKind::kLayerNorm;
-    norm.dtype = dt;
+    NormParams norm = layer_norms(NormKind::kLayerNorm, t, h, cfg.norm_eps, dt);
 
     const void* attn_in = m.hidden_.data();
     if (cfg.pre_norm) {
@@ -152,31 +141,19 @@ class OptDecoderLayer {
       sparsellm::norm(norm, stream);
       attn_in = m.normed_.data();
     }
-    {
-      NvtxRange r("qkv");
-      q_->forward(attn_in, m.q_.data(), t, m.ws_.linear, stream);
-      k_->forward(attn_in, m.k_.data(), t, m.ws_.linear, stream);
-      v_->forward(attn_in, m.v_.data(), t, m.ws_.linear, stream);
-    }
-    {
-      CachedAttention ca;
-      ca.q = m.q_.data();
-      ca.k = m.k_.data();
-      ca.v = m.v_.data();
-      ca.q_stride = hl;
-      ca.kv_stride = hl;
-      ca.out = m.attn_.data();
-      ca.heads = m.local_heads_;
-      ca.head_dim = cfg.head_dim;
-      ca.workspace = m.ws_.attention.data();
-      ca.workspace_bytes = m.ws_.attention_bytes;
-      cached_attention(ca, cache.layer(index_), b, dt, stream);
-    }
     void* proj = m.q_.data();  // q is dead after attention
     {
-      NvtxRange r("out_proj");
-      out_->forward(m.attn_.data(), proj, t, m.ws_.linear, stream);
-      if (m.comm_) m.comm_->all_reduce_sum(proj, size_t(t * h), dt, stream);  // partial sums of the ranks' heads
+      SelfAttentionStep step;
+      step.x = attn_in;
+      step.q = m.q_.data();
+      step.k = m.k_.data();
+      step.v = m.v_.data();
+      step.attn = m.attn_.data();
+      step.out = proj;
+      step.ws = &m.ws_;
+      step.comm = m.comm_;
+      step.dtype = dt;
+      attn_.forward(step, b, cache.layer(index_), stream);
     }
     const void* ffn_in;
     {
@@ -215,13 +192,18 @@ class OptDecoderLayer {
   }
 
  private:
+  static std::string prefix(int index) { return "model.decoder.layers." + std::to_string(index) + "."; }
+
   std::vector<const Linear*> linears() const {
-    return {q_.get(), k_.get(), v_.get(), out_.get(), fc1_.get(), fc2_.get()};
+    std::vector<const Linear*> all = attn_.linears();
+    all.insert(all.end(), {fc1_.get(), fc2_.get()});
+    return all;
   }
 
   int index_;
   std::string range_name_;
-  std::unique_ptr<Linear> q_, k_, v_, out_, fc1_, fc2_;
+  SelfAttention attn_;
+  std::unique_ptr<Linear> fc1_, fc2_;
   NormWeights attn_norm_, ffn_norm_;
 };
 
@@ -230,18 +212,9 @@ class OptDecoderLayer {
 OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tokens, int64_t max_outputs,
                    int32_t max_seq, cudaStream_t stream, const Communicator* comm)
     : config_(cfg), dtype_(ckpt.dtype()), max_tokens_(max_tokens), max_outputs_(max_outputs) {
-  SPARSELLM_CHECK_ARG(max_tokens >= 1 && max_outputs >= 1 && max_outputs <= max_tokens,
-                      "OPT model: need 1 <= max_outputs (", max_outputs, ") <= max_tokens (", max_tokens, ")");
-  // Tensor parallelism: the checkpoint's split must match the communicator.
+  comm_ = check_model_args(ckpt, comm, max_tokens, max_outputs, "OPT");
   tp_ = ckpt.tp();
   tp_rank_ = ckpt.rank();
-  if (tp_ > 1) {
-    SPARSELLM_CHECK_ARG(comm != nullptr && comm->world() == tp_ && comm->rank() == tp_rank_, ckpt.rank_file(),
-                        ": the checkpoint is split over tp = ", tp_, " ranks and this is rank ", tp_rank_,
-                        "; the model needs a communicator of ", tp_, " ranks at that rank",
-                        comm ? detail::concat(", got rank ", comm->rank(), " of ", comm->world()) : std::string());
-    comm_ = comm;
-  }
   SPARSELLM_CHECK_ARG(cfg.num_heads % tp_ == 0 && cfg.ffn_dim % tp_ == 0, ckpt.rank_file(), ": tp = ", tp_,
                       " must divide num_attention_heads (", cfg.num_heads, ") and ffn_dim (", cfg.ffn_dim, ")");
   local_heads_ = cfg.num_heads / tp_;
@@ -290,16 +263,12 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
       layers_.push_back(std::make_unique<OptDecoderLayer>(ckpt, cfg, l, ones_, stream));
       weight_bytes_ += layers_.back()->weight_bytes(cfg, dtype_);
     }
-    if (ckpt.has("model.decoder.layers." + std::to_string(cfg.num_layers) + ".fc1.weight"))
-      throw FormatError(detail::concat(ckpt.rank_file(), ": holds more decoder layers than num_hidden_layers = ",
-                                       cfg.num_layers));
+    expect_no_extra_layers(ckpt, "model.decoder.layers." + std::to_string(cfg.num_layers) + ".fc1.weight",
+                           cfg.num_layers);
   }
 
   // Activations and workspaces, sized once.
-  auto alloc = [&](DeviceBuffer& buf, int64_t rows, int64_t width, const char* what) {
-    buf = DeviceBuffer(size_t(rows) * size_t(width) * es, std::string("activations: ") + what);
-    workspace_bytes_ += buf.bytes();
-  };
+  ActivationAllocator alloc{dtype_};
   alloc(hidden_, max_tokens, h, "hidden states");
   alloc(normed_, max_tokens, h, "normed hidden states");
   alloc(q_, max_tokens, h, "queries");
@@ -314,6 +283,7 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
     alloc(embed_tmp_, max_tokens, e, "token embeddings");
     alloc(last_proj_, max_outputs, e, "projected output rows");
   }
+  workspace_bytes_ += alloc.bytes;
 
   size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
   for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));
