@@ -106,4 +106,52 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   SPARSELLM_CHECK_LAUNCH(name);
 }
 
+// The reduction of a tile row that `parts` > 1 blocks share, for one block's
+// threads that hold fragments (`sync` is their barrier). Each stores its F
+// fp32 fragments into its slot (fragment f at float4 index fragment0 + 32 f,
+// slot 2 · block for its first row, + 1 for its last); an arrival counter
+// tells the last block, which sums every owner's slot in block order (the
+// same order every launch: deterministic) into acc, resets the counter for
+// the next launch and returns true. The others return false.
+template <typename T, int BN, int F, typename Sync>
+__device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
+                           float (&acc)[F][4], int* last_flag, Sync sync) {
+  constexpr size_t kSlotElems = size_t(kTileM) * BN;
+  const int parts = first ? blk.first_row_parts : blk.last_row_parts;
+  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
+  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
+  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
+#pragma unroll
+  for (int f = 0; f < F; ++f) __stcg(mine + fragment0 + f * 32, make_float4(acc[f][0], acc[f][1], acc[f][2], acc[f][3]));
+  __threadfence();
+  sync();
+  int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
+  if (threadIdx.x == 0) *last_flag = atomicAdd(counter, 1) == parts - 1;
+  sync();
+  const bool last = *last_flag;
+  sync();  // every thread has read the flag before it is written again
+  if (!last) return false;
+  __threadfence();
+
+#pragma unroll
+  for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+  for (int b = lead, seen = 0; seen < parts; ++b) {
+    const StreamKBlock other = a.plan[b];
+    if (other.unit_begin == other.unit_end) continue;
+    ++seen;
+    const int slot = 2 * b + (other.unit_begin / a.tiles_k == row ? 0 : 1);
+    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
+#pragma unroll
+    for (int f = 0; f < F; ++f) {
+      const float4 v = __ldcg(part + fragment0 + f * 32);
+      acc[f][0] += v.x;
+      acc[f][1] += v.y;
+      acc[f][2] += v.z;
+      acc[f][3] += v.w;
+    }
+  }
+  if (threadIdx.x == 0) *counter = 0;
+  return true;
+}
+
 }  // namespace sparsellm::stream_k

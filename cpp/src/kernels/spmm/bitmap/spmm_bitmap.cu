@@ -268,57 +268,24 @@ __device__ __forceinline__ void store_y(const KernelArgs<T>& a, int row, int n0,
   }
 }
 
-// A finished tile row segment (consumer threads only): written directly when
-// this block owns the whole row, else through partials summed in block order
-// by the last block to arrive.
+// A finished tile row segment (consumer threads only; acc is cleared after):
+// written directly when this block owns the whole row, else through the
+// stream-K partials, by the last block to arrive.
 template <typename T, int BN>
 __device__ void flush_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, int first_row, int last_row,
-                          int n0, const Accumulators<BN>& acc, int* last_flag) {
+                          int n0, Accumulators<BN>& acc, int* last_flag) {
   using C = Config<BN>;
   const bool first = row == first_row;
   const int parts = first ? blk.first_row_parts : (row == last_row ? blk.last_row_parts : 1);
-  if (parts == 1) {
-    store_y<T, BN>(a, row, n0, acc);
-    return;
+  if (parts > 1) {
+    constexpr int kFragments = C::kNT;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    auto& fragments = reinterpret_cast<float(&)[kFragments][4]>(acc);
+    if (!stream_k::reduce_row<T, BN>(a, blk, row, first, warp * kFragments * 32 + lane, fragments, last_flag,
+                                     [] { consumer_sync(); }))
+      return;
   }
-  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  constexpr size_t kSlotElems = size_t(kTileM) * BN;
-  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
-  const int fragment = warp * C::kNT * 32 + lane;  // float4 index of fragment 0
-
-  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
-#pragma unroll
-  for (int nt = 0; nt < C::kNT; ++nt)
-    __stcg(mine + fragment + nt * 32, make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]));
-  __threadfence();
-  consumer_sync();
-  int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
-  if (threadIdx.x == 0) *last_flag = atomicAdd(counter, 1) == parts - 1;
-  consumer_sync();
-  const bool last = *last_flag;
-  consumer_sync();  // every consumer has read the flag before it is written again
-  if (!last) return;
-  __threadfence();
-
-  Accumulators<BN> sum = {};
-  for (int b = lead, seen = 0; seen < parts; ++b) {
-    const StreamKBlock other = a.plan[b];
-    if (other.unit_begin == other.unit_end) continue;
-    ++seen;
-    const int slot = 2 * b + (other.unit_begin / a.tiles_k == row ? 0 : 1);
-    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
-#pragma unroll
-    for (int nt = 0; nt < C::kNT; ++nt) {
-      const float4 v = __ldcg(part + fragment + nt * 32);
-      sum[nt][0] += v.x;
-      sum[nt][1] += v.y;
-      sum[nt][2] += v.z;
-      sum[nt][3] += v.w;
-    }
-  }
-  store_y<T, BN>(a, row, n0, sum);
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
+  store_y<T, BN>(a, row, n0, acc);
 }
 
 template <typename T, int BN>
