@@ -48,7 +48,9 @@ import sparsellm  # noqa: E402
 from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
 
 from shared_models import STORIES260K, needs_stories260k  # noqa: E402
-from gpu_reference import check_teacher_forced, make_prompts, reference_logits  # noqa: E402
+from gpu_reference import (  # noqa: E402
+    check_against_hf_greedy, check_greedy, check_prompt_logits, check_whole_and_chunked_prefill, make_prompts,
+    model_store, random_model, reference_model)
 
 gpu = pytest.mark.gpu
 
@@ -93,31 +95,19 @@ FAMILY_CONFIGS = {
 }
 
 
-def hf_classes(model_type: str):
-    return {"llama": (LlamaConfig, LlamaForCausalLM),
-            "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[model_type]
+# The Hugging Face classes of each model type (reference models and random ones).
+HF_CLASSES = {"llama": (LlamaConfig, LlamaForCausalLM),
+              "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+              "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}
 
 
 def random_llama(name: str, seed: int = 0):
-    if name in FAMILY_CONFIGS:
-        cfg = dict(FAMILY_CONFIGS[name])
-        config_cls, model_cls = hf_classes(cfg.pop("model_type"))
-        model = model_cls(config_cls(**cfg)).eval()
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**CONFIGS[name])).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, parameter in model.named_parameters():
-            std = 0.1 if ("embed_tokens" in pname or "lm_head" in pname) else 0.02
-            values = torch.randn(parameter.shape, generator=generator) * std
-            if parameter.dim() == 1 and "norm" in pname:
-                values += 1.0
-            parameter.copy_(values)
-    return model
+    cfg = dict({**CONFIGS, **FAMILY_CONFIGS}[name])
+    config_cls, model_cls = HF_CLASSES[cfg.pop("model_type", "llama")]
+    return random_model(model_cls, config_cls(**cfg), seed)
 
 
-def _sparse_format(sparsity: float, name: str = "") -> str:
+def _sparse_format(name: str, sparsity: float) -> str:
     # 50 %: whatever the converter picks for the shape (bitmap or Tiled-CSL); 80 %: Tiled-CSL.
     # stories260K's 64-wide matrices are too small for a sparse format to pay (the converter would
     # keep them dense), so its 50 % checkpoints ask for bitmap: the test is of the sparse path.
@@ -128,59 +118,20 @@ def _sparse_format(sparsity: float, name: str = "") -> str:
     return "auto" if sparsity == 0.5 else "tiled_csl"
 
 
+def save_hf(name: str, path: Path) -> None:
+    """stories260K imported from llama2.c, or the random model of that name."""
+    if name == "stories260K":
+        from sparsellm.convert.llama2c import load_llama2c
+
+        load_llama2c(STORIES260K).save_pretrained(path)
+    else:
+        random_llama(name).save_pretrained(path)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Hugging Face models and their conversions, made once per module on first use."""
-    root = tmp_path_factory.mktemp("llama_runtime")
-    made: dict = {}
-
-    def hf_dir(name: str) -> Path:
-        if name not in made:
-            path = root / f"hf-{name}"
-            if name == "stories260K":
-                from sparsellm.convert.llama2c import load_llama2c
-
-                load_llama2c(STORIES260K).save_pretrained(path)
-            else:
-                random_llama(name).save_pretrained(path)
-            made[name] = path
-        return made[name]
-
-    def checkpoint(name: str, dtype: str = "fp16", sparsity: float = 0.0, method: str = "magnitude") -> Path:
-        key = (name, dtype, sparsity, method)
-        if key not in made:
-            out = root / f"{name}-{dtype}-{int(sparsity * 100)}-{method}"
-            extra = dict(nsamples=16, seqlen=128) if method != "magnitude" else {}
-            convert(hf_dir(name), out, sparsity=sparsity, method=method, dtype=dtype,
-                    format=_sparse_format(sparsity, name), progress=False, **extra)
-            made[key] = out
-        return made[key]
-
-    store_obj = type("Store", (), {})()
-    store_obj.root = root
-    store_obj.hf_dir = hf_dir
-    store_obj.checkpoint = checkpoint
-    return store_obj
-
-
-def reference_model(ckpt: Path):
-    """HF Llama (Qwen2, Mistral) in float32 holding exactly the checkpoint's stored weights."""
-    config = read_config(ckpt)
-    config_cls, model_cls = hf_classes(config["model_config"]["model_type"])
-    model = model_cls(config_cls.from_dict(config["model_config"])).float().eval()
-    state = {}
-    for name, array in dense_weights(ckpt).items():
-        if config["dtype"] == "bfloat16":
-            values = (array.astype(np.uint32) << 16).view(np.float32)
-        else:
-            values = array.astype(np.float32)
-        state[name] = torch.from_numpy(np.ascontiguousarray(values))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing
-    if "lm_head.weight" in missing:  # tied: the head is the token embedding
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    return model
+    return model_store(tmp_path_factory.mktemp("llama_runtime"), save_hf, _sparse_format)
 
 
 # --- GPU: against Hugging Face on random weights ------------------------------------------
@@ -195,7 +146,7 @@ CASES = [(name, dtype, sparsity)
 @pytest.mark.parametrize("name,dtype,sparsity", CASES, ids=[f"{n}-{d}-s{int(s * 100)}" for n, d, s in CASES])
 def test_matches_hugging_face(store, name, dtype, sparsity):
     ckpt = store.checkpoint(name, dtype, sparsity)
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     tol = TOLERANCE[dtype]
     vocab = CONFIGS[name]["vocab_size"]
     prompts = make_prompts(vocab, PROMPT_LENGTHS)
@@ -204,23 +155,12 @@ def test_matches_hugging_face(store, name, dtype, sparsity):
 
         ours = llm.prompt_logits(prompts)
         assert ours.shape == (len(prompts), vocab)
-        for i, prompt in enumerate(prompts):
-            want = reference_logits(ref, prompt, [])[0]
-            err = np.abs(ours[i] - want).max()
-            assert np.isfinite(ours[i]).all()
-            assert err <= tol * np.abs(want).max(), (
-                f"prompt {i} (length {len(prompt)}): max |logit error| {err:.4f} > {tol} x {np.abs(want).max():.3f}")
+        check_prompt_logits(ours, ref, prompts, tol)
 
         decisive = steps = 0
         for batch in (1, 8):
-            out = llm.generate(prompts[:batch], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-            assert len(out) == batch
-            for i, g in enumerate(out):
-                assert g.prompt_ids == prompts[i]
-                assert len(g.token_ids) == NEW_TOKENS and g.finish_reason == "length"
-                logits = reference_logits(ref, prompts[i], g.token_ids)
-                d, n = check_teacher_forced(logits, g.token_ids, tol, f"batch {batch}, sequence {i}")
-                decisive, steps = decisive + d, steps + n
+            d, n = check_greedy(llm, ref, prompts[:batch], NEW_TOKENS, tol, f"batch {batch}")
+            decisive, steps = decisive + d, steps + n
             assert llm.last_stats["decode_steps"] == NEW_TOKENS - 1
         assert decisive >= 0.2 * steps, f"only {decisive} of {steps} steps were decisive: the check is too weak"
 
@@ -233,18 +173,12 @@ FAMILY_CASES = [(name, sparsity) for name in FAMILY_CONFIGS for sparsity in (0.0
 def test_other_model_types_match_hugging_face(store, name, sparsity):
     """Qwen2 (q/k/v biases) and Mistral through the same runtime, each against its HF class (fp16)."""
     ckpt = store.checkpoint(name, "fp16", sparsity)
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     tol = TOLERANCE["fp16"]
     prompts = make_prompts(FAMILY_CONFIGS[name]["vocab_size"], PROMPT_LENGTHS)
     with sparsellm.LLM(ckpt, max_batch=8, max_seq_len=MAX_SEQ) as llm:
-        ours = llm.prompt_logits(prompts)
-        for i, prompt in enumerate(prompts):
-            want = reference_logits(ref, prompt, [])[0]
-            assert np.abs(ours[i] - want).max() <= tol * np.abs(want).max(), f"prompt {i}"
-        decisive = steps = 0
-        for g, prompt in zip(llm.generate(prompts, max_new_tokens=NEW_TOKENS, stop_at_eos=False), prompts):
-            d, n = check_teacher_forced(reference_logits(ref, prompt, g.token_ids), g.token_ids, tol, name)
-            decisive, steps = decisive + d, steps + n
+        check_prompt_logits(llm.prompt_logits(prompts), ref, prompts, tol)
+        decisive, steps = check_greedy(llm, ref, prompts, NEW_TOKENS, tol, name)
         assert decisive >= 0.2 * steps, f"only {decisive} of {steps} steps were decisive"
 
 
@@ -252,30 +186,10 @@ def test_other_model_types_match_hugging_face(store, name, sparsity):
 def test_long_context_and_chunked_prefill(store):
     """GQA with contexts longer than one attention split (256 keys), and a prefill cut into
     chunks of 37 tokens, so that prompts straddle chunk boundaries (RoPE positions per token)."""
-    from sparsellm._native import native
-
     ckpt = store.checkpoint("gqa", "fp16", 0.5)
-    ref = reference_model(ckpt)
-    tol = TOLERANCE["fp16"]
+    ref = reference_model(ckpt, HF_CLASSES)
     prompts = make_prompts(CONFIGS["gqa"]["vocab_size"], [700, 3, 301, 64], seed=9)
-    whole = sparsellm.LLM(ckpt, max_batch=4, max_seq_len=1024)
-    chunked = native().Runtime(str(ckpt), max_batch=4, max_seq_len=1024, use_cuda_graphs=True, max_prefill_tokens=37)
-    try:
-        a = whole.prompt_logits(prompts)
-        b = chunked.prompt_logits(prompts)
-        for i, prompt in enumerate(prompts):
-            want = reference_logits(ref, prompt, [])[0]
-            for name, ours in (("whole", a[i]), ("chunked", b[i])):
-                err = np.abs(ours - want).max()
-                assert err <= tol * np.abs(want).max(), f"{name} prefill, prompt {i}: error {err:.4f}"
-        out = whole.generate(prompts, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-        out_chunked = chunked.generate(prompts, NEW_TOKENS, 0.0, 0, 1.0, 0, False)
-        for i, g in enumerate(out):
-            for name, tokens in (("long context", g.token_ids), ("chunked prefill", out_chunked["tokens"][i])):
-                check_teacher_forced(reference_logits(ref, prompts[i], tokens), tokens, tol, f"{name}, sequence {i}")
-    finally:
-        whole.close()
-        chunked.close()
+    check_whole_and_chunked_prefill(ckpt, ref, prompts, TOLERANCE["fp16"], NEW_TOKENS, chunk=37)
 
 
 @gpu
@@ -313,32 +227,20 @@ def test_stories260k_greedy_matches_hugging_face(store, sparsity, method):
                name.endswith("proj.weight")}
     # Dense: every projection dense. 50 %: every projection bitmap.
     assert formats == ({"dense"} if sparsity == 0 else {"bitmap"}), formats
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     tol = TOLERANCE["fp16"]
     with sparsellm.LLM(ckpt, max_batch=8, max_seq_len=STORIES_STEPS + 8) as llm:
         assert llm.info["architecture"] == "llama"
         # Prefill logits of a few real prefixes.
         want_tokens = hf_greedy(ref, [BOS_ID], STORIES_STEPS)
         prefixes = [[BOS_ID] + want_tokens[:n] for n in (0, 5, 50, 150)]
-        ours = llm.prompt_logits(prefixes)
-        for i, prefix in enumerate(prefixes):
-            want = reference_logits(ref, prefix, [])[0]
-            assert np.abs(ours[i] - want).max() <= tol * np.abs(want).max(), f"prefix of {len(prefix)} tokens"
+        check_prompt_logits(llm.prompt_logits(prefixes), ref, prefixes, tol, "prefix")
         for batch in (1, 8):
             out = llm.generate([[BOS_ID]] * batch, max_new_tokens=STORIES_STEPS, stop_at_eos=False)
             for i, g in enumerate(out):
-                got = g.token_ids
-                assert len(got) == STORIES_STEPS
-                if got == want_tokens:
-                    continue
-                first = next(j for j, (a, b) in enumerate(zip(got, want_tokens)) if a != b)
-                logits = reference_logits(ref, [BOS_ID], got)
-                row = logits[first]
-                top2 = np.sort(row)[-2:]
-                assert top2[1] - top2[0] <= tol * np.abs(row).max(), (
-                    f"batch {batch}, sequence {i}: differs from HF greedy at step {first} "
-                    f"(ours {got[first]}, HF {want_tokens[first]}), which is not a near tie")
-                check_teacher_forced(logits, got, tol, f"stories260K batch {batch}, sequence {i}")
+                assert len(g.token_ids) == STORIES_STEPS
+                check_against_hf_greedy(ref, [BOS_ID], g.token_ids, want_tokens, tol,
+                                        f"stories260K batch {batch}, sequence {i}")
 
 
 # --- several GPUs: stories260K at TP = 2 -------------------------------------------------
@@ -373,16 +275,13 @@ def test_stories260k_tp2_greedy_matches_hugging_face(store, tmp_path, sparsity, 
     ckpt = tmp_path / "stories-tp2"
     extra = dict(nsamples=16, seqlen=128) if method != "magnitude" else {}
     convert(store.hf_dir("stories260K"), ckpt, sparsity=sparsity, method=method, dtype="fp16",
-            format=_sparse_format(sparsity, "stories260K"), tp=2, progress=False, **extra)
+            format=_sparse_format("stories260K", sparsity), tp=2, progress=False, **extra)
     tensors = read_config(ckpt)["tensors"]
     assert tensors["model.layers.0.self_attn.k_proj.weight"]["shape"] == [16, 64]  # 2 KV heads x 8 per rank
     assert {t["format"] for n, t in tensors.items() if ".layers." in n and n.endswith("proj.weight")} == (
         {"dense"} if sparsity == 0 else {"bitmap"})
 
-    ref = LlamaForCausalLM(LlamaConfig.from_dict(read_config(ckpt)["model_config"])).float().eval()
-    state = {k: torch.from_numpy(np.ascontiguousarray(v.astype(np.float32))) for k, v in merged_dense_weights(ckpt).items()}
-    missing, unexpected = ref.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    ref = reference_model(ckpt, HF_CLASSES, merged_dense_weights(ckpt))
     want = hf_greedy(ref, [BOS_ID], STORIES_STEPS)
 
     prompts = tmp_path / "prompts.json"
@@ -401,20 +300,12 @@ def test_stories260k_tp2_greedy_matches_hugging_face(store, tmp_path, sparsity, 
     proc = subprocess.run(cmd + [sys.executable, str(worker), "run", str(ckpt), str(out), str(prompts),
                                  str(STORIES_STEPS)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"TP = 2 run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    tol = TOLERANCE["fp16"]
     for rank in range(2):
         record = json.loads((out / f"rank{rank}.json").read_text())
         assert record["info"]["architecture"] == "llama"
         for i, got in enumerate(record["tokens"]):
             assert len(got) == STORIES_STEPS
-            if got == want:
-                continue
-            first = next(j for j, (a, b) in enumerate(zip(got, want)) if a != b)
-            logits = reference_logits(ref, [BOS_ID], got)
-            top2 = np.sort(logits[first])[-2:]
-            assert top2[1] - top2[0] <= tol * np.abs(logits[first]).max(), (
-                f"rank {rank}, sequence {i}: differs from HF greedy at step {first}, not a near tie")
-            check_teacher_forced(logits, got, tol, f"TP = 2 rank {rank}, sequence {i}")
+            check_against_hf_greedy(ref, [BOS_ID], got, want, TOLERANCE["fp16"], f"TP = 2 rank {rank}, sequence {i}")
 
 
 # --- CPU: conversion and config validation ------------------------------------------------

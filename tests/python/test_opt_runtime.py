@@ -29,9 +29,11 @@ transformers = pytest.importorskip("transformers")
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
 import sparsellm  # noqa: E402
-from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
+from sparsellm.convert import convert  # noqa: E402
 
-from gpu_reference import check_teacher_forced, make_prompts, reference_logits  # noqa: E402
+from gpu_reference import (  # noqa: E402
+    check_greedy, check_prompt_logits, check_whole_and_chunked_prefill, make_prompts, model_store, random_model,
+    reference_logits, reference_model)
 
 gpu = pytest.mark.gpu
 
@@ -57,68 +59,19 @@ TOLERANCE = {"fp16": 1e-2, "bf16": 4e-2}
 MAX_SEQ = 96
 NEW_TOKENS = 32
 PROMPT_LENGTHS = [1, 7, 23, 40, 3, 16, 31, 11]  # batch 8, all different, + NEW_TOKENS <= MAX_SEQ
+HF_CLASSES = {"opt": (OPTConfig, OPTForCausalLM)}  # the reference models' classes, by model_type
 
 
 def random_opt(name: str, seed: int = 0) -> OPTForCausalLM:
-    config = OPTConfig(**CONFIGS[name])
-    model = OPTForCausalLM(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, parameter in model.named_parameters():
-            std = 0.1 if ("embed_tokens" in pname or "lm_head" in pname) else 0.02
-            values = torch.randn(parameter.shape, generator=generator) * std
-            if parameter.dim() == 1 and "layer_norm" in pname and pname.endswith("weight"):
-                values += 1.0
-            parameter.copy_(values)
-    return model
+    return random_model(OPTForCausalLM, OPTConfig(**CONFIGS[name]), seed)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Hugging Face models and their conversions, made once per module on first use."""
-    root = tmp_path_factory.mktemp("opt_runtime")
-    made: dict = {}
-
-    def hf_dir(name: str) -> Path:
-        if name not in made:
-            path = root / f"hf-{name}"
-            random_opt(name).save_pretrained(path)
-            made[name] = path
-        return made[name]
-
-    def checkpoint(name: str, dtype: str = "fp16", sparsity: float = 0.0) -> Path:
-        key = (name, dtype, sparsity)
-        if key not in made:
-            out = root / f"{name}-{dtype}-{int(sparsity * 100)}"
-            convert(hf_dir(name), out, sparsity=sparsity, dtype=dtype,
-                    format="dense" if sparsity == 0 else "tiled_csl", progress=False)
-            made[key] = out
-        return made[key]
-
-    store_obj = type("Store", (), {})()
-    store_obj.root = root
-    store_obj.hf_dir = hf_dir
-    store_obj.checkpoint = checkpoint
-    return store_obj
-
-
-def reference_model(ckpt: Path) -> OPTForCausalLM:
-    """HF OPT in float32 holding exactly the checkpoint's stored weights."""
-    config = read_config(ckpt)
-    model = OPTForCausalLM(OPTConfig.from_dict(config["model_config"])).eval()
-    state = {}
-    for name, array in dense_weights(ckpt).items():
-        if config["dtype"] == "bfloat16":
-            values = (array.astype(np.uint32) << 16).view(np.float32)
-        else:
-            values = array.astype(np.float32)
-        state[name] = torch.from_numpy(np.ascontiguousarray(values))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing
-    if "lm_head.weight" in missing:  # tied: the head is the token embedding
-        assert model.lm_head.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
-    return model
+    return model_store(tmp_path_factory.mktemp("opt_runtime"),
+                       lambda name, path: random_opt(name).save_pretrained(path),
+                       lambda name, sparsity: "dense" if sparsity == 0 else "tiled_csl")
 
 
 # --- GPU: against Hugging Face ------------------------------------------------------------
@@ -133,7 +86,7 @@ CASES = [(name, dtype, sparsity)
 @pytest.mark.parametrize("name,dtype,sparsity", CASES, ids=[f"{n}-{d}-s{int(s * 100)}" for n, d, s in CASES])
 def test_matches_hugging_face(store, name, dtype, sparsity):
     ckpt = store.checkpoint(name, dtype, sparsity)
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     tol = TOLERANCE[dtype]
     vocab = CONFIGS[name]["vocab_size"]
     prompts = make_prompts(vocab, PROMPT_LENGTHS)
@@ -143,25 +96,13 @@ def test_matches_hugging_face(store, name, dtype, sparsity):
         # Prefill logits of each prompt's last token.
         ours = llm.prompt_logits(prompts)
         assert ours.shape == (len(prompts), vocab)
-        for i, prompt in enumerate(prompts):
-            want = reference_logits(ref, prompt, [])[0]
-            err = np.abs(ours[i] - want).max()
-            assert np.isfinite(ours[i]).all()
-            assert err <= tol * np.abs(want).max(), (
-                f"prompt {i} (length {len(prompt)}): max |logit error| {err:.4f} > {tol} x {np.abs(want).max():.3f}")
+        check_prompt_logits(ours, ref, prompts, tol)
 
         # Greedy decoding at batch 1 and batch 8 (prompts of different lengths).
         decisive = steps = 0
         for batch in (1, 8):
-            out = llm.generate(prompts[:batch], max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-            assert len(out) == batch
-            for i, g in enumerate(out):
-                assert g.prompt_ids == prompts[i]
-                assert len(g.token_ids) == NEW_TOKENS and g.finish_reason == "length"
-                assert all(0 <= t < vocab for t in g.token_ids)
-                d, n = check_teacher_forced(reference_logits(ref, prompts[i], g.token_ids), g.token_ids, tol,
-                                            f"batch {batch}, sequence {i}")
-                decisive, steps = decisive + d, steps + n
+            d, n = check_greedy(llm, ref, prompts[:batch], NEW_TOKENS, tol, f"batch {batch}")
+            decisive, steps = decisive + d, steps + n
             stats = llm.last_stats
             assert stats["decode_steps"] == NEW_TOKENS - 1
             assert stats["generated_tokens"] == batch * NEW_TOKENS
@@ -173,32 +114,10 @@ def test_matches_hugging_face(store, name, dtype, sparsity):
 def test_long_context_and_chunked_prefill(store):
     """Contexts longer than one attention split (256 keys), and a prefill cut into chunks of
     37 tokens, so that prompts straddle chunk boundaries."""
-    from sparsellm._native import native
-
     ckpt = store.checkpoint("odd", "fp16", 0.5)
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     prompts = make_prompts(1000, [700, 3, 301, 64], seed=9)
-    whole = sparsellm.LLM(ckpt, max_batch=4, max_seq_len=1024)
-    chunked = native().Runtime(str(ckpt), max_batch=4, max_seq_len=1024, use_cuda_graphs=True, max_prefill_tokens=37)
-    try:
-        a = whole.prompt_logits(prompts)
-        b = chunked.prompt_logits(prompts)
-        for i, prompt in enumerate(prompts):
-            want = reference_logits(ref, prompt, [])[0]
-            for name, ours in (("whole", a[i]), ("chunked", b[i])):
-                err = np.abs(ours - want).max()
-                assert err <= TOLERANCE["fp16"] * np.abs(want).max(), f"{name} prefill, prompt {i}: error {err:.4f}"
-        out = whole.generate(prompts, max_new_tokens=NEW_TOKENS, stop_at_eos=False)
-        out_chunked = chunked.generate(prompts, NEW_TOKENS, 0.0, 0, 1.0, 0, False)
-        for i, g in enumerate(out):
-            check_teacher_forced(reference_logits(ref, prompts[i], g.token_ids), g.token_ids, TOLERANCE["fp16"],
-                                 f"long context, sequence {i}")
-            tokens = out_chunked["tokens"][i]
-            check_teacher_forced(reference_logits(ref, prompts[i], tokens), tokens, TOLERANCE["fp16"],
-                                 f"chunked prefill, sequence {i}")
-    finally:
-        whole.close()
-        chunked.close()
+    check_whole_and_chunked_prefill(ckpt, ref, prompts, TOLERANCE["fp16"], NEW_TOKENS, chunk=37)
 
 
 @gpu
@@ -224,7 +143,7 @@ def test_graphs_replay_like_eager_steps(store):
 @gpu
 def test_sampling_is_seeded_and_respects_top_k(store):
     ckpt = store.checkpoint("odd", "fp16", 0.0)
-    ref = reference_model(ckpt)
+    ref = reference_model(ckpt, HF_CLASSES)
     prompts = make_prompts(1000, [5, 9, 2, 14], seed=4)
     with sparsellm.LLM(ckpt, max_batch=4, max_seq_len=MAX_SEQ) as llm:
         run = lambda seed, **kw: [g.token_ids for g in llm.generate(  # noqa: E731

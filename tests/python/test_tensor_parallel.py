@@ -45,7 +45,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
-from sparsellm.convert import convert, dense_weights, read_config  # noqa: E402
+from sparsellm.convert import convert  # noqa: E402
+
+from gpu_reference import random_model, reference_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "tp_worker.py"
@@ -66,6 +68,7 @@ RANK_BOUND = 1e-3      # relative, between the ranks of one run
 NEW_TOKENS = 24
 PROMPT_LENGTHS = [5, 17, 1, 33]
 RUN_TIMEOUT_S = 600
+HF_CLASSES = {"opt": (OPTConfig, OPTForCausalLM)}  # the reference model's classes, by model_type
 
 
 def _gpu_count() -> int:
@@ -109,30 +112,6 @@ def run_worker(tp: int, args: list[str], env_extra: dict | None = None, timeout:
                           timeout=timeout)
 
 
-def random_opt(name: str, seed: int = 0) -> OPTForCausalLM:
-    """Embeddings and LM head std 0.1 (logits spread out, few near ties), other weights 0.02."""
-    model = OPTForCausalLM(OPTConfig(**CONFIGS[name])).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, parameter in model.named_parameters():
-            std = 0.1 if ("embed_tokens" in pname or "lm_head" in pname) else 0.02
-            values = torch.randn(parameter.shape, generator=generator) * std
-            if parameter.dim() == 1 and "layer_norm" in pname and pname.endswith("weight"):
-                values += 1.0
-            parameter.copy_(values)
-    return model
-
-
-def reference_model(ckpt: Path) -> OPTForCausalLM:
-    """HF OPT in float32 holding exactly the (tp = 1) checkpoint's stored weights."""
-    config = read_config(ckpt)
-    model = OPTForCausalLM(OPTConfig.from_dict(config["model_config"])).eval()
-    state = {name: torch.from_numpy(np.ascontiguousarray(a.astype(np.float32)))
-             for name, a in dense_weights(ckpt).items()}
-    model.load_state_dict(state, strict=False)
-    return model
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("tensor_parallel")
@@ -141,7 +120,7 @@ def store(tmp_path_factory):
     def checkpoint(name: str, tp: int) -> Path:
         if name not in made:
             made[name] = root / f"hf-{name}"
-            random_opt(name).save_pretrained(made[name])
+            random_model(OPTForCausalLM, OPTConfig(**CONFIGS[name])).save_pretrained(made[name])
         key = (name, tp)
         if key not in made:
             made[key] = root / f"{name}-tp{tp}"
@@ -216,7 +195,7 @@ def test_tp_matches_tp1(store, name, tp):
         assert all(len(t) == NEW_TOKENS for t in record["tokens"])
     err = _relative(multi["logits"][0], ref_logits)
     assert err <= LOGIT_BOUND, f"{name}, TP = {tp}: logits differ from TP = 1 by {err:.2e} of the row maximum"
-    model = reference_model(store.checkpoint(name, 1))
+    model = reference_model(store.checkpoint(name, 1), HF_CLASSES)  # Hugging Face on TP = 1's weights
     identical = check_tokens_against_tp1(model, prompts, multi["ranks"][0]["tokens"], ref_tokens, f"{name} TP={tp}")
     print(f"{name} TP = {tp}: logits within {err:.2e} of TP = 1; {identical}/{len(prompts)} sequences identical; "
           f"weights per rank {multi['ranks'][0]['weight_bytes'] / 2**20:.1f} MiB vs "
