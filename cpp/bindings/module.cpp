@@ -166,9 +166,10 @@ PYBIND11_MODULE(_C, m) {
                               ((k + tiled_csl::kTileK - 1) / tiled_csl::kTileK);
         if (mm <= 0 || k <= 0 || offsets.ndim() != 1 || offsets.shape(0) != tiles + 1)
           throw FormatError("Tiled-CSL: tile_offsets must hold tiles + 1 entries for the shape");
-        validate_tiled_csl(offsets.data(), words.data(), words.size(), mm, k);
+        return validate_tiled_csl(offsets.data(), words.data(), words.size(), mm, k);
       },
-      py::arg("tile_offsets"), py::arg("words"), py::arg("m"), py::arg("k"));
+      py::arg("tile_offsets"), py::arg("words"), py::arg("m"), py::arg("k"),
+      "Check an encoded matrix; returns the nonzeros it stores. Raises FormatError naming the first violation.");
 
   // SpMM.
   m.def("spmm_plan_blocks", &spmm_plan_blocks, "Thread blocks of a plan on the current GPU.");

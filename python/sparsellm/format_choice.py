@@ -78,8 +78,8 @@ def weight_bytes(fmt: str, m: int, k: int, sparsity: float) -> float:
     nnz = (1.0 - sparsity) * m * k
     if fmt == "dense":
         return 2.0 * m * k
-    if fmt == "tiled_csl":  # 4 B per nonzero, 4 B offset and ~6 B padding per tile
-        return 4.0 * nnz + 10.0 * tiles + 4.0
+    if fmt == "tiled_csl":  # 4 B per nonzero; per tile a 16 B header, ~48 B padding, 4 B offset
+        return 4.0 * nnz + 68.0 * tiles + 4.0
     if fmt == "bitmap":  # 2 B per nonzero; per tile 1040 B of masks and row starts, ~8 B padding, 4 B offset
         return 2.0 * nnz + 1052.0 * tiles + 4.0
     raise InvalidArgument(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")

@@ -25,7 +25,7 @@ fs::path make_checkpoint(const std::string& name, int tp, int heads, int ffn, bo
   const fs::path dir = fs::temp_directory_path() / ("sparsellm-tp-check-" + name + "-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  std::ofstream(dir / "config.json") << "{\"format_version\": 1, \"architecture\": \"opt\", \"tp\": " << tp
+  std::ofstream(dir / "config.json") << "{\"format_version\": 2, \"architecture\": \"opt\", \"tp\": " << tp
                                      << ", \"model_config\": {\"num_attention_heads\": " << heads
                                      << ", \"ffn_dim\": " << ffn << "}}";
   for (int r = 0; r < tp; ++r)

@@ -196,7 +196,7 @@ def test_missing_directory_and_config(ckpt):
 
 
 @pytest.mark.parametrize("change,pattern", [
-    (lambda c: c.update(format_version=2), r"config\.json: unsupported format_version 2"),
+    (lambda c: c.update(format_version=1), r"config\.json: unsupported format_version 1"),
     (lambda c: c.pop("format_version"), r"config\.json: unsupported format_version \(missing\)"),
     (lambda c: c.update(architecture="gpt2"), r"config\.json: unknown architecture 'gpt2'"),
     (lambda c: c.update(dtype="float32"), r"config\.json: unknown dtype 'float32'"),
@@ -367,10 +367,11 @@ def test_tiled_csl_words_and_nnz(ckpt):
     original = path.read_bytes()
 
     def padding_with_value(words):
-        words[3] = (np.uint32(16384 + 8) << np.uint32(16)) | np.uint32(7)
+        # word 7: a data word of tile 0 (after its 4 header words), rewritten as padding holding a value
+        words[7] = (np.uint32(16384 + 8) << np.uint32(16)) | np.uint32(7)
 
     patch_array(path, f"{FC1}.words", np.uint32, padding_with_value)
-    expect_error(ckpt, 0, rf"{R0}: tensor {esc(FC1)}: invalid Tiled-CSL data: .*malformed padding word")
+    expect_error(ckpt, 0, rf"{R0}: tensor {esc(FC1)}: invalid Tiled-CSL data: .*malformed or extra padding word")
     path.write_bytes(original)
     edit_config(ckpt, lambda c: c["tensors"][FC1]["shards"]["0"].update(nnz=c["tensors"][FC1]["shards"]["0"]["nnz"] + 1))
     expect_error(ckpt, 0, rf"{R0}: tensor {esc(FC1)}: stores \d+ nonzeros, config\.json says \d+")

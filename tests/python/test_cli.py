@@ -181,4 +181,4 @@ def test_python_dash_m(converted):
     version = subprocess.run([sys.executable, "-m", "sparsellm", "--version"], capture_output=True, text=True,
                              env=env, timeout=120)
     assert version.stdout.startswith("sparsellm ")
-    assert json.loads((converted / "config.json").read_text())["format_version"] == 1
+    assert json.loads((converted / "config.json").read_text())["format_version"] == 2

@@ -332,7 +332,7 @@ def test_config_json_fields(models, tmp_path):
     out = tmp_path / "ckpt"
     convert(models["opt"], out, sparsity=0.6, tp=2, format="tiled_csl", progress=False)
     config = json.loads((out / "config.json").read_text())
-    assert config["format_version"] == 1 and config["dtype"] == "float16" and config["tp"] == 2
+    assert config["format_version"] == 2 and config["dtype"] == "float16" and config["tp"] == 2
     hf = json.loads((models["opt"] / "config.json").read_text())
     assert {k: config["model_config"][k] for k in ("hidden_size", "ffn_dim", "num_attention_heads", "vocab_size")} \
         == {k: hf[k] for k in ("hidden_size", "ffn_dim", "num_attention_heads", "vocab_size")}
@@ -619,8 +619,8 @@ def test_bad_config_json(checkpoint):
         (checkpoint / "config.json").write_text(json.dumps(broken))
         with pytest.raises(sparsellm.FormatError, match=rf"config\.json: tensor {re.escape(name)}: .*{message}"):
             read_config(checkpoint)
-    (checkpoint / "config.json").write_text(json.dumps({**config, "format_version": 2}))
-    with pytest.raises(sparsellm.FormatError, match="format_version 2"):
+    (checkpoint / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    with pytest.raises(sparsellm.FormatError, match="format_version 1"):
         load_checkpoint(checkpoint)
     (checkpoint / "config.json").write_text("{not json")
     with pytest.raises(sparsellm.FormatError, match="not valid JSON"):

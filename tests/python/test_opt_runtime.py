@@ -367,7 +367,7 @@ def test_tokenizer_is_loaded_from_the_checkpoint(tmp_path):
     from sparsellm.llm import _load_tokenizer
 
     assert _load_tokenizer(tmp_path) is None
-    (tmp_path / "config.json").write_text(json.dumps({"format_version": 1, "architecture": "opt"}))
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": 2, "architecture": "opt"}))
     write_word_tokenizer(tmp_path, tokenizers, vocab_size=50)
     tok = _load_tokenizer(tmp_path)
     assert tok is not None and tok("w3 w4")["input_ids"] == [3, 4]

@@ -76,10 +76,16 @@ def test_decoder_rejects_corrupt_word():
     rng = np.random.default_rng(4)
     bits = random_bits(rng, 128, 64, 0.4, "float16")
     enc = encode_tiled_csl(bits, "float16")
-    words = enc["words"].copy()
-    words[0] = (np.uint32(16384 + 4) << 16) | 5  # padding slot with a nonzero value
-    with pytest.raises(ValueError):
-        decode_tiled_csl(enc["tile_offsets"], words, 128, 64)
+    cases = {  # word index (after the 4 header words) → corrupt word, and what the decoder must say
+        4: ((np.uint32(16384 + 4) << 16) | 5, "malformed padding"),  # padding slot with a nonzero value
+        5: (np.uint32(40 * 128) << 16 | 5, "another row block"),  # row 40 (group 2) in group 0
+        3: (enc["words"][3] + (np.uint32(4) << 16), "inconsistent header"),  # group 7 ends past the tile
+    }
+    for index, (word, message) in cases.items():
+        words = enc["words"].copy()
+        words[index] = word
+        with pytest.raises(ValueError, match=message):
+            decode_tiled_csl(enc["tile_offsets"], words, 128, 64)
 
 
 def test_encoder_rejects_non_2d():

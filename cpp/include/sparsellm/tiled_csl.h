@@ -11,11 +11,15 @@
 //                chunks XOR-swizzled by row & 7), or ≥ kTileBytes for a
 //                padding word whose value is 0
 //
-// Words of a tile are ordered so that the kernel's scattered 16-bit stores
-// from one warp hit distinct shared-memory banks wherever the tile allows it,
-// and a tile's word count is padded to a multiple of 4 (16 bytes).
-// tile_offsets[t] is the index of tile t's first word; tile_offsets[T] the
-// total. Rows and columns past M and K are empty: nothing is ever read there.
+// A tile holding nonzeros starts with a header of kHeaderWords words:
+// group_end[kGroups] (uint16), the end of row block g's group of words,
+// counted from the first word after the header. Group g — the nonzeros of
+// tile rows [16 g, 16 g + 16) — spans [group_end[g − 1], group_end[g])
+// (group_end[−1] = 0), padded to a multiple of 4 words (16 bytes), its words
+// ordered so that one warp's scattered 16-bit stores hit distinct
+// shared-memory banks wherever the group allows it. A tile without nonzeros
+// holds no words. tile_offsets[t] is the index of tile t's first word;
+// tile_offsets[T] the total. Rows and columns past M and K are empty.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +30,16 @@
 namespace sparsellm {
 
 namespace tiled_csl {
-constexpr int kVersion = 1;
+constexpr int kVersion = 2;
 constexpr int kTileM = 128;
 constexpr int kTileK = 64;
 constexpr int kTileBytes = kTileM * kTileK * 2;  // 16 KiB of dense fp16/bf16
 constexpr int kPadBase = kTileBytes;             // padding words point at [kPadBase, kPadBase + 128)
-constexpr int kWordsPerVector = 4;               // tiles are padded to 16-byte vectors
+constexpr int kWordsPerVector = 4;               // groups are padded to 16-byte vectors
+constexpr int kGroupRows = 16;                   // rows of a group (one consumer warp's row block)
+constexpr int kGroups = kTileM / kGroupRows;     // 8 groups per tile
+constexpr int kHeaderWords = kGroups / 2;        // group_end[8], uint16
+constexpr int kMaxTileWords = kHeaderWords + kTileM * kTileK + kGroups * (kWordsPerVector - 1);
 }  // namespace tiled_csl
 
 // A Tiled-CSL matrix in host memory, as the encoder writes it.
@@ -51,9 +59,11 @@ struct TiledCslHost {
 // the thread count; `threads` ≤ 0 uses every hardware thread.
 TiledCslHost encode_tiled_csl(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads = 0);
 
-// Checks the invariants of an encoded matrix (offsets monotone and 4-aligned,
-// every word's position inside its tile or a zero padding word, sizes
-// consistent with m and k). Throws FormatError naming the first violation.
-void validate_tiled_csl(const uint32_t* tile_offsets, const uint32_t* words, int64_t num_words, int64_t m, int64_t k);
+// Checks the invariants of an encoded matrix (offsets monotone, headers and
+// groups consistent and 4-aligned, every word's position inside its group's
+// rows of its tile or a zero padding word, no element twice, sizes consistent
+// with m and k). Returns the nonzeros stored; throws FormatError naming the
+// first violation.
+int64_t validate_tiled_csl(const uint32_t* tile_offsets, const uint32_t* words, int64_t num_words, int64_t m, int64_t k);
 
 }  // namespace sparsellm

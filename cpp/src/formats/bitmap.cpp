@@ -59,7 +59,8 @@ void TileEncoder::operator()(int64_t tr, int64_t tc, uint32_t* out) const {
 }  // namespace
 
 BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads) {
-  return detail::encode_tiles<BitmapHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, tile_words,
+  auto words_of = [](int64_t, int64_t, int64_t nnz) { return tile_words(nnz); };
+  return detail::encode_tiles<BitmapHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, words_of,
                                                                         &BitmapHost::data, "encode_bitmap");
 }
 

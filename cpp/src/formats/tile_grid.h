@@ -68,7 +68,7 @@ struct TileGrid {
 };
 
 // Counts every tile's nonzeros (on `threads` threads) and lays the tiles out
-// back to back, tile t taking words_of(nnz[t]) words. Throws InvalidArgument
+// back to back, tile t = (tr, tc) taking words_of(tr, tc, nnz[t]) words. Throws InvalidArgument
 // (prefixed by `who`) when the words exceed 32-bit offsets.
 template <int kTileM, int kTileK, typename WordsOf>
 TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, WordsOf words_of, const char* who) {
@@ -85,7 +85,7 @@ TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, Wor
   int64_t total = 0;
   for (int64_t t = 0; t < tiles; ++t) {
     g.offsets[t] = uint32_t(total);
-    total += words_of(g.nnz[t]);
+    total += words_of(t / g.tiles_k, t % g.tiles_k, g.nnz[t]);
     g.total_nnz += g.nnz[t];
     SPARSELLM_CHECK_ARG(total <= int64_t(UINT32_MAX), who, ": ", m, "x", k,
                         " holds too many nonzeros for 32-bit word offsets");

@@ -1,7 +1,7 @@
 // Checkpoint reader (layout: docs/checkpoint.md). open() runs, in order:
 //
 //   1. config.json: parsed and checked field by field, as the Python reader
-//      does (sparsellm/convert/checkpoint.py): format_version 1, a known
+//      does (sparsellm/convert/checkpoint.py): format_version 2, a known
 //      architecture and dtype, tp ≥ 1 and 0 ≤ rank < tp, the `files` table, and
 //      every tensor entry: format, shape, split, the ranks that hold shards, and
 //      the components each shard lists against the format table below.
@@ -49,7 +49,7 @@ namespace {
 using nlohmann::json;
 using detail::concat;
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
 
 template <typename... Parts>
 [[noreturn]] void format_error(const Parts&... parts) {
@@ -223,13 +223,12 @@ void check_stored_nonzeros(const std::string& where, const TensorEntry& entry, i
 void check_tiled_csl(const std::string& where, const TensorEntry& entry) {
   const TiledArrays a = tiled_arrays(where, entry, ".words");
   const uint32_t* words = a.data();
+  int64_t stored = 0;
   try {
-    validate_tiled_csl(a.offsets.data(), words, a.num_words, entry.shape[0], entry.shape[1]);
+    stored = validate_tiled_csl(a.offsets.data(), words, a.num_words, entry.shape[0], entry.shape[1]);
   } catch (const FormatError& e) {
     format_error(where, "invalid Tiled-CSL data: ", e.what());
   }
-  int64_t stored = 0;  // the other words are padding
-  for (int64_t i = 0; i < a.num_words; ++i) stored += (words[i] >> 16) < uint32_t(tiled_csl::kPadBase);
   check_stored_nonzeros(where, entry, stored);
 }
 

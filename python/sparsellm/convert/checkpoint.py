@@ -30,7 +30,7 @@ from sparsellm.errors import FormatError, InvalidArgument
 
 from .tensor_parallel import shard_ranks
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
 TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap")
@@ -211,7 +211,6 @@ def load_checkpoint(
     A generated checkpoint, which stores no arrays, raises InvalidArgument.
     """
     from sparsellm._native import native
-    from sparsellm.formats.tiled_csl import TILE_BYTES
 
     directory = Path(directory)
     config = read_config(directory)
@@ -244,15 +243,12 @@ def load_checkpoint(
         try:
             if bitmap:
                 native().validate_bitmap(offsets, words, rows, cols)
+                stored = _bitmap_nonzeros(offsets, words)
             else:
-                native().validate_tiled_csl(offsets, words, rows, cols)
+                stored = native().validate_tiled_csl(offsets, words, rows, cols)
         except FormatError as exc:
             kind = "bitmap" if bitmap else "Tiled-CSL"
             raise FormatError(f"{path}: tensor {name}: invalid {kind} data: {exc}") from None
-        if bitmap:
-            stored = _bitmap_nonzeros(offsets, words)
-        else:
-            stored = int(np.count_nonzero((words >> 16) < TILE_BYTES))  # the others are padding
         if stored != shard["nnz"]:
             raise FormatError(f"{path}: tensor {name} stores {stored} nonzeros, config.json says {shard['nnz']}")
     return config, arrays

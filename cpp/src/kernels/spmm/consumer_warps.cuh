@@ -1,0 +1,253 @@
+// What the two warp-specialized SpMM kernels (Tiled-CSL and bitmap) share.
+//
+// A block runs 8 consumer warps and 1 producer warp over the tiles of one
+// stream-K range (sparsellm/spmm.h). Consumer warp w owns row block w of every
+// 128 × 64 tile — rows [16 w, 16 w + 16) — times all BN columns of its X
+// pass: per k16 step it multiplies one 16 × 16 A fragment of W (however the
+// format decodes it) by the X tile's B fragments (ldmatrix) into fp32
+// accumulators acc[BN / 8][4] (mma.m16n8k16). The producer warp brings, per
+// tile, X[n0 .. n0 + BN, 64 kt .. 64 kt + 64] into a stage of BN rows of 128
+// bytes whose 16-byte chunks are XOR-swizzled by row & 7 (zero-filled past N
+// and K), and signals a stage's full barrier: 32 lane arrivals once its
+// copies land + 1 arrival of lane 0 after it wrote the stage's metadata.
+//
+// The mbarrier helpers cover sm_80 (test_wait) and sm_90 (try_wait).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/device_math.cuh"
+#include "kernels/spmm/ptx.cuh"
+#include "kernels/spmm/stream_k.cuh"
+
+namespace sparsellm::consumer_warps {
+
+constexpr int kConsumerWarps = stream_k::kTileM / 16;  // one per 16-row block
+constexpr int kConsumers = kConsumerWarps * 32;
+constexpr int kThreads = kConsumers + 32;  // + the producer warp
+constexpr int kConsumerBarrier = 1;        // named barrier of the consumer warps
+constexpr int kXFullArrivals = 32 + 1;     // producer lanes' copies + lane 0's metadata
+
+template <int BN>
+using Accumulators = float[BN / 8][4];
+
+// X stage: BN rows of 128 bytes.
+template <int BN>
+constexpr int kXStageBytes = BN * stream_k::kTileK * 2;
+
+__device__ __forceinline__ void bar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void bar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void bar_arrive_cp_async(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#else
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void consumer_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kConsumerBarrier), "n"(kConsumers) : "memory");
+}
+
+// Producer warp: offsets[u + 1] (the end of tile u's words) for the block's
+// tiles u = first, first + 1, …, called in that order by all 32 lanes. One
+// coalesced load brings the next 32 ends; a shuffle hands them out. The
+// previous 32 stay at hand for earlier().
+struct TileEnds {
+  uint32_t batch = 0, previous = 0;
+  __device__ __forceinline__ uint32_t next(const uint32_t* offsets, int u, int first, int end) {
+    const int i = (u - first) & 31, lane = threadIdx.x & 31;
+    if (i == 0) {
+      previous = batch;
+      batch = u + lane < end ? offsets[u + 1 + lane] : 0u;
+    }
+    return __shfl_sync(0xFFFFFFFFu, batch, i);
+  }
+  // The end of block tile j, for i − 32 < j ≤ i (i: the block tile of the last next()).
+  __device__ __forceinline__ uint32_t earlier(int j, int i) const {
+    return __shfl_sync(0xFFFFFFFFu, (j >> 5) == (i >> 5) ? batch : previous, j & 31);
+  }
+};
+
+// Producer warp: X[n0 .., 64 kt ..] → the stage at `xs`; every lane then
+// arrives on `full` when its copies have landed (32 of the stage's arrivals).
+template <typename T, int BN>
+__device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, int kt, int n0, uint32_t xs,
+                                            uint32_t full) {
+  static_assert(BN * 8 % 32 == 0, "X pieces split evenly over the producer warp");
+  const int lane = threadIdx.x & 31;
+  const int c0 = kt * stream_k::kTileK;
+#pragma unroll 4
+  for (int p = 0; p < BN * 8 / 32; ++p) {  // 16-byte piece i: row r, chunk j at r · 128 + ((j ^ (r & 7)) << 4)
+    const int i = p * 32 + lane, r = i >> 3, j = i & 7;
+    const int col = c0 + 8 * j;
+    const bool row_ok = n0 + r < a.n;
+    const uint32_t dst = xs + r * 128 + ((j ^ (r & 7)) << 4);
+    const T* src = a.x + (row_ok ? int64_t(n0 + r) * a.k + col : 0);
+    if (a.x_vectors) {
+      const bool valid = row_ok && col < a.k;
+      ptx::cp_async_16(dst, valid ? src : a.x, valid ? 16 : 0);
+    } else {  // rows not 16-byte aligned: element loads
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+      uint32_t packed[4];
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) {
+        const uint32_t lo = row_ok && col + e < a.k ? s[e] : 0;
+        const uint32_t hi = row_ok && col + e + 1 < a.k ? s[e + 1] : 0;
+        packed[e / 2] = lo | (hi << 16);
+      }
+      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
+                   "r"(packed[2]), "r"(packed[3]));
+    }
+  }
+  if (a.x_vectors) {
+    bar_arrive_cp_async(full);
+  } else {
+#if __CUDA_ARCH__ < 900
+    ptx::cp_async_wait<0>();  // the format's cp.async pieces this stage may also wait for
+#endif
+    bar_arrive(full);  // release: orders this lane's stores before the arrival
+  }
+}
+
+// acc += A (this lane's registers of one 16 × 16 fragment, k16 step ks of the
+// tile) · the X stage's columns [16 ks, 16 ks + 16)ᵀ.
+template <typename T, int BN>
+__device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int ks, Accumulators<BN>& acc) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t b_row = ((lane & 7) + (BN == 8 ? 0 : (lane >> 4) * 8)) * 128;
+  const uint32_t b_chunk = ((2 * ks + ((lane >> 3) & 1)) ^ (lane & 7)) << 4;
+  if constexpr (BN == 8) {
+    uint32_t b[2];
+    ptx::ldmatrix_x2(xs + b_row + b_chunk, b);
+    ptx::mma_m16n8k16<T>(acc[0], a, b[0], b[1]);
+  } else {
+#pragma unroll
+    for (int np = 0; np < BN / 16; ++np) {
+      uint32_t b[4];
+      ptx::ldmatrix_x4(xs + b_row + np * 2048 + b_chunk, b);
+      ptx::mma_m16n8k16<T>(acc[2 * np], a, b[0], b[1]);
+      ptx::mma_m16n8k16<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Y[n, m] = acc (+ bias) for this consumer thread's fragments of tile row `row`.
+template <typename T, int BN>
+__device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int row, int n0,
+                                        const Accumulators<BN>& acc) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = row * stream_k::kTileM + warp * 16 + (lane >> 2) + h * 8;
+    if (m >= a.m) continue;
+    const float b = a.bias ? kernels::to_float(a.bias[m]) : 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
+        if (n < a.n) a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(acc[nt][h * 2 + e] + b);
+      }
+  }
+}
+
+// A finished tile row segment (consumer threads only), then acc cleared:
+// written directly when this block owns the whole row, else through the
+// stream-K partials, by the last block to arrive.
+template <typename T, int BN>
+__device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk, int row, int first_row,
+                          int last_row, int n0, Accumulators<BN>& acc, int* last_flag) {
+  const bool first = row == first_row;
+  const int parts = first ? blk.first_row_parts : (row == last_row ? blk.last_row_parts : 1);
+  bool store = true;
+  if (parts > 1) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    store = stream_k::reduce_row<T, BN>(a, blk, row, first, warp * (BN / 8) * 32 + lane, acc, last_flag,
+                                        [] { consumer_sync(); });
+  }
+  if (store) store_y<T, BN>(a, row, n0, acc);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+}
+
+// Stage s of kStages (X tile + the format's per-tile data) has two barriers:
+// full(s) at bars + 8 s (kXFullArrivals) and empty(s) at bars + 8 (kStages + s)
+// (one arrival per consumer warp). Thread 0 initializes them.
+template <int kStages>
+__device__ __forceinline__ void init_stage_barriers(uint32_t bars) {
+  for (int s = 0; s < kStages; ++s) {
+    bar_init(bars + 8 * s, kXFullArrivals);
+    bar_init(bars + 8 * (kStages + s), kConsumerWarps);
+  }
+}
+
+// The block's two loops over its stream-K range [blk.unit_begin, blk.unit_end).
+//   producer warp:  for tile u (i-th of the block) into stage s = i mod kStages,
+//                   once the consumers released s: produce(u, s) — the format's
+//                   data, lane 0 arriving once on full(s) after writing what the
+//                   consumers read from the stage's metadata — then the X tile.
+//   consumer warps: wait full(s), consume(u, s, acc), release s; a finished
+//                   tile row (or the range's end) is flushed.
+// x_stage(s) is the shared address of stage s's X tile.
+template <typename T, int BN, int kStages, typename XStage, typename Produce, typename Consume>
+__device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk, uint32_t bars,
+                                          int* last_flag, XStage x_stage, Produce produce, Consume consume) {
+  const int n0 = blockIdx.y * BN;
+  const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
+  int kt = blk.unit_begin - first_row * a.tiles_k;
+  if (threadIdx.x >> 5 == kConsumerWarps) {  // producer
+    for (int u = blk.unit_begin, i = 0; u < blk.unit_end; ++u, ++i) {
+      const int s = i % kStages;
+      if (i >= kStages) bar_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
+      produce(u, s);
+      load_x_tile<T, BN>(a, kt, n0, x_stage(s), bars + 8 * s);
+      kt = kt + 1 == a.tiles_k ? 0 : kt + 1;
+    }
+    ptx::cp_async_wait<0>();
+    return;
+  }
+  Accumulators<BN> acc = {};
+  for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
+    const int s = i % kStages;
+    bar_wait(bars + 8 * s, uint32_t((i / kStages) & 1));
+    consume(u, s, acc);
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) bar_arrive(bars + 8 * (kStages + s));
+    if (kt + 1 == a.tiles_k || u + 1 == blk.unit_end) {
+      flush_row<T, BN>(a, blk, row, first_row, last_row, n0, acc, last_flag);
+      kt = 0;
+      ++row;
+    } else {
+      ++kt;
+    }
+  }
+}
+
+}  // namespace sparsellm::consumer_warps
