@@ -10,8 +10,6 @@
 // bytes whose 16-byte chunks are XOR-swizzled by row & 7 (zero-filled past N
 // and K), and signals a stage's full barrier: 32 lane arrivals once its
 // copies land + 1 arrival of lane 0 after it wrote the stage's metadata.
-//
-// The mbarrier helpers cover sm_80 (test_wait) and sm_90 (try_wait).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -38,39 +36,6 @@ using Accumulators = float[BN / 8][4];
 template <int BN>
 constexpr int kXStageBytes = BN * stream_k::kTileK * 2;
 
-__device__ __forceinline__ void bar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void bar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Arrives on `bar` once this thread's earlier cp.async copies have landed.
-__device__ __forceinline__ void bar_arrive_cp_async(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-#else
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.test_wait.parity.shared.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-#endif
-}
 __device__ __forceinline__ void consumer_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kConsumerBarrier), "n"(kConsumers) : "memory");
 }
@@ -127,12 +92,12 @@ __device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, in
     }
   }
   if (a.x_vectors) {
-    bar_arrive_cp_async(full);
+    ptx::mbarrier_arrive_cp_async(full);
   } else {
 #if __CUDA_ARCH__ < 900
     ptx::cp_async_wait<0>();  // the format's cp.async pieces this stage may also wait for
 #endif
-    bar_arrive(full);  // release: orders this lane's stores before the arrival
+    ptx::mbarrier_arrive(full);  // release: orders this lane's stores before the arrival
   }
 }
 
@@ -203,8 +168,8 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
 template <int kStages>
 __device__ __forceinline__ void init_stage_barriers(uint32_t bars) {
   for (int s = 0; s < kStages; ++s) {
-    bar_init(bars + 8 * s, kXFullArrivals);
-    bar_init(bars + 8 * (kStages + s), kConsumerWarps);
+    ptx::mbarrier_init(bars + 8 * s, kXFullArrivals);
+    ptx::mbarrier_init(bars + 8 * (kStages + s), kConsumerWarps);
   }
 }
 
@@ -225,7 +190,7 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   if (threadIdx.x >> 5 == kConsumerWarps) {  // producer
     for (int u = blk.unit_begin, i = 0; u < blk.unit_end; ++u, ++i) {
       const int s = i % kStages;
-      if (i >= kStages) bar_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
+      if (i >= kStages) ptx::mbarrier_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
       produce(u, s);
       load_x_tile<T, BN>(a, kt, n0, x_stage(s), bars + 8 * s);
       kt = kt + 1 == a.tiles_k ? 0 : kt + 1;
@@ -236,10 +201,10 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   Accumulators<BN> acc = {};
   for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
     const int s = i % kStages;
-    bar_wait(bars + 8 * s, uint32_t((i / kStages) & 1));
+    ptx::mbarrier_wait(bars + 8 * s, uint32_t((i / kStages) & 1));
     consume(u, s, acc);
     __syncwarp();
-    if ((threadIdx.x & 31) == 0) bar_arrive(bars + 8 * (kStages + s));
+    if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bars + 8 * (kStages + s));
     if (kt + 1 == a.tiles_k || u + 1 == blk.unit_end) {
       flush_row<T, BN>(a, blk, row, first_row, last_row, n0, acc, last_flag);
       kt = 0;

@@ -134,12 +134,12 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
       ptx::mbarrier_arrive_expect_tx(full, words * 4);
       ptx::bulk_copy_g2s(stage, a.data + w0, words * 4, full);
     } else {
-      bar_arrive(full);
+      ptx::mbarrier_arrive(full);
     }
   }
 #else
   for (uint32_t v = lane; v < words / 4; v += 32) ptx::cp_async_16(stage + v * 16, a.data + w0 + v * 4, 16);
-  if (lane == 0) bar_arrive(full);
+  if (lane == 0) ptx::mbarrier_arrive(full);
 #endif
 }
 

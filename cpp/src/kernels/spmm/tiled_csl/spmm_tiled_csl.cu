@@ -91,9 +91,9 @@ __device__ __forceinline__ void copy_tile(const KernelArgs<T>& a, uint32_t ring,
 #endif
 }
 
-// Consumer warp w, one tile: words [tb, te) of the block's stream.
+// Consumer warp w, one non-empty tile whose words start at word tb of the block's stream.
 template <typename T, int BN>
-__device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint32_t xs, uint32_t tb, uint32_t te,
+__device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint32_t xs, uint32_t tb,
                                              Accumulators<BN>& acc) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // Header: group_end[8] (uint16, in words after the header). Group w: [begin, end).
@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
         const uint32_t tile_end = ends.next(a.offsets, u, blk.unit_begin, blk.unit_end) - s0;
         freed = max(freed, i - C::kStages + 1);  // run_block waited for tile i − kStages
         for (; freed < i && (freed == 0 ? 0u : ends.earlier(freed - 1, i) - s0) + kRingWords < tile_end; ++freed)
-          bar_wait(bars + 8 * (C::kStages + freed % C::kStages), uint32_t((freed / C::kStages) & 1));
+          ptx::mbarrier_wait(bars + 8 * (C::kStages + freed % C::kStages), uint32_t((freed / C::kStages) & 1));
         if ((threadIdx.x & 31) == 0)
           asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(meta + 4 * s), "r"(tile_end) : "memory");
         if (tile_end > tile_begin) copy_tile(a, ring, s0, tile_begin, tile_end, bars + 8 * s);
@@ -178,13 +178,13 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
 #else
         const bool arrived = false;
 #endif
-        if ((threadIdx.x & 31) == 0 && !arrived) bar_arrive(bars + 8 * s);
+        if ((threadIdx.x & 31) == 0 && !arrived) ptx::mbarrier_arrive(bars + 8 * s);
         tile_begin = tile_end;
       },
       [&](int, int s, Accumulators<BN>& acc) {
         const uint32_t tile_end = tile_ends[s];
         if (tile_end > tile_begin)
-          consume_tile<T, BN>(ring, dense, x0 + s * kXStageBytes<BN>, tile_begin, tile_end, acc);
+          consume_tile<T, BN>(ring, dense, x0 + s * kXStageBytes<BN>, tile_begin, acc);
         tile_begin = tile_end;
       });
 }
