@@ -74,9 +74,10 @@ void register_bitmap(py::module_& m) {
           throw FormatError("bitmap: tile_offsets must hold tiles + 1 entries for the shape");
         if (data.ndim() != 1) throw FormatError("bitmap: data must be 1-D");
         py::gil_scoped_release release;
-        validate_bitmap(offsets.data(), data.data(), data.shape(0), mm, k);
+        return validate_bitmap(offsets.data(), data.data(), data.shape(0), mm, k);
       },
-      py::arg("tile_offsets"), py::arg("data"), py::arg("m"), py::arg("k"));
+      py::arg("tile_offsets"), py::arg("data"), py::arg("m"), py::arg("k"),
+      "Check an encoded matrix; returns the nonzeros it stores. Raises FormatError naming the first violation.");
   m.def(
       "spmm_bitmap",
       [](uintptr_t x, uintptr_t bias, uintptr_t y, int64_t n, uintptr_t data, uintptr_t tile_offsets, int64_t mm,

@@ -86,8 +86,9 @@ BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtyp
 
 // Checks every invariant of docs/formats.md (offsets, tile sizes, row starts
 // against the masks, no bit outside the matrix, nonzero values, zero padding).
-// `tile_offsets` holds tiles_m · tiles_k + 1 entries. Throws FormatError.
-void validate_bitmap(const uint32_t* tile_offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k);
+// `tile_offsets` holds tiles_m · tiles_k + 1 entries. Returns the nonzeros
+// stored (set mask bits); throws FormatError naming the first violation.
+int64_t validate_bitmap(const uint32_t* tile_offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k);
 
 }  // namespace sparsellm
 

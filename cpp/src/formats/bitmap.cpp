@@ -59,13 +59,17 @@ void TileEncoder::operator()(int64_t tr, int64_t tc, uint32_t* out) const {
 }  // namespace
 
 BitmapHost encode_bitmap(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads) {
-  auto words_of = [](int64_t, int64_t, int64_t nnz) { return tile_words(nnz); };
-  return detail::encode_tiles<BitmapHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, words_of,
+  auto size_of = [](const uint16_t* w, int64_t rows, int64_t cols, int64_t tr, int64_t tc) {
+    const int64_t nnz = detail::tile_nnz<kTileM, kTileK>(w, rows, cols, tr, tc);
+    return detail::TileSize{nnz, tile_words(nnz)};
+  };
+  return detail::encode_tiles<BitmapHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, size_of,
                                                                         &BitmapHost::data, "encode_bitmap");
 }
 
-void validate_bitmap(const uint32_t* offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k) {
+int64_t validate_bitmap(const uint32_t* offsets, const uint32_t* data, int64_t num_words, int64_t m, int64_t k) {
   auto fail = [](auto&&... parts) { throw FormatError(detail::concat("bitmap: ", parts...)); };
+  int64_t stored = 0;
   auto check_tile = [&](int64_t t, uint32_t b, uint32_t e, int rows, int cols) {
     if (e < b || e - b > uint32_t(kMaxTileWords)) fail("tile ", t, " spans words [", b, ", ", e, ")");
     if (e == b) return;
@@ -96,8 +100,10 @@ void validate_bitmap(const uint32_t* offsets, const uint32_t* data, int64_t num_
       if (!is_nonzero(values[v])) fail("tile ", t, ": value ", v, " is zero");
     for (int64_t v = count; v < 2 * int64_t(e - b - kHeaderWords); ++v)
       if (values[v] != 0) fail("tile ", t, ": padding value ", v, " is not zero");
+    stored += count;
   };
   detail::validate_tiles<kTileM, kTileK>(offsets, num_words, m, k, fail, check_tile);
+  return stored;
 }
 
 }  // namespace sparsellm

@@ -1,7 +1,7 @@
 // What the host encoders of the sparse formats share: running work over
 // ranges of indices on threads, and the grid of tiles W[m, k] (16-bit values,
 // row-major) is cut into — each tile's nonzero count (±0 count as zero) and,
-// given how many 32-bit words a tile of n nonzeros takes, its word offset;
+// given each tile's size in its format's 32-bit words, its word offset;
 // the encoder's driver over that grid, templated on the format's per-tile
 // encoder; and the checks of the tile offsets every validator starts with.
 #pragma once
@@ -67,26 +67,33 @@ struct TileGrid {
   int64_t total_nnz = 0;
 };
 
-// Counts every tile's nonzeros (on `threads` threads) and lays the tiles out
-// back to back, tile t = (tr, tc) taking words_of(tr, tc, nnz[t]) words. Throws InvalidArgument
-// (prefixed by `who`) when the words exceed 32-bit offsets.
-template <int kTileM, int kTileK, typename WordsOf>
-TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, WordsOf words_of, const char* who) {
+// What a tile holds: its nonzeros and the 32-bit words its format stores them in.
+struct TileSize {
+  int64_t nnz = 0, words = 0;
+};
+
+// Sizes every tile with size_of(tr, tc) → TileSize (on `threads` threads) and
+// lays the tiles out back to back. Throws InvalidArgument (prefixed by `who`)
+// when the words exceed 32-bit offsets.
+template <int kTileM, int kTileK, typename SizeOf>
+TileGrid tile_grid(int64_t m, int64_t k, int threads, SizeOf size_of, const char* who) {
   TileGrid g;
   g.tiles_m = (m + kTileM - 1) / kTileM;
   g.tiles_k = (k + kTileK - 1) / kTileK;
   const int64_t tiles = g.tiles_m * g.tiles_k;
-  g.nnz.resize(tiles);
+  std::vector<TileSize> sizes(tiles);
   parallel_ranges(g.tiles_m, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < g.tiles_k; ++c) g.nnz[r * g.tiles_k + c] = tile_nnz<kTileM, kTileK>(dense, m, k, r, c);
+      for (int64_t c = 0; c < g.tiles_k; ++c) sizes[r * g.tiles_k + c] = size_of(r, c);
   });
+  g.nnz.resize(tiles);
   g.offsets.resize(tiles + 1);
   int64_t total = 0;
   for (int64_t t = 0; t < tiles; ++t) {
     g.offsets[t] = uint32_t(total);
-    total += words_of(t / g.tiles_k, t % g.tiles_k, g.nnz[t]);
-    g.total_nnz += g.nnz[t];
+    total += sizes[t].words;
+    g.nnz[t] = sizes[t].nnz;
+    g.total_nnz += sizes[t].nnz;
     SPARSELLM_CHECK_ARG(total <= int64_t(UINT32_MAX), who, ": ", m, "x", k,
                         " holds too many nonzeros for 32-bit word offsets");
   }
@@ -96,13 +103,13 @@ TileGrid tile_grid(const uint16_t* dense, int64_t m, int64_t k, int threads, Wor
 
 // Encodes W[m, k] into a Host (BitmapHost, TiledCslHost) whose tile words are
 // the member `words`: checks the input (errors prefixed by `who`), lays the
-// tiles out with tile_grid, then fills every tile holding nonzeros on `threads`
-// threads over tile rows. Each thread makes its own TileEncoder{dense, m, k}
+// tiles out with tile_grid (size_of(dense, m, k, tr, tc) → TileSize), then
+// fills every tile holding nonzeros on `threads` threads over tile rows. Each thread makes its own TileEncoder{dense, m, k}
 // (scratch stays per thread) and calls encode(tr, tc, out) for tile (tr, tc),
 // with `out` its words, zero-filled. Each tile is written by exactly one
 // thread: the output does not depend on the thread count.
-template <typename Host, typename TileEncoder, int kTileM, int kTileK, typename WordsOf>
-Host encode_tiles(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads, WordsOf words_of,
+template <typename Host, typename TileEncoder, int kTileM, int kTileK, typename SizeOf>
+Host encode_tiles(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads, SizeOf size_of,
                   std::vector<uint32_t> Host::*words, const char* who) {
   SPARSELLM_CHECK_ARG(m > 0 && k > 0, who, ": the matrix must be non-empty, got ", m, "x", k);
   SPARSELLM_CHECK_ARG(dense != nullptr, who, ": null input");
@@ -110,7 +117,8 @@ Host encode_tiles(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int 
   out.m = m;
   out.k = k;
   out.dtype = dtype;
-  const TileGrid grid = tile_grid<kTileM, kTileK>(dense, m, k, threads, words_of, who);
+  const TileGrid grid = tile_grid<kTileM, kTileK>(
+      m, k, threads, [&](int64_t tr, int64_t tc) { return size_of(dense, m, k, tr, tc); }, who);
   const int64_t tk = grid.tiles_k;
   out.tile_offsets = grid.offsets;
   out.nnz = grid.total_nnz;

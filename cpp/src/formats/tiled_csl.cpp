@@ -39,19 +39,20 @@ inline int bank_of(uint32_t offset) { return int((offset >> 2) & (kBanks - 1)); 
 
 int64_t padded_words(int64_t nnz) { return (nnz + kWordsPerVector - 1) / kWordsPerVector * kWordsPerVector; }
 
-// Words of tile (tr, tc): none when empty, else the header and each group padded.
-int64_t tile_words(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc, int64_t nnz) {
-  if (nnz == 0) return 0;
-  int64_t words = kHeaderWords;
-  for (int g = 0; g < kGroups; ++g) {
-    const int64_t r0 = tr * kTileM + g * kGroupRows;
-    if (r0 >= m) break;
-    words += padded_words(detail::tile_nnz<kGroupRows, kTileK>(dense, m, k, r0 / kGroupRows, tc));
+// Nonzeros and words of tile (tr, tc): no words when empty, else the header
+// and each group padded to 16 bytes.
+detail::TileSize tile_size(const uint16_t* dense, int64_t m, int64_t k, int64_t tr, int64_t tc) {
+  detail::TileSize size;
+  for (int g = 0; g < kGroups && tr * kTileM + g * kGroupRows < m; ++g) {
+    const int64_t n = detail::tile_nnz<kGroupRows, kTileK>(dense, m, k, tr * kGroups + g, tc);
+    size.nnz += n;
+    size.words += padded_words(n);
   }
-  return words;
+  if (size.nnz > 0) size.words += kHeaderWords;
+  return size;
 }
 
-// Writes one tile's words (already sized by tile_words) into `out`; one
+// Writes one tile's words (already sized by tile_size) into `out`; one
 // encoder per thread, its scratch reused from tile to tile.
 struct TileEncoder {
   TileEncoder(const uint16_t* dense, int64_t m, int64_t k) : dense(dense), m(m), k(k) {
@@ -137,8 +138,7 @@ void TileEncoder::operator()(int64_t tr, int64_t tc, uint32_t* out) {
 }  // namespace
 
 TiledCslHost encode_tiled_csl(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads) {
-  auto words_of = [&](int64_t tr, int64_t tc, int64_t nnz) { return tile_words(dense, m, k, tr, tc, nnz); };
-  return detail::encode_tiles<TiledCslHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, words_of,
+  return detail::encode_tiles<TiledCslHost, TileEncoder, kTileM, kTileK>(dense, m, k, dtype, threads, tile_size,
                                                                           &TiledCslHost::words, "encode_tiled_csl");
 }
 

@@ -216,35 +216,26 @@ TiledArrays tiled_arrays(const std::string& where, const TensorEntry& entry, con
   return a;
 }
 
-void check_stored_nonzeros(const std::string& where, const TensorEntry& entry, int64_t stored) {
+// A tiled format's arrays: its validator accepts them and counts `nnz` nonzeros.
+using TiledValidator = int64_t (*)(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
+void check_tiled(const std::string& where, const TensorEntry& entry, const char* component, const char* kind,
+                 TiledValidator validate) {
+  const TiledArrays a = tiled_arrays(where, entry, component);
+  int64_t stored = 0;
+  try {
+    stored = validate(a.offsets.data(), a.data(), a.num_words, entry.shape[0], entry.shape[1]);
+  } catch (const FormatError& e) {
+    format_error(where, "invalid ", kind, " data: ", e.what());
+  }
   if (stored != entry.nnz) format_error(where, "stores ", stored, " nonzeros, config.json says ", entry.nnz);
 }
 
 void check_tiled_csl(const std::string& where, const TensorEntry& entry) {
-  const TiledArrays a = tiled_arrays(where, entry, ".words");
-  const uint32_t* words = a.data();
-  int64_t stored = 0;
-  try {
-    stored = validate_tiled_csl(a.offsets.data(), words, a.num_words, entry.shape[0], entry.shape[1]);
-  } catch (const FormatError& e) {
-    format_error(where, "invalid Tiled-CSL data: ", e.what());
-  }
-  check_stored_nonzeros(where, entry, stored);
+  check_tiled(where, entry, ".words", "Tiled-CSL", validate_tiled_csl);
 }
 
 void check_bitmap(const std::string& where, const TensorEntry& entry) {
-  const TiledArrays a = tiled_arrays(where, entry, ".tiles");
-  const uint32_t* data = a.data();
-  try {
-    validate_bitmap(a.offsets.data(), data, a.num_words, entry.shape[0], entry.shape[1]);
-  } catch (const FormatError& e) {
-    format_error(where, "invalid bitmap data: ", e.what());
-  }
-  int64_t stored = 0;  // set mask bits; every non-empty tile starts with its masks
-  for (size_t t = 0; t + 1 < a.offsets.size(); ++t)
-    if (a.offsets[t + 1] > a.offsets[t])
-      for (int i = 0; i < bitmap::kMaskWords; ++i) stored += __builtin_popcount(data[a.offsets[t] + i]);
-  check_stored_nonzeros(where, entry, stored);
+  check_tiled(where, entry, ".tiles", "bitmap", validate_bitmap);
 }
 
 const std::vector<FormatSpec>& format_table() {

@@ -241,29 +241,14 @@ def load_checkpoint(
         words = arrays[f"{name}.{SPARSE_DATA_COMPONENT[entry['format']]}"]
         bitmap = entry["format"] == "bitmap"
         try:
-            if bitmap:
-                native().validate_bitmap(offsets, words, rows, cols)
-                stored = _bitmap_nonzeros(offsets, words)
-            else:
-                stored = native().validate_tiled_csl(offsets, words, rows, cols)
+            validate = native().validate_bitmap if bitmap else native().validate_tiled_csl
+            stored = validate(offsets, words, rows, cols)
         except FormatError as exc:
             kind = "bitmap" if bitmap else "Tiled-CSL"
             raise FormatError(f"{path}: tensor {name}: invalid {kind} data: {exc}") from None
         if stored != shard["nnz"]:
             raise FormatError(f"{path}: tensor {name} stores {stored} nonzeros, config.json says {shard['nnz']}")
     return config, arrays
-
-
-def _bitmap_nonzeros(offsets: np.ndarray, data: np.ndarray, tiles_per_pass: int = 4096) -> int:
-    """Set mask bits of a validated bitmap matrix (each non-empty tile starts with 256 mask words)."""
-    from sparsellm.formats.bitmap import MASK_WORDS
-
-    starts = offsets[:-1][offsets[1:] > offsets[:-1]].astype(np.int64)
-    total = 0
-    for i in range(0, starts.size, tiles_per_pass):
-        index = starts[i : i + tiles_per_pass, None] + np.arange(MASK_WORDS)
-        total += int(np.unpackbits(np.ascontiguousarray(data[index]).view(np.uint8)).sum(dtype=np.int64))
-    return total
 
 
 def as_numpy_values(bits: np.ndarray, dtype: str) -> np.ndarray:

@@ -25,11 +25,11 @@ def encode_tiled_csl(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
     return encode_with_native("encode_tiled_csl", dense, dtype, threads)
 
 
-def _tile_words(tile_offsets: np.ndarray, words: np.ndarray, t: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(header group ends, [group g's words]) of tile t; raises ValueError on an inconsistent header."""
+def _groups(tile_offsets: np.ndarray, words: np.ndarray, t: int) -> list[np.ndarray]:
+    """[group g's words] of tile t; raises ValueError on an inconsistent header."""
     b, e = int(tile_offsets[t]), int(tile_offsets[t + 1])
     if e == b:
-        return np.zeros(GROUPS, np.int64), [np.zeros(0, np.uint32)] * GROUPS
+        return [np.zeros(0, np.uint32)] * GROUPS
     if e - b < HEADER_WORDS:
         raise ValueError(f"tile {t} is shorter than its header")
     header = words[b : b + HEADER_WORDS].astype(np.uint32)
@@ -38,7 +38,7 @@ def _tile_words(tile_offsets: np.ndarray, words: np.ndarray, t: int) -> tuple[np
     if np.any(ends < starts) or np.any((ends - starts) % 4) or HEADER_WORDS + ends[-1] != e - b:
         raise ValueError(f"tile {t} has an inconsistent header {ends.tolist()} for {e - b} words")
     body = words[b + HEADER_WORDS : e].astype(np.uint32)
-    return ends, [body[s:g] for s, g in zip(starts, ends)]
+    return [body[s:g] for s, g in zip(starts, ends)]
 
 
 def decode_tiled_csl(tile_offsets: np.ndarray, words: np.ndarray, m: int, k: int) -> np.ndarray:
@@ -50,8 +50,7 @@ def decode_tiled_csl(tile_offsets: np.ndarray, words: np.ndarray, m: int, k: int
     padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
     seen = np.zeros(padded.shape, dtype=bool)
     for t in range(tiles_m * tiles_k):
-        _, groups = _tile_words(tile_offsets, words, t)
-        for g, group in enumerate(groups):
+        for g, group in enumerate(_groups(tile_offsets, words, t)):
             pos = group >> 16
             value = (group & 0xFFFF).astype(np.uint16)
             pad = pos >= TILE_BYTES

@@ -1,9 +1,10 @@
-// Stream-K plan for the Tiled-CSL SpMM (see sparsellm/spmm.h).
+// Stream-K plan of both SpMM formats (see sparsellm/spmm.h).
 //
 // cost(u) = words(u) + kTileCostWords: the bytes a tile brings in, plus what
-// expanding and multiplying a tile costs whatever its nonzero count (zeroing
-// and reading a 16 KiB dense tile ≈ the time to stream ~2 KiB). Block b gets
-// the units whose cost prefix lies in [b·C/B, (b+1)·C/B), C the total cost.
+// a tile costs whatever its nonzero count (waits, multiplication, zeroing;
+// set when Tiled-CSL v1 zeroed a 16 KiB dense tile per tile, ≈ the time to
+// stream 2 KiB). Block b gets the units whose cost prefix lies in
+// [b·C/B, (b+1)·C/B), C the total cost.
 #include <algorithm>
 
 #include "common/check.h"
