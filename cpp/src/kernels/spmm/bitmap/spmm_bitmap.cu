@@ -7,8 +7,9 @@
 // fp32 accumulators in registers. Nothing dense is ever written to shared
 // memory and nothing is zeroed.
 //
-// Warp specialization, 9 warps:
-//   warp 8 (producer)   for each tile of the block's stream-K range, into ring stage s:
+// Warp specialization, 10 warps:
+//   warps 8, 9          alternate tiles of the block's stream-K range, into ring stage s:
+//   (producers)
 //                         lane 0: bulk copy (sm_90; cp.async pieces before) of the tile
 //                         all lanes: X[n0 .., 64 c ..] by cp.async (zero-filled past N, K)
 //                         → full[s] completes when every byte has landed
@@ -163,15 +164,16 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
   }
   __syncthreads();
 
-  TileEnds ends;                                    // producer: offsets[u + 1], 32 at a time
-  uint32_t tile_begin = a.offsets[blk.unit_begin];  // producer: the current tile's first word
+  const uint32_t first_word = a.offsets[blk.unit_begin];
+  TileEnds ends;  // producers
   run_block<T, BN, C::kStages>(
       a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
       [&](int u, int s) {
-        const uint32_t tile_end = ends.next(a.offsets, u, blk.unit_begin, blk.unit_end);
-        produce_tile<T>(a, tile_begin, tile_end, stages + s * C::kStageBytes, bars + 8 * s,
+        const int j = u - blk.unit_begin;
+        ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
+        const uint32_t tile_begin = j == 0 ? first_word : ends.end_of(j - 1);
+        produce_tile<T>(a, tile_begin, ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
                         stages + C::kMetaOffset + 4 * s);
-        tile_begin = tile_end;
       },
       [&](int, int s, Accumulators<BN>& acc) {
         if (meta[s] > 0) consume<T, BN>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc);

@@ -6,7 +6,8 @@
 // [n0, n0 + BN) × the tile's 64 columns), fp32 accumulators, mma.m16n8k16.
 //
 // Warp specialization, 9 warps (consumer_warps.cuh):
-//   warp 8 (producer)   per tile: one bulk copy (two where it wraps) of the
+//   warps 8, 9          alternate tiles; per tile: one bulk copy (two where it wraps) of the
+//   (producers)
 //                       tile's words into a 64 KiB ring of words — a byte
 //                       ring, so a sparse tile takes only its own bytes and
 //                       many tiles are in flight — once the tiles it
@@ -159,27 +160,27 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
   // free once every tile that began more than kRingWords words before its end
   // is consumed (their stages' empty barriers).
   const uint32_t s0 = a.offsets[blk.unit_begin];
-  TileEnds ends;            // producer: offsets[u + 1], 32 at a time
-  int freed = 0;            // producer: tiles before it are known consumed
-  uint32_t tile_begin = 0;  // producer and consumers: the current tile's first word
+  TileEnds ends;            // producers
+  int freed = 0;            // producers: tiles before it are known consumed
+  uint32_t tile_begin = 0;  // consumers: the current tile's first word
   run_block<T, BN, C::kStages>(
       a, blk, bars, last_flag, [&](int s) { return x0 + s * kXStageBytes<BN>; },
       [&](int u, int s) {
         const int i = u - blk.unit_begin;
-        const uint32_t tile_end = ends.next(a.offsets, u, blk.unit_begin, blk.unit_end) - s0;
+        ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
+        const uint32_t begin = i == 0 ? 0u : ends.end_of(i - 1) - s0, tile_end = ends.end_of(i) - s0;
         freed = max(freed, i - C::kStages + 1);  // run_block waited for tile i − kStages
-        for (; freed < i && (freed == 0 ? 0u : ends.earlier(freed - 1, i) - s0) + kRingWords < tile_end; ++freed)
+        for (; freed < i && (freed == 0 ? 0u : ends.end_of(freed - 1) - s0) + kRingWords < tile_end; ++freed)
           ptx::mbarrier_wait(bars + 8 * (C::kStages + freed % C::kStages), uint32_t((freed / C::kStages) & 1));
         if ((threadIdx.x & 31) == 0)
           asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(meta + 4 * s), "r"(tile_end) : "memory");
-        if (tile_end > tile_begin) copy_tile(a, ring, s0, tile_begin, tile_end, bars + 8 * s);
+        if (tile_end > begin) copy_tile(a, ring, s0, begin, tile_end, bars + 8 * s);
 #if __CUDA_ARCH__ >= 900
-        const bool arrived = tile_end > tile_begin;  // lane 0's arrival carried the byte count
+        const bool arrived = tile_end > begin;  // lane 0's arrival carried the byte count
 #else
         const bool arrived = false;
 #endif
         if ((threadIdx.x & 31) == 0 && !arrived) ptx::mbarrier_arrive(bars + 8 * s);
-        tile_begin = tile_end;
       },
       [&](int, int s, Accumulators<BN>& acc) {
         const uint32_t tile_end = tile_ends[s];
