@@ -1,7 +1,12 @@
 """GPU timing in the style every benchmark here uses: warm-up, then many
 launches each timed by CUDA events with the L2 cache flushed before it (a
 decode step reads each weight once, so a warm L2 would flatter small weights);
-the median is reported."""
+the median is reported.
+
+The flush reads a 256 MiB buffer, leaving L2 full of clean lines, as a decode
+step finds it (the previous layer's weights). Flushing by writing left ~50 MB
+of dirty lines whose write-back the timed kernel paid: about 9 µs on an H100,
+added to every kernel whatever its size (docs/kernel-notes.md)."""
 from __future__ import annotations
 
 import statistics
@@ -11,7 +16,7 @@ class Timer:
     def __init__(self, torch, device, flush_bytes: int = 256 << 20):
         self.torch = torch
         self.device = device
-        self.flush = torch.empty(flush_bytes, dtype=torch.uint8, device=device)
+        self.flush = torch.ones(flush_bytes // 4, dtype=torch.int32, device=device)
 
     def median_us(self, fn, reps: int = 50, warmup: int = 5) -> float:
         torch = self.torch
@@ -20,7 +25,7 @@ class Timer:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
         for i in range(reps):
-            self.flush.zero_()
+            self.flush.sum()
             starts[i].record()
             fn()
             ends[i].record()
