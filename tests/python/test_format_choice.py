@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -128,18 +129,21 @@ def test_h100_dense_at_low_sparsity(h100, sparsity):
 @pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.8, 0.9])
 @pytest.mark.parametrize("n", [8, 16, 32])
 def test_h100_choice_at_decode_sizes(sparsity, n):
-    """What the committed benchmark measured: bitmap at 50–70 %; from 80 % Tiled-CSL (whose time
-    falls with the nonzeros) at N ≤ 16, the two within a few percent at N = 32."""
+    """What the committed benchmark measured: bitmap at 50–60 %, and at 70 % up to N = 16;
+    Tiled-CSL (whose time falls with the nonzeros) from 80 %, and from 70 % at N = 32."""
     policy = FormatPolicy.load(gpu="h100-80gb-hbm3", decode_batch=n)  # a tag names the GPU too
+    expected = "tiled_csl" if sparsity >= 0.8 or (sparsity >= 0.7 and n == 32) else "bitmap"
+    doc = json.loads(H100_BENCHMARK.read_text())
+    measured = {fmt: math.exp(statistics.fmean(math.log(r["speedup_vs_cublas"]) for r in doc["records"]
+                                               if r["impl"] == fmt and r["N"] == n and r["sparsity"] == sparsity))
+                for fmt in ("tiled_csl", "bitmap")}
+    assert max(measured, key=measured.get) == expected, measured
     for shape in ANCHORS + [(4096, 4096), (8192, 28672)]:
         choice = policy.choose(shape, sparsity)
-        expected = "tiled_csl" if sparsity >= 0.8 and n <= 16 else "bitmap"
         assert choice.format == expected, (shape, choice)
         assert choice.reason == f"{expected} predicted {choice.speedups[expected]:.2f}x over dense at N={n}"
         other = choice.speedups["bitmap" if expected == "tiled_csl" else "tiled_csl"]
         assert choice.speedups[expected] > max(1.05, other)
-        if sparsity >= 0.8 and n == 32:
-            assert other == pytest.approx(choice.speedups[expected], rel=0.05)
 
 
 def test_h100_dense_for_prefill_sized_batches():
