@@ -11,9 +11,8 @@
 // chunks are XOR-swizzled by row & 7 (zero-filled past N and K); then it
 // signals the stage's full barrier: 32 lane arrivals once its copies land + 1
 // arrival of lane 0 after it wrote the stage's metadata. Two producers because
-// one cannot keep up: a producer's turn per tile is a chain of ~200 dependent
-// instructions, and with the consumers doing no work at all one producer
-// moved a 90%-sparse 9216² weight at 1 TB/s.
+// one producer's turn per tile, a chain of ~200 dependent instructions, bounded
+// the kernels at 80–90 % sparsity and at wide N (docs/kernel-notes.md, "v7").
 #pragma once
 
 #include <cuda_bf16.h>

@@ -5,7 +5,7 @@
 // dense in shared memory, one 16-bit store per nonzero), B = Xᵀ (X rows
 // [n0, n0 + BN) × the tile's 64 columns), fp32 accumulators, mma.m16n8k16.
 //
-// Warp specialization, 9 warps (consumer_warps.cuh):
+// Warp specialization, 10 warps (consumer_warps.cuh):
 //   warps 8, 9          alternate tiles; per tile: one bulk copy (two where it wraps) of the
 //   (producers)
 //                       tile's words into a 64 KiB ring of words — a byte
