@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import statistics
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,16 @@ from sparsellm.format_choice import (
 
 REPO = Path(__file__).resolve().parents[2]
 H100_BENCHMARK = REPO / "docs" / "benchmarks" / "spmm-formats-h100-80gb-hbm3.json"
+
+
+def geomean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+@pytest.fixture(scope="module")
+def h100_benchmark() -> dict:
+    return json.loads(H100_BENCHMARK.read_text())
 # (M, K) of the benchmark's anchor weights: OPT-66B QKV, attention out, FC1, FC2; OPT-175B FC1 at TP 8.
 ANCHORS = [(27648, 9216), (9216, 9216), (36864, 9216), (9216, 36864), (6144, 12288)]
 IMPL = {"dense": "cublas", "tiled_csl": "tiled_csl", "bitmap": "bitmap"}
@@ -74,27 +83,26 @@ def test_fit_needs_dense_and_a_sparse_format():
         fit_model([{**records[0], "us": 0.0}] + records, "x")
 
 
-def test_shipped_h100_model_is_the_fit_of_the_committed_benchmark():
+def test_shipped_h100_model_is_the_fit_of_the_committed_benchmark(h100_benchmark):
     shipped = read_model(DATA_DIR / model_file_name(DEFAULT_GPU))
     refit = fit_benchmark_file(H100_BENCHMARK)
     # The fit alternates discrete choices over least-squares solves, whose last bits depend on the
     # BLAS it runs on: compare what the models predict on the benchmark's products, not their bits.
-    doc = json.loads(H100_BENCHMARK.read_text())
-    for r in doc["records"]:
+    for r in h100_benchmark["records"]:
         if r["impl"] in ("tiled_csl", "bitmap"):
             args = (r["impl"], r["M"], r["K"], r["N"], r["sparsity"])
             assert refit.speedup(*args) == pytest.approx(shipped.speedup(*args), rel=1e-3), args
     assert shipped.gpu == DEFAULT_GPU and max(shipped.fit["rms_relative_error"].values()) < 0.15
 
 
-def test_h100_model_follows_the_measurements():
+def test_h100_model_follows_the_measurements(h100_benchmark):
     """Within the measured range the predictions agree with the benchmark's geomeans."""
     model = read_model(DATA_DIR / model_file_name(DEFAULT_GPU))
-    doc = json.loads(H100_BENCHMARK.read_text())
     for fmt, s in itertools.product(("tiled_csl", "bitmap"), (0.5, 0.7, 0.9)):
-        sel = [r for r in doc["records"] if r["impl"] == fmt and r["sparsity"] == s and r["N"] in (8, 16, 32)]
-        measured = math.exp(sum(math.log(r["speedup_vs_cublas"]) for r in sel) / len(sel))
-        predicted = math.exp(sum(math.log(model.speedup(fmt, r["M"], r["K"], r["N"], s)) for r in sel) / len(sel))
+        sel = [r for r in h100_benchmark["records"]
+               if r["impl"] == fmt and r["sparsity"] == s and r["N"] in (8, 16, 32)]
+        measured = geomean(r["speedup_vs_cublas"] for r in sel)
+        predicted = geomean(model.speedup(fmt, r["M"], r["K"], r["N"], s) for r in sel)
         assert predicted == pytest.approx(measured, rel=0.12), (fmt, s)
 
 
@@ -128,14 +136,13 @@ def test_h100_dense_at_low_sparsity(h100, sparsity):
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.8, 0.9])
 @pytest.mark.parametrize("n", [8, 16, 32])
-def test_h100_choice_at_decode_sizes(sparsity, n):
+def test_h100_choice_at_decode_sizes(h100_benchmark, sparsity, n):
     """What the committed benchmark measured: bitmap at 50–60 %, and at 70 % up to N = 16;
     Tiled-CSL (whose time falls with the nonzeros) from 80 %, and from 70 % at N = 32."""
     policy = FormatPolicy.load(gpu="h100-80gb-hbm3", decode_batch=n)  # a tag names the GPU too
     expected = "tiled_csl" if sparsity >= 0.8 or (sparsity >= 0.7 and n == 32) else "bitmap"
-    doc = json.loads(H100_BENCHMARK.read_text())
-    measured = {fmt: math.exp(statistics.fmean(math.log(r["speedup_vs_cublas"]) for r in doc["records"]
-                                               if r["impl"] == fmt and r["N"] == n and r["sparsity"] == sparsity))
+    measured = {fmt: geomean(r["speedup_vs_cublas"] for r in h100_benchmark["records"]
+                             if r["impl"] == fmt and r["N"] == n and r["sparsity"] == sparsity)
                 for fmt in ("tiled_csl", "bitmap")}
     assert max(measured, key=measured.get) == expected, measured
     for shape in ANCHORS + [(4096, 4096), (8192, 28672)]:

@@ -137,14 +137,12 @@ def add_arguments(p) -> None:
 def _stored_bytes(item, sparsity: float, fmt: str, tp: int) -> float:
     """Bytes of one rank's shard of ``item`` (a convert.model_plan.TensorPlan): a pruned weight in
     ``fmt`` by the formats' size model (format_choice.weight_bytes), anything else fp16."""
-    from math import prod
-
     from sparsellm.format_choice import weight_bytes
 
     shape = item.shard_shape(tp)
     if item.pruned and fmt != "dense" and sparsity > 0:
         return weight_bytes(fmt, shape[0], shape[1], sparsity)
-    return 2.0 * prod(shape)
+    return 2.0 * math.prod(shape)
 
 
 @dataclass
@@ -160,9 +158,7 @@ class ModelShape:
 
     @property
     def params(self) -> int:
-        from math import prod
-
-        return sum(prod(t.shape) for t in self.tensors)
+        return sum(math.prod(t.shape) for t in self.tensors)
 
     def checkpoint_bytes(self, sparsity: float, fmt: str, tp: int = 1) -> int:
         """Bytes of the converted fp16 checkpoint, all rank files (replicated tensors on each)."""
