@@ -40,6 +40,7 @@ __device__ __forceinline__ float apply(Activation kind, float v) {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) activation_kernel(void* data, int64_t vectors, Activation kind) {
+  allow_dependent_launch();  // the SpMM that follows may start streaming its weights
   T* x = static_cast<T*>(data);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += int64_t(gridDim.x) * blockDim.x) {
     float v[VEC];
@@ -60,6 +61,7 @@ struct GatedArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) gated_activation_kernel(GatedArgs a) {
+  allow_dependent_launch();  // the SpMM that follows may start streaming its weights
   const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (c >= a.cols) return;
   for (int64_t r = blockIdx.y; r < a.rows; r += gridDim.y) {

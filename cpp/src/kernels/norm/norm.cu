@@ -43,6 +43,7 @@ struct NormArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
+  allow_dependent_launch();  // the SpMM that follows may start streaming its weights
   constexpr int kIters = kCachedFloats / VEC;  // vectors per thread held in registers
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;

@@ -101,8 +101,19 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   a.counters = static_cast<int*>(p.workspace);
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const dim3 grid(p.plan_blocks, passes);
-  kernel<<<grid, threads, smem_bytes, stream>>>(a);
+  // Programmatic stream serialization (sm_90): the blocks may be scheduled before
+  // the previous kernel ends; they stream weights until wait_for_prerequisite_grids().
+  cudaLaunchAttribute early;
+  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(p.plan_blocks, passes);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = &early;
+  config.numAttrs = current_device().cc_major >= 9 ? 1 : 0;
+  SPARSELLM_CHECK_CUDA(cudaLaunchKernelEx(&config, kernel, a));
   SPARSELLM_CHECK_LAUNCH(name);
 }
 
