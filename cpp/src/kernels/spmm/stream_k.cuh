@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "common/check.h"
+#include "kernels/launch.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
 
@@ -101,20 +102,8 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   a.counters = static_cast<int*>(p.workspace);
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  // Programmatic stream serialization (sm_90): the blocks may be scheduled before
-  // the previous kernel ends; they stream weights until wait_for_prerequisite_grids().
-  cudaLaunchAttribute early;
-  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(p.plan_blocks, passes);
-  config.blockDim = dim3(threads);
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  config.attrs = &early;
-  config.numAttrs = current_device().cc_major >= 9 ? 1 : 0;
-  SPARSELLM_CHECK_CUDA(cudaLaunchKernelEx(&config, kernel, a));
-  SPARSELLM_CHECK_LAUNCH(name);
+  // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
+  kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }
 
 // The reduction of a tile row that `parts` > 1 blocks share, for one block's
