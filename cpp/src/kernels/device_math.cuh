@@ -32,6 +32,24 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Programmatic dependent launch (sm_90; no-ops before). The kernels that precede
+// an SpMM in a decode step (norms, attention, activations) call
+// allow_dependent_launch() first, so that the SpMM's blocks may be scheduled
+// while they run and start streaming weights, which no earlier kernel writes;
+// the SpMM calls wait_for_prerequisite_grids() before it touches anything an
+// earlier kernel writes or reads (activations, workspace, output). Without the
+// launch attribute on the dependent both are harmless.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prerequisite_grids() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // Rounds an fp32 value to the storage type and back.
 template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_float(from_float<T>(v)); }

@@ -6,11 +6,15 @@
 #include "runtime/decode_bookkeeping.h"
 
 #include "common/check.h"
+#include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
 
 __global__ void decode_bookkeeping_kernel(BookkeepingParams p) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   const int b = threadIdx.x;
   bool finished = true;  // threads past the batch do not hold the block back
   if (b < p.batch) {
@@ -50,8 +54,7 @@ void decode_bookkeeping(const BookkeepingParams& params, cudaStream_t stream) {
                       "decode_bookkeeping: a device pointer is null");
   SPARSELLM_CHECK_ARG(params.out_stride >= 1, "decode_bookkeeping: out_stride must be positive");
   const int threads = (params.batch + 31) / 32 * 32;
-  decode_bookkeeping_kernel<<<1, threads, 0, stream>>>(params);
-  SPARSELLM_CHECK_LAUNCH("decode_bookkeeping_kernel");
+  kernels::launch_chained("decode_bookkeeping_kernel", decode_bookkeeping_kernel, 1, threads, 0, stream, params);
 }
 
 }  // namespace sparsellm

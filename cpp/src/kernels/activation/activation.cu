@@ -18,6 +18,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -40,6 +41,8 @@ __device__ __forceinline__ float apply(Activation kind, float v) {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) activation_kernel(void* data, int64_t vectors, Activation kind) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   T* x = static_cast<T*>(data);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += int64_t(gridDim.x) * blockDim.x) {
     float v[VEC];
@@ -60,6 +63,8 @@ struct GatedArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) gated_activation_kernel(GatedArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (c >= a.cols) return;
   for (int64_t r = blockIdx.y; r < a.rows; r += gridDim.y) {
@@ -91,12 +96,13 @@ void activation(const ActivationParams& p, cudaStream_t stream) {
   kernels::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      activation_kernel<T, 8><<<blocks, kThreads, 0, stream>>>(p.x, vectors, p.kind);
+      kernels::launch_chained("activation_kernel", activation_kernel<T, 8>,
+                              blocks, kThreads, 0, stream, p.x, vectors, p.kind);
     } else {
-      activation_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(p.x, vectors, p.kind);
+      kernels::launch_chained("activation_kernel", activation_kernel<T, 1>,
+                              blocks, kThreads, 0, stream, p.x, vectors, p.kind);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("activation_kernel");
 }
 
 void gated_activation(const GatedActivationParams& p, cudaStream_t stream) {
@@ -122,12 +128,13 @@ void gated_activation(const GatedActivationParams& p, cudaStream_t stream) {
   kernels::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      gated_activation_kernel<T, 8><<<grid, kThreads, 0, stream>>>(args);
+      kernels::launch_chained("gated_activation_kernel", gated_activation_kernel<T, 8>,
+                              grid, kThreads, 0, stream, args);
     } else {
-      gated_activation_kernel<T, 1><<<grid, kThreads, 0, stream>>>(args);
+      kernels::launch_chained("gated_activation_kernel", gated_activation_kernel<T, 1>,
+                              grid, kThreads, 0, stream, args);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("gated_activation_kernel");
 }
 
 Activation activation_from_name(const char* name) {

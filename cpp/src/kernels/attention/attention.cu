@@ -33,6 +33,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -97,6 +98,8 @@ __device__ void write_zeros(const AttentionArgs& a, int64_t t, int h) {
 // Pass 1: one block per (token, head, chunk); blockIdx.x = (t · heads + h) · splits + c.
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   constexpr int kGroups = kThreads / G;
   constexpr int kStep = kGroups * kKeysPerGroup;  // keys per step of the block
   __shared__ float s_acc[kGroups][G * 8];
@@ -218,6 +221,8 @@ __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs
 // Pass 2 (splits > 1): one block per (token, head); merges its chunks 0 … ⌈(p + 1) / chunk⌉ − 1.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   __shared__ float s_w[kMaxSplits];
   const int64_t row = blockIdx.x;
   const int h = int(row % a.heads);
@@ -247,7 +252,8 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionAr
 
 template <typename T, int G>
 void launch_chunks(const AttentionArgs& args, int64_t blocks, cudaStream_t stream) {
-  attention_chunk_kernel<T, G><<<unsigned(blocks), kThreads, 0, stream>>>(args);
+  kernels::launch_chained("attention_chunk_kernel", attention_chunk_kernel<T, G>, unsigned(blocks), kThreads, 0,
+                          stream, args);
 }
 
 }  // namespace
@@ -311,10 +317,9 @@ void attention(const AttentionParams& p, cudaStream_t stream) {
       case 16: launch_chunks<T, 16>(args, blocks, stream); break;
       default: launch_chunks<T, 32>(args, blocks, stream); break;
     }
-    SPARSELLM_CHECK_LAUNCH("attention_chunk_kernel");
     if (split.splits > 1) {
-      attention_combine_kernel<T><<<unsigned(rows), kThreads, 0, stream>>>(args);
-      SPARSELLM_CHECK_LAUNCH("attention_combine_kernel");
+      kernels::launch_chained("attention_combine_kernel", attention_combine_kernel<T>,
+                              unsigned(rows), kThreads, 0, stream, args);
     }
   });
 }

@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -34,6 +35,8 @@ struct KvWriteArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) kv_cache_write_kernel(KvWriteArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   const int64_t t = blockIdx.x;
   const int64_t e = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;  // element in the token's row
   if (e >= int64_t(a.kv_heads) * a.head_dim) return;
@@ -78,12 +81,11 @@ void kv_cache_write(const KvCacheWriteParams& p, cudaStream_t stream) {
   kernels::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      kv_cache_write_kernel<T, 8><<<grid, kThreads, 0, stream>>>(args);
+      kernels::launch_chained("kv_cache_write_kernel", kv_cache_write_kernel<T, 8>, grid, kThreads, 0, stream, args);
     } else {
-      kv_cache_write_kernel<T, 1><<<grid, kThreads, 0, stream>>>(args);
+      kernels::launch_chained("kv_cache_write_kernel", kv_cache_write_kernel<T, 1>, grid, kThreads, 0, stream, args);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("kv_cache_write_kernel");
 }
 
 }  // namespace sparsellm

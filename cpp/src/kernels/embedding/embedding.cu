@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -32,6 +33,8 @@ struct EmbeddingArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) embedding_kernel(EmbeddingArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   const int64_t i = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;  // first column
   if (c >= a.width) return;
@@ -77,12 +80,11 @@ void embedding(const EmbeddingParams& p, cudaStream_t stream) {
   kernels::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      embedding_kernel<T, 8><<<grid, threads, 0, stream>>>(args);
+      kernels::launch_chained("embedding_kernel", embedding_kernel<T, 8>, grid, threads, 0, stream, args);
     } else {
-      embedding_kernel<T, 1><<<grid, threads, 0, stream>>>(args);
+      kernels::launch_chained("embedding_kernel", embedding_kernel<T, 1>, grid, threads, 0, stream, args);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("embedding_kernel");
 }
 
 }  // namespace sparsellm

@@ -21,6 +21,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -43,6 +44,8 @@ struct NormArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   constexpr int kIters = kCachedFloats / VEC;  // vectors per thread held in registers
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
@@ -161,12 +164,11 @@ void norm(const NormParams& p, cudaStream_t stream) {
   kernels::dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      norm_kernel<T, 8><<<unsigned(p.n), threads, 0, stream>>>(args);
+      kernels::launch_chained("norm_kernel", norm_kernel<T, 8>, unsigned(p.n), threads, 0, stream, args);
     } else {
-      norm_kernel<T, 1><<<unsigned(p.n), threads, 0, stream>>>(args);
+      kernels::launch_chained("norm_kernel", norm_kernel<T, 1>, unsigned(p.n), threads, 0, stream, args);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("norm_kernel");
 }
 
 }  // namespace sparsellm

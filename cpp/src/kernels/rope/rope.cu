@@ -13,6 +13,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 
 namespace sparsellm {
 namespace {
@@ -32,6 +33,8 @@ struct RopeArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   const int64_t t = blockIdx.x;
   const float pos = float(a.position[t]);
   const int32_t pairs = (a.q_heads + a.k_heads) * a.half;
@@ -115,9 +118,8 @@ void rope(const RopeParams& p, cudaStream_t stream) {
   RopeArgs a{p.q, p.k, p.q_stride, p.k_stride, p.q_heads, p.k_heads, p.head_dim / 2, p.position, p.inv_freq};
   const dim3 grid(static_cast<unsigned>(p.tokens));
   kernels::dispatch_dtype(p.dtype, [&](auto storage) {
-    rope_kernel<decltype(storage)><<<grid, kThreads, 0, stream>>>(a);
+    kernels::launch_chained("rope_kernel", rope_kernel<decltype(storage)>, grid, kThreads, 0, stream, a);
   });
-  SPARSELLM_CHECK_LAUNCH("rope");
 }
 
 }  // namespace sparsellm

@@ -30,6 +30,7 @@
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
+#include "kernels/launch.h"
 #include "kernels/sampling/philox.h"
 
 namespace sparsellm {
@@ -190,6 +191,8 @@ __device__ uint32_t radix_select(const uint16_t* row, int64_t vocab, uint32_t fl
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
+  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
+  kernels::allow_dependent_launch();
   __shared__ Shared sh;
   const int64_t b = blockIdx.x;
   const uint16_t* row = static_cast<const uint16_t*>(a.logits) + b * a.stride;
@@ -270,12 +273,11 @@ void sample_tokens(const SamplingParams& p, cudaStream_t stream) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (vec8) {
-      sample_kernel<T, 8><<<unsigned(p.batch), kThreads, 0, stream>>>(args);
+      kernels::launch_chained("sample_kernel", sample_kernel<T, 8>, unsigned(p.batch), kThreads, 0, stream, args);
     } else {
-      sample_kernel<T, 1><<<unsigned(p.batch), kThreads, 0, stream>>>(args);
+      kernels::launch_chained("sample_kernel", sample_kernel<T, 1>, unsigned(p.batch), kThreads, 0, stream, args);
     }
   });
-  SPARSELLM_CHECK_LAUNCH("sample_kernel");
 }
 
 }  // namespace sparsellm

@@ -205,12 +205,14 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
       const int s = i % kStages;
       if (i >= kStages) ptx::mbarrier_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
       produce(u, s);
+      if (i < kProducerWarps) kernels::wait_for_prerequisite_grids();  // X is the previous kernel's output
       load_x_tile<T, BN>(a, kt, n0, x_stage(s), bars + 8 * s);
       for (kt += kProducerWarps; kt >= a.tiles_k;) kt -= a.tiles_k;
     }
     ptx::cp_async_wait<0>();
     return;
   }
+  kernels::wait_for_prerequisite_grids();  // before the workspace and Y
   int kt = blk.unit_begin - first_row * a.tiles_k;
   Accumulators<BN> acc = {};
   for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "common/check.h"
+#include "kernels/launch.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
 
@@ -101,9 +102,8 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   a.counters = static_cast<int*>(p.workspace);
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  const dim3 grid(p.plan_blocks, passes);
-  kernel<<<grid, threads, smem_bytes, stream>>>(a);
-  SPARSELLM_CHECK_LAUNCH(name);
+  // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
+  kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }
 
 // The reduction of a tile row that `parts` > 1 blocks share, for one block's
