@@ -48,7 +48,7 @@ def convert(argv: list[str]) -> int:
                              "or of a config.json")
     parser.add_argument("--generated", action="store_true",
                         help="with --random: write config.json alone, the runtime draws the weights at load "
-                             "(dense or bitmap; docs/checkpoint.md)")
+                             "(docs/checkpoint.md)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output checkpoint directory")
     parser.add_argument("--sparsity", type=float, help="fraction of each pruned weight's entries set to zero")
     parser.add_argument("--method", default="magnitude", choices=("magnitude", "wanda", "sparsegpt"))

@@ -148,7 +148,6 @@ def test_bench_e2e_bad_settings(argv, tmp_path, capsys):
     (["--tp", "2", "--hf"], {"OMPI_COMM_WORLD_SIZE": "2"}, "--hf runs the transformers baseline on one GPU"),
     (["--tp", "0"], {}, "--tp must be at least 1"),
     (["--convert-only"], {"OMPI_COMM_WORLD_SIZE": "2"}, "--convert-only runs as one process"),
-    (["--weights", "generated", "--formats", "tiled_csl"], {}, "draws dense and bitmap weights only"),
     (["--tp", "3", "--models", "opt-13b"], {"OMPI_COMM_WORLD_SIZE": "3"}, "tensor parallelism 3 does not divide"),
 ])
 def test_bench_e2e_tensor_parallel_and_weights_settings(argv, env, message, tmp_path, capsys, monkeypatch):

@@ -121,15 +121,11 @@ def test_formats(tmp_path, requested):
     config = write_generated("opt-125m", tmp_path / "ckpt", sparsity=0.8, tp=2, format=requested, dtype="bf16")
     assert config["dtype"] == "bfloat16"
     for entry in config["tensors"].values():
-        assert entry["format"] in ("dense", "bitmap")
         if not entry["pruned"]:
             assert entry["format"] == "dense"
-        elif requested == "auto":  # the converter's choice, a tiled_csl one made bitmap
+        elif requested == "auto":  # the converter's choice
             chosen = choose_format("auto", True, 0.8, tuple(entry["shape"]))
-            assert entry["format"] == ("bitmap" if chosen == "tiled_csl" else chosen)
-        elif requested == "tiled_csl":
-            assert entry["format"] == "bitmap"
-            assert entry["format_reason"] == "tiled_csl (requested) is not generated: bitmap instead"
+            assert entry["format"] == chosen and entry["format_reason"] == chosen.reason
         else:
             assert entry["format"] == requested and entry["format_reason"] == "requested"
 
@@ -211,8 +207,6 @@ def _set(path: str, value):
 
 
 @pytest.mark.parametrize("change, message", [
-    (_set(f"tensors/{FC1}/format", "tiled_csl"),
-     f"tensor {FC1}: format tiled_csl in a generated checkpoint \\(the runtime draws dense and bitmap"),
     (_set(f"tensors/{FC1}/shards/0/components", {f"{FC1}.tiles": {"dtype": "uint32", "shape": [4]}}),
      f"tensor {FC1}: rank 0: a generated checkpoint stores no components"),
     (_set(f"tensors/{FC1}/shards/0/components", []), "a generated checkpoint stores no components"),

@@ -1,11 +1,11 @@
 """Generated checkpoints on the GPU: the runtime draws every weight at load.
 
 An element's value depends on (seed, tensor, position) only, not on the format that
-stores it, so a model generated with its pruned weights as bitmap and the same model
-with them dense (zeros kept) hold the same weights: their logits must agree (within the
-fp16 bound of the OPT runtime tests: 1e-2 of the largest |logit|), and so must the first
-greedy token wherever the choice is decisive. Another seed gives another model. The bitmap model
-holds fewer weight bytes, as the format's size formula says.
+stores it, so a model generated with its pruned weights as bitmap or Tiled-CSL and the
+same model with them dense (zeros kept) hold the same weights: their logits must agree
+(within the fp16 bound of the OPT runtime tests: 1e-2 of the largest |logit|), and so must
+the first greedy token wherever the choice is decisive. Another seed gives another model.
+The sparse models hold fewer weight bytes, as the formats' size formulas say.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
     config = opt_config(root)
     made = {}
-    for name, fmt, seed in (("bitmap", "bitmap", 5), ("dense", "dense", 5), ("reseeded", "bitmap", 6)):
+    for name, fmt, seed in (("bitmap", "bitmap", 5), ("tiled_csl", "tiled_csl", 5), ("dense", "dense", 5),
+                            ("reseeded", "bitmap", 6)):
         write_generated(config, root / name, sparsity=SPARSITY, format=fmt, seed=seed)
         made[name] = root / name
     return made
@@ -52,10 +53,11 @@ def pruned_formats(ckpt: Path) -> set:
 
 
 @gpu
-def test_bitmap_and_dense_forms_are_the_same_model(models):
-    assert pruned_formats(models["bitmap"]) == {"bitmap"} and pruned_formats(models["dense"]) == {"dense"}
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+def test_sparse_and_dense_forms_are_the_same_model(models, fmt):
+    assert pruned_formats(models[fmt]) == {fmt} and pruned_formats(models["dense"]) == {"dense"}
     prompts = make_prompts(1000, [5, 17, 40, 2])
-    with sparsellm.LLM(models["bitmap"], max_batch=4, max_seq_len=96) as a, \
+    with sparsellm.LLM(models[fmt], max_batch=4, max_seq_len=96) as a, \
             sparsellm.LLM(models["dense"], max_batch=4, max_seq_len=96) as b:
         la, lb = a.prompt_logits(prompts), b.prompt_logits(prompts)
         assert np.isfinite(la).all() and np.isfinite(lb).all()

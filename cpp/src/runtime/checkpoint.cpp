@@ -19,7 +19,7 @@
 //      These scans run on all hardware threads, one tensor per task.
 //
 // A generated checkpoint (source.kind "generated": config.json alone, its
-// shards listing no components, formats dense and bitmap) stops after step 1.
+// shards listing no components) stops after step 1.
 //
 // Every error is a FormatError whose message starts with the path of the file
 // at fault and, where there is one, names the tensor.
@@ -329,14 +329,11 @@ void check_listed_components(const std::string& name, const FormatSpec& fmt, con
   }
 }
 
-// A generated checkpoint's shards list no components (nothing is stored), and
-// only the formats the runtime can draw.
+// A generated checkpoint's shards list no components (nothing is stored).
 void check_entry(const std::string& name, const json& entry, const std::string& dtype, int tp, bool generated) {
   const std::string format = entry.at("format").get<std::string>();
   const FormatSpec* fmt = find_format(format);
   if (!fmt) format_error("unknown format '", format, "'");
-  if (generated && format != "dense" && format != "bitmap")
-    format_error("format ", format, " in a generated checkpoint (weights are drawn as dense or bitmap only)");
   const std::vector<int64_t> shape = parse_shape(entry.at("shape"), "shape");
   if (shape.size() < fmt->min_rank || shape.size() > fmt->max_rank)
     format_error("bad shape ", shape_str(shape), " for format ", format);

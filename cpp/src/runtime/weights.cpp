@@ -7,6 +7,7 @@
 #include "kernels/random_weights/random_weights.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
+#include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
 namespace {
@@ -68,6 +69,27 @@ SparseUpload draw_bitmap(const RandomWeightParams& p, const std::string& name, c
   return out;
 }
 
+SparseUpload draw_tiled_csl(const RandomWeightParams& p, const std::string& name, cudaStream_t stream) {
+  // The matrix random_dense draws (the one draw_bitmap encodes), brought to the host and encoded there.
+  std::vector<uint16_t> dense(size_t(p.rows * p.cols));
+  {
+    DeviceBuffer drawn(dense.size() * sizeof(uint16_t), name + " (drawn dense for encoding)");
+    random_dense(drawn.data(), p, stream);
+    SPARSELLM_CHECK_CUDA(
+        cudaMemcpyAsync(dense.data(), drawn.data(), drawn.bytes(), cudaMemcpyDeviceToHost, stream));
+    SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));
+  }
+  const TiledCslHost encoded = encode_tiled_csl(dense.data(), p.rows, p.cols, p.dtype);
+  SparseUpload out;
+  out.host_offsets = encoded.tile_offsets;
+  out.tile_offsets = DeviceBuffer(out.host_offsets.size() * sizeof(uint32_t), name + " tile offsets");
+  out.tile_offsets.upload(out.host_offsets.data(), out.tile_offsets.bytes(), stream);
+  out.data = DeviceBuffer(encoded.words.size() * sizeof(uint32_t), name + " words");
+  if (!encoded.words.empty()) out.data.upload(encoded.words.data(), out.data.bytes(), stream);
+  SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));  // before `encoded` is freed
+  return out;
+}
+
 DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream) {
   const TensorEntry& t = checkpoint.tensor(name);
   if (t.format != "dense")
@@ -92,9 +114,8 @@ SparseUpload upload_sparse(const Checkpoint& checkpoint, const std::string& name
     throw FormatError(concat(checkpoint.rank_file(), ": tensor ", name, " is stored as ", t.format,
                              ", expected a sparse format"));
   if (checkpoint.generated()) {
-    if (!bitmap)
-      throw FormatError(concat(checkpoint.rank_file(), ": tensor ", name, ": generated weights are dense or bitmap"));
-    return draw_bitmap(random_params(checkpoint, t), name, stream);
+    const RandomWeightParams p = random_params(checkpoint, t);
+    return bitmap ? draw_bitmap(p, name, stream) : draw_tiled_csl(p, name, stream);
   }
   const ComponentView& offsets = t.component(".tile_offsets");
   SparseUpload out;

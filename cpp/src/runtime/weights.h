@@ -40,4 +40,9 @@ SparseUpload upload_sparse(const Checkpoint& checkpoint, const std::string& name
 // for the tile counts, from which the host makes the offsets.
 SparseUpload draw_bitmap(const RandomWeightParams& params, const std::string& name, cudaStream_t stream);
 
+// The same random matrix in Tiled-CSL: drawn dense on `stream`, copied to the
+// host and encoded there (encode_tiled_csl, every hardware thread), then
+// uploaded; waits for each step.
+SparseUpload draw_tiled_csl(const RandomWeightParams& params, const std::string& name, cudaStream_t stream);
+
 }  // namespace sparsellm

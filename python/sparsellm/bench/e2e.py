@@ -25,8 +25,8 @@ Timing, for both implementations:
 
 ``--weights generated`` writes generated checkpoints instead (``write_generated``: config.json
 alone, at once; the runtime draws the weights on the GPU at load, each pruned weight with a
-random mask at the target sparsity, dense or bitmap only, so ``--formats`` defaults to bitmap
-there). Their weight bytes, hence the decode speed, match converted ones of the same
+random mask at the target sparsity; Tiled-CSL weights are drawn dense and encoded on the host,
+bitmap ones drawn encoded). Their weight bytes, hence the decode speed, match converted ones of the same
 sparsity in expectation; their values are not magnitude-pruned. No conversion, no disk:
 OPT-66B and OPT-175B can be measured. Records carry ``weights``: converted or generated
 (the transformers baseline's, drawn on the GPU, count as generated).
@@ -108,8 +108,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
     p.add_argument("--sparsities", help=f"0 is the dense model (default {DEFAULTS['sparsities']})")
     p.add_argument("--formats",
-                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl; "
-                        "bitmap with --weights generated, which draws no tiled_csl)")
+                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, help=f"new tokens per sequence (default {DEFAULTS['gen_len']})")
     p.add_argument("--hf", action="store_true", help="also Hugging Face transformers fp16 (static and dynamic cache)")
@@ -513,7 +512,7 @@ def _settings(args) -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.formats is None:
-        args.formats = "bitmap" if args.weights == "generated" else "tiled_csl"
+        args.formats = "tiled_csl"
     for name in ("prompt_len", "gen_len", "jobs", "reps", "tp"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -534,8 +533,6 @@ def _settings(args) -> None:
 
     for fmt in args.format_list:
         check_format(fmt)
-    if args.weights == "generated" and "tiled_csl" in args.format_list:
-        raise ValueError("--weights generated: the runtime draws dense and bitmap weights only; use --formats bitmap")
     for name in args.model_list:
         if name not in NAMED_CONFIGS and not Path(name).is_file():
             raise ValueError(f"unknown model shape {name!r}: one of {', '.join(NAMED_CONFIGS)}, or a config.json")

@@ -8,9 +8,9 @@ structure) and returns its arrays; ``dense_weights`` decodes them back to dense
 matrices with the numpy reference decoders.
 
 A generated checkpoint (``source.kind`` "generated", generated.py) is config.json alone:
-``read_config`` accepts it (no files, shards without components, dense and bitmap
-tensors only, the seed and std the runtime draws from); ``load_checkpoint`` and
-``dense_weights``, which need stored arrays, refuse it with InvalidArgument.
+``read_config`` accepts it (no files, shards without components, the seed and std the
+runtime draws from); ``load_checkpoint`` and ``dense_weights``, which need stored arrays,
+refuse it with InvalidArgument.
 
 Needs numpy and safetensors only, plus torch for bfloat16 checkpoints (numpy has no
 bfloat16: such values come back as their uint16 bit patterns).
@@ -34,7 +34,6 @@ FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
 TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap")
-GENERATED_FORMATS = ("dense", "bitmap")  # the formats the runtime draws
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
 SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
 _REQUIRED_FIELDS = {
@@ -90,9 +89,6 @@ def _check_entry(name: str, entry: dict, dtype: str, tp: int, generated: bool = 
     """One tensor entry of config.json (raises FormatError, KeyError or TypeError)."""
     if entry["format"] not in TENSOR_FORMATS:
         raise FormatError(f"unknown format {entry['format']!r}")
-    if generated and entry["format"] not in GENERATED_FORMATS:
-        raise FormatError(f"format {entry['format']} in a generated checkpoint (the runtime draws "
-                          f"{' and '.join(GENERATED_FORMATS)} tensors only)")
     shape = entry["shape"]
     ranks_allowed = (2,) if entry["format"] in SPARSE_DATA_COMPONENT else (1, 2)
     if not (isinstance(shape, list) and len(shape) in ranks_allowed

@@ -8,9 +8,9 @@ probability 1 − sparsity). This makes it possible to benchmark OPT-66B or OPT-
 writing or reading hundreds of GB (docs/checkpoint.md, "Generated checkpoints").
 
 Differences from a converted checkpoint, in config.json: ``source.kind`` is "generated",
-``files`` is empty, every shard lists no components, and formats are dense or bitmap
-only (the runtime draws no Tiled-CSL: a tiled_csl choice becomes bitmap). ``sparsity``
-and ``nnz`` are the targets (the expectation of the drawn counts).
+``files`` is empty, and every shard lists no components. ``sparsity`` and ``nnz`` are the
+targets (the expectation of the drawn counts). Formats are the converter's: the runtime
+draws bitmap weights on the GPU and Tiled-CSL ones dense on the GPU, encoded on the host.
 """
 
 from __future__ import annotations
@@ -19,21 +19,12 @@ import math
 import os
 from typing import Any
 
-from .checkpoint import GENERATED_FORMATS
 from .checkpoint_writer import CheckpointWriter, check_output_dir
 from .converter import config_fields, random_plan
-from .encoding import ChosenFormat, check_dtype, check_format, choose_format, format_fields
+from .encoding import check_dtype, check_format, choose_format, format_fields
 from .model_plan import TensorPlan
 from .pruning import PruningSpec, pruning_record, tensor_targets
 from .random_model import DEFAULT_STD
-
-
-def generated_format(requested: Any, pruned: bool, sparsity: float, shape: tuple[int, ...]) -> ChosenFormat:
-    """The converter's choice (``choose_format``), with tiled_csl replaced by bitmap."""
-    chosen = choose_format(requested, pruned, sparsity, shape)
-    if chosen in GENERATED_FORMATS:
-        return chosen
-    return ChosenFormat("bitmap", f"tiled_csl ({chosen.reason}) is not generated: bitmap instead")
 
 
 def expected_nnz(sparsity: float, shape: tuple[int, ...]) -> int:
@@ -45,7 +36,7 @@ def generated_entry(item: TensorPlan, target: float, requested: Any, tp: int) ->
     """One tensor's config.json entry: format, shapes and split as stored, targets for sparsity and nnz."""
     shard_shape = item.shard_shape(tp)
     return {
-        **format_fields(generated_format(requested, item.pruned, target, shard_shape)),
+        **format_fields(choose_format(requested, item.pruned, target, shard_shape)),
         "shape": list(shard_shape), "full_shape": list(item.shape), "split": item.split, "pruned": item.pruned,
         "sparsity": target, "nnz": expected_nnz(target, item.shape),
         "shards": {str(rank): {"sparsity": target, "nnz": expected_nnz(target, shard_shape), "components": {}}
@@ -68,7 +59,7 @@ def write_generated(
 
     ``config``: a name from ``NAMED_CONFIGS`` or a path to a transformers config.json;
     ``sparsity``: the target of every pruned weight (required, as for ``convert_random``);
-    ``format``: auto, bitmap or dense (tiled_csl is stored as bitmap). The directory is
+    ``format``: auto, tiled_csl, bitmap or dense, as for a conversion. The directory is
     published atomically and replaces an existing checkpoint only with ``overwrite``, as a
     conversion does. Returns the config as written.
     """
