@@ -13,15 +13,24 @@
 // so a wrong name or shape is a FormatError naming the tensor, never a
 // half-loaded layer. Uploads are asynchronous on the given stream.
 //
+// stack() joins layers that read the same input (q/k/v, gate/up) into one by
+// rows: dense weights and biases are concatenated on the device; sparse ones
+// too, their tile offsets shifted (the tile grid is numbered row-major, so a
+// part of whole tile rows ends where the next begins) and the plan recomputed.
+//
 // forward() enqueues one GEMM or SpMM on the caller's stream: no allocation,
 // no synchronization.
 #include "layers/linear.h"
 
+#include <algorithm>
+
 #include "common/check.h"
 #include "runtime/weights.h"
+#include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
 #include "sparsellm/gemm.h"
 #include "sparsellm/spmm.h"
+#include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
 namespace {
@@ -64,29 +73,36 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
     weight_ptr_ = buffers_.back().data();
   } else {  // tiled_csl, bitmap: the same tile grid, offsets and plan
     SparseUpload weight = upload_sparse(checkpoint, weight_name, stream);
-    const std::vector<StreamKBlock> plan = spmm_plan(weight.host_offsets.data(), out_, in_, spmm_plan_blocks());
-    plan_blocks_ = int(plan.size());
-    SparseMatrixView view;
-    view.words = weight.data.as<const uint32_t>();  // null for an all-zero weight
-    view.tile_offsets = weight.tile_offsets.as<const uint32_t>();
-    view.m = out_;
-    view.k = in_;
-    view.dtype = dtype_;
-    view.format = w.format == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl;
-    sparse_ = view;
-    buffers_.push_back(std::move(weight.data));
-    buffers_.push_back(std::move(weight.tile_offsets));
-    // `plan` and the host offsets die with this scope; that is safe: a copy
-    // from pageable memory returns only once its source has been staged.
-    DeviceBuffer plan_buffer(plan.size() * sizeof(StreamKBlock), weight_name + " stream-K plan");
-    plan_buffer.upload(plan.data(), plan_buffer.bytes(), stream);
-    plan_ = plan_buffer.data();
-    buffers_.push_back(std::move(plan_buffer));
+    set_sparse(std::move(weight.data), std::move(weight.tile_offsets), std::move(weight.host_offsets),
+               w.format == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl, stream);
   }
   if (bias) {
     buffers_.push_back(upload_dense(checkpoint, bias_name, stream));
     bias_ = buffers_.back().data();
   }
+}
+
+void Linear::set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, std::vector<uint32_t> host_offsets,
+                        SparseFormat format, cudaStream_t stream) {
+  const std::vector<StreamKBlock> plan = spmm_plan(host_offsets.data(), out_, in_, spmm_plan_blocks());
+  plan_blocks_ = int(plan.size());
+  SparseMatrixView view;
+  view.words = data.as<const uint32_t>();  // null for an all-zero weight
+  view.tile_offsets = tile_offsets.as<const uint32_t>();
+  view.m = out_;
+  view.k = in_;
+  view.dtype = dtype_;
+  view.format = format;
+  sparse_ = view;
+  host_offsets_ = std::move(host_offsets);
+  buffers_.push_back(std::move(data));
+  buffers_.push_back(std::move(tile_offsets));
+  // `plan` dies with this scope; that is safe: a copy from pageable memory
+  // returns only once its source has been staged.
+  DeviceBuffer plan_buffer(plan.size() * sizeof(StreamKBlock), name_ + " stream-K plan");
+  plan_buffer.upload(plan.data(), plan_buffer.bytes(), stream);
+  plan_ = plan_buffer.data();
+  buffers_.push_back(std::move(plan_buffer));
 }
 
 Linear Linear::dense_view(const void* weight, int64_t out_features, int64_t in_features, DType dtype) {
@@ -100,6 +116,72 @@ Linear Linear::dense_view(const void* weight, int64_t out_features, int64_t in_f
   linear.dtype_ = dtype;
   linear.weight_ptr_ = weight;
   return linear;
+}
+
+std::unique_ptr<Linear> Linear::stack(const std::vector<const Linear*>& parts, cudaStream_t stream) {
+  SPARSELLM_CHECK_ARG(!parts.empty(), "Linear::stack: no parts");
+  const Linear& first = *parts.front();
+  for (const Linear* p : parts) {
+    const bool same = p->in_ == first.in_ && p->dtype_ == first.dtype_ && p->format() == first.format() &&
+                      (p->bias_ != nullptr) == (first.bias_ != nullptr);
+    if (!same) return nullptr;
+    // Sparse rows are stacked tile row by tile row (both formats: 128 rows).
+    if (p->sparse_ && p != parts.back() && p->out_ % tiled_csl::kTileM != 0) return nullptr;
+  }
+  static_assert(tiled_csl::kTileM == bitmap::kTileM, "both formats stack by the same tile rows");
+
+  auto stacked = std::unique_ptr<Linear>(new Linear());
+  Linear& s = *stacked;
+  s.in_ = first.in_;
+  s.dtype_ = first.dtype_;
+  for (const Linear* p : parts) {
+    s.name_ += (s.name_.empty() ? "" : " + ") + p->name_;
+    s.out_ += p->out_;
+  }
+  const size_t elem = dtype_size(s.dtype_);
+  // Copies each part's array of `bytes(p)` bytes one after another into a new buffer.
+  auto concatenate = [&](const char* what, auto bytes, auto source) {
+    size_t total = 0;
+    for (const Linear* p : parts) total += bytes(*p);
+    DeviceBuffer out(std::max<size_t>(total, 1), s.name_ + " " + what);
+    size_t at = 0;
+    for (const Linear* p : parts) {
+      if (bytes(*p) > 0)
+        SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(static_cast<char*>(out.data()) + at, source(*p), bytes(*p),
+                                             cudaMemcpyDeviceToDevice, stream));
+      at += bytes(*p);
+    }
+    return out;
+  };
+  if (!first.sparse_) {
+    s.buffers_.push_back(concatenate(
+        "weight", [&](const Linear& p) { return size_t(p.out_ * p.in_) * elem; },
+        [](const Linear& p) { return p.weight_ptr_; }));
+    s.weight_ptr_ = s.buffers_.back().data();
+  } else {
+    // Tiles are numbered row-major over the grid, so the parts' tiles follow
+    // one another: offsets shifted by the words before, data concatenated.
+    std::vector<uint32_t> offsets{0};
+    for (const Linear* p : parts) {
+      const uint32_t base = offsets.back();
+      offsets.pop_back();
+      for (uint32_t o : p->host_offsets_) offsets.push_back(base + o);
+    }
+    DeviceBuffer data = concatenate(
+        "words", [](const Linear& p) { return size_t(p.host_offsets_.back()) * sizeof(uint32_t); },
+        [](const Linear& p) { return static_cast<const void*>(p.sparse_->words); });
+    DeviceBuffer tile_offsets(offsets.size() * sizeof(uint32_t), s.name_ + " tile offsets");
+    tile_offsets.upload(offsets.data(), tile_offsets.bytes(), stream);
+    s.set_sparse(std::move(data), std::move(tile_offsets), std::move(offsets), first.sparse_->format, stream);
+  }
+  if (first.bias_) {
+    s.buffers_.push_back(concatenate(
+        "bias", [&](const Linear& p) { return size_t(p.out_) * elem; }, [](const Linear& p) { return p.bias_; }));
+    s.bias_ = s.buffers_.back().data();
+  }
+  // The parts' arrays may be freed once this returns.
+  SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));
+  return stacked;
 }
 
 std::string Linear::format() const {

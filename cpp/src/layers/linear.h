@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,14 @@ class Linear {
          cudaStream_t stream);
   // A dense weight already on the device (not owned), e.g. a tied LM head.
   static Linear dense_view(const void* weight, int64_t out_features, int64_t in_features, DType dtype);
+  // One layer computing the parts side by side: W = [W_0; W_1; …] stacked by
+  // rows, so y[n, Σ out_i] = [y_0 | y_1 | …] in one GEMM or SpMM instead of
+  // one per part (q/k/v, gate/up). The weights are copied on the device (and
+  // the stream synchronized, so the parts may be freed once it returns).
+  // nullptr when the parts cannot share one weight: different formats, input
+  // widths or dtypes, a bias on some parts only, or a sparse part before the
+  // last whose rows are not whole tile rows (128).
+  static std::unique_ptr<Linear> stack(const std::vector<const Linear*>& parts, cudaStream_t stream);
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
@@ -59,8 +68,13 @@ class Linear {
   const void* bias_ = nullptr;
   // Sparse formats (empty: dense): the encoded weight and its stream-K plan on the device.
   std::optional<SparseMatrixView> sparse_;
+  std::vector<uint32_t> host_offsets_;  // [tiles + 1] the tile offsets, kept for stack()
   const void* plan_ = nullptr;
   int plan_blocks_ = 0;
+
+  // Takes the encoded weight (data, device and host tile offsets) and uploads its stream-K plan.
+  void set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, std::vector<uint32_t> host_offsets,
+                  SparseFormat format, cudaStream_t stream);
 };
 
 }  // namespace sparsellm

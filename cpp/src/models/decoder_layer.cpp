@@ -27,25 +27,42 @@ SelfAttention::SelfAttention(const Checkpoint& ckpt, const std::string& prefix, 
   k_ = load_linear(ckpt, prefix + "k_proj", qkv_bias, false, kvw, hidden, stream);
   v_ = load_linear(ckpt, prefix + "v_proj", qkv_bias, false, kvw, hidden, stream);
   o_ = load_linear(ckpt, prefix + o_name, o_bias, true, hidden, qw, stream);
+  qkv_ = Linear::stack({q_.get(), k_.get(), v_.get()}, stream);
+  if (qkv_) q_.reset(), k_.reset(), v_.reset();
+}
+
+std::vector<const Linear*> SelfAttention::linears() const {
+  if (qkv_) return {qkv_.get(), o_.get()};
+  return {q_.get(), k_.get(), v_.get(), o_.get()};
 }
 
 void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, const KvCacheView& cache,
                             cudaStream_t stream) const {
   const int64_t t = b.tokens_count;
   const int64_t qw = int64_t(heads_) * head_dim_, kvw = int64_t(kv_heads_) * head_dim_;
+  const size_t elem = dtype_size(s.dtype);
+  // Stacked: row i of qkv is [q_i | k_i | v_i]. Else q [T, qw], k [T, kvw], v [T, kvw] one after another.
+  char* q = static_cast<char*>(s.qkv);
+  char* k = q + elem * (qkv_ ? qw : t * qw);
+  char* v = k + elem * (qkv_ ? kvw : t * kvw);
+  const int64_t q_stride = qkv_ ? qkv_width() : qw, kv_stride = qkv_ ? qkv_width() : kvw;
   {
     NvtxRange r("qkv");
-    q_->forward(s.x, s.q, t, s.ws->linear, stream);
-    k_->forward(s.x, s.k, t, s.ws->linear, stream);
-    v_->forward(s.x, s.v, t, s.ws->linear, stream);
+    if (qkv_) {
+      qkv_->forward(s.x, q, t, s.ws->linear, stream);
+    } else {
+      q_->forward(s.x, q, t, s.ws->linear, stream);
+      k_->forward(s.x, k, t, s.ws->linear, stream);
+      v_->forward(s.x, v, t, s.ws->linear, stream);
+    }
   }
   if (s.inv_freq) {
     NvtxRange r("rope");
     RopeParams rp;
-    rp.q = s.q;
-    rp.k = s.k;
-    rp.q_stride = qw;
-    rp.k_stride = kvw;
+    rp.q = q;
+    rp.k = k;
+    rp.q_stride = q_stride;
+    rp.k_stride = kv_stride;
     rp.q_heads = heads_;
     rp.k_heads = kv_heads_;
     rp.head_dim = head_dim_;
@@ -57,11 +74,11 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
   }
   {
     CachedAttention ca;
-    ca.q = s.q;
-    ca.k = s.k;
-    ca.v = s.v;
-    ca.q_stride = qw;
-    ca.kv_stride = kvw;
+    ca.q = q;
+    ca.k = k;
+    ca.v = v;
+    ca.q_stride = q_stride;
+    ca.kv_stride = kv_stride;
     ca.out = s.attn;
     ca.heads = heads_;
     ca.head_dim = head_dim_;

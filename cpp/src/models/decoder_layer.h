@@ -30,9 +30,7 @@ NormParams layer_norms(NormKind kind, int64_t tokens, int64_t hidden, float eps,
 // model's activations (device memory, row-major) and scratch.
 struct SelfAttentionStep {
   const void* x = nullptr;  // [T, H] the layer's (normed) input
-  void* q = nullptr;        // [T, heads · head_dim]
-  void* k = nullptr;        // [T, kv_heads · head_dim]
-  void* v = nullptr;        // [T, kv_heads · head_dim]
+  void* qkv = nullptr;      // [T · (heads + 2 · kv_heads) · head_dim] the projections (SelfAttention::qkv_width)
   void* attn = nullptr;     // [T, heads · head_dim] attention output
   void* out = nullptr;      // [T, H] o_proj output (q's buffer may serve: q is dead by then)
   const float* inv_freq = nullptr;  // [head_dim / 2] fp32 RoPE inverse frequencies; null: no RoPE
@@ -43,6 +41,8 @@ struct SelfAttentionStep {
 
 // The attention block of every family's decoder layer, over T packed tokens:
 //   q = q_proj(x) [T, heads · d];  k, v = k_proj(x), v_proj(x) [T, kv_heads · d]
+//     (one GEMM / SpMM when the three stack, rows [q | k | v] in `qkv`;
+//      else three, q, k, v one after another in `qkv`)
 //   q, k = rope(q, k)            (families with rotary positions only)
 //   cache ← k, v;  a = attention(q) [T, heads · d]   (CachedAttention; GQA when kv_heads < heads)
 //   out = o_proj(a) [T, H]
@@ -56,7 +56,9 @@ class SelfAttention {
   SelfAttention(const Checkpoint& ckpt, const std::string& prefix, const std::string& o_name, bool qkv_bias,
                 bool o_bias, int64_t hidden, int32_t heads, int32_t kv_heads, int32_t head_dim, cudaStream_t stream);
 
-  std::vector<const Linear*> linears() const { return {q_.get(), k_.get(), v_.get(), o_.get()}; }
+  std::vector<const Linear*> linears() const;
+  // Elements per token of the projections' scratch (SelfAttentionStep::qkv).
+  int64_t qkv_width() const { return int64_t(heads_ + 2 * kv_heads_) * head_dim_; }
 
   // Enqueues the block on `stream`; `cache` is this layer's.
   void forward(const SelfAttentionStep& s, const ForwardBatch& batch, const KvCacheView& cache,
@@ -66,7 +68,9 @@ class SelfAttention {
   std::string o_name_;
   int64_t hidden_;
   int32_t heads_, kv_heads_, head_dim_;
-  std::unique_ptr<Linear> q_, k_, v_, o_;
+  std::unique_ptr<Linear> qkv_;        // q, k, v stacked, when they stack (Linear::stack)
+  std::unique_ptr<Linear> q_, k_, v_;  // else each alone
+  std::unique_ptr<Linear> o_;
 };
 
 }  // namespace sparsellm

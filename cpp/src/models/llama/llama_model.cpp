@@ -156,6 +156,8 @@ class LlamaDecoderLayer {
     const int64_t h = cfg.hidden_size, f = m.ffn_;
     gate_ = load_linear(ckpt, p + "mlp.gate_proj", cfg.mlp_bias, false, f, h, stream);
     up_ = load_linear(ckpt, p + "mlp.up_proj", cfg.mlp_bias, false, f, h, stream);
+    gate_up_ = Linear::stack({gate_.get(), up_.get()}, stream);
+    if (gate_up_) gate_.reset(), up_.reset();
     down_ = load_linear(ckpt, p + "mlp.down_proj", cfg.mlp_bias, true, h, f, stream);
     attn_norm_ = upload_vector(ckpt, p + "input_layernorm.weight", h, stream);
     ffn_norm_ = upload_vector(ckpt, p + "post_attention_layernorm.weight", h, stream);
@@ -168,7 +170,8 @@ class LlamaDecoderLayer {
   //   h += branch (down_proj's output, pending from the previous layer; none for layer 0)
   //   x = RMSNorm1(h);  q, k, v = proj(x);  rope(q, k);  cache ← k, v;  a = attention(q)
   //   branch = o_proj(a);  h += branch;  x = RMSNorm2(h)
-  //   branch = down_proj(silu(gate_proj(x)) · up_proj(x))   (left pending)
+  //   branch = down_proj(silu(gate_proj(x)) · up_proj(x))   (left pending; gate and up one
+  //            GEMM / SpMM when they stack)
   void forward(const LlamaModel& m, const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
     NvtxRange layer_range(range_name_.c_str());
     const LlamaConfig& cfg = m.config_;
@@ -187,9 +190,7 @@ class LlamaDecoderLayer {
     {
       SelfAttentionStep step;
       step.x = m.normed_.data();
-      step.q = m.q_.data();
-      step.k = m.k_.data();
-      step.v = m.v_.data();
+      step.qkv = m.qkv_.data();
       step.attn = m.attn_.data();
       step.out = m.branch_.data();
       step.inv_freq = static_cast<const float*>(m.inv_freq_.data());
@@ -208,20 +209,27 @@ class LlamaDecoderLayer {
     }
     {
       NvtxRange r("ffn");
-      gate_->forward(m.normed_.data(), m.gate_.data(), t, m.ws_.linear, stream);
-      up_->forward(m.normed_.data(), m.up_.data(), t, m.ws_.linear, stream);
+      // Stacked: row i of gate_up is [gate_i | up_i]. Else gate [T, F] then up [T, F].
+      const int64_t f = m.ffn_;
+      char* gate = static_cast<char*>(m.gate_up_.data());
+      char* up = gate + dtype_size(dt) * (gate_up_ ? f : t * f);
+      if (gate_up_) {
+        gate_up_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream);
+      } else {
+        gate_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream);
+        up_->forward(m.normed_.data(), up, t, m.ws_.linear, stream);
+      }
       GatedActivationParams act;
-      act.gate = m.gate_.data();
-      act.up = m.up_.data();
-      act.out = m.gate_.data();
+      act.gate = gate;
+      act.up = up;
+      act.out = m.act_.data();
       act.rows = t;
-      act.cols = m.ffn_;
-      act.gate_stride = m.ffn_;
-      act.up_stride = m.ffn_;
+      act.cols = f;
+      act.gate_stride = act.up_stride = gate_up_ ? 2 * f : f;
       act.kind = Activation::kSilu;
       act.dtype = dt;
       gated_activation(act, stream);
-      down_->forward(m.gate_.data(), m.branch_.data(), t, m.ws_.linear, stream);
+      down_->forward(m.act_.data(), m.branch_.data(), t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' units
     }
   }
@@ -231,14 +239,20 @@ class LlamaDecoderLayer {
 
   std::vector<const Linear*> linears() const {
     std::vector<const Linear*> all = attn_.linears();
-    all.insert(all.end(), {gate_.get(), up_.get(), down_.get()});
+    if (gate_up_)
+      all.push_back(gate_up_.get());
+    else
+      all.insert(all.end(), {gate_.get(), up_.get()});
+    all.push_back(down_.get());
     return all;
   }
 
   int index_;
   std::string range_name_;
   SelfAttention attn_;
-  std::unique_ptr<Linear> gate_, up_, down_;
+  std::unique_ptr<Linear> gate_up_;     // gate and up stacked, when they stack (Linear::stack)
+  std::unique_ptr<Linear> gate_, up_;  // else each alone
+  std::unique_ptr<Linear> down_;
   DeviceBuffer attn_norm_, ffn_norm_;  // [H] RMSNorm gammas
 };
 
@@ -290,12 +304,10 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   ActivationAllocator alloc{dtype_};
   alloc(hidden_, max_tokens, h, "hidden states");
   alloc(normed_, max_tokens, h, "normed hidden states");
-  alloc(q_, max_tokens, qw, "queries");
-  alloc(k_, max_tokens, kvw, "keys");
-  alloc(v_, max_tokens, kvw, "values");
+  alloc(qkv_, max_tokens, qw + 2 * kvw, "queries, keys and values");
   alloc(attn_, max_tokens, qw, "attention output");
-  alloc(gate_, max_tokens, ffn_, "FFN gate");
-  alloc(up_, max_tokens, ffn_, "FFN up");
+  alloc(gate_up_, max_tokens, 2 * int64_t(ffn_), "FFN gate and up");
+  alloc(act_, max_tokens, ffn_, "FFN activation");
   alloc(branch_, max_tokens, h, "branch output");
   alloc(last_, max_outputs, h, "output rows");
   alloc(last_normed_, max_outputs, h, "normed output rows");

@@ -116,10 +116,10 @@ class LlamaModel final : public DecoderModel {
   // Activations, [rows, width] row-major.
   DeviceBuffer hidden_;      // [T, H] the residual stream
   DeviceBuffer normed_;      // [T, H] RMSNorm output
-  DeviceBuffer q_;           // [T, heads · d]
-  DeviceBuffer k_, v_;       // [T, kv_heads · d]
+  DeviceBuffer qkv_;         // [T, (heads + 2 · kv_heads) · d] the projections (SelfAttentionStep::qkv)
   DeviceBuffer attn_;        // [T, heads · d] attention output
-  DeviceBuffer gate_, up_;   // [T, F]; gate_ also holds silu(gate) · up
+  DeviceBuffer gate_up_;     // [T, 2F] gate and up projections
+  DeviceBuffer act_;         // [T, F] silu(gate) · up
   DeviceBuffer branch_;      // [T, H] o_proj output, then down_proj output (pending)
   DeviceBuffer last_;        // [outputs, H] gathered output rows
   DeviceBuffer last_normed_; // [outputs, H]

@@ -141,13 +141,11 @@ class OptDecoderLayer {
       sparsellm::norm(norm, stream);
       attn_in = m.normed_.data();
     }
-    void* proj = m.q_.data();  // q is dead after attention
+    void* proj = m.qkv_.data();  // q, k, v are dead after attention
     {
       SelfAttentionStep step;
       step.x = attn_in;
-      step.q = m.q_.data();
-      step.k = m.k_.data();
-      step.v = m.v_.data();
+      step.qkv = m.qkv_.data();
       step.attn = m.attn_.data();
       step.out = proj;
       step.ws = &m.ws_;
@@ -271,9 +269,7 @@ OptModel::OptModel(const Checkpoint& ckpt, const OptConfig& cfg, int64_t max_tok
   ActivationAllocator alloc{dtype_};
   alloc(hidden_, max_tokens, h, "hidden states");
   alloc(normed_, max_tokens, h, "normed hidden states");
-  alloc(q_, max_tokens, h, "queries");
-  alloc(k_, max_tokens, local_width_, "keys");
-  alloc(v_, max_tokens, local_width_, "values");
+  alloc(qkv_, max_tokens, std::max<int64_t>(3 * int64_t(local_width_), h), "queries, keys and values");
   alloc(attn_, max_tokens, local_width_, "attention output");
   alloc(ffn_, max_tokens, local_ffn_, "FFN hidden");
   alloc(fc2_out_, max_tokens, h, "FFN output");

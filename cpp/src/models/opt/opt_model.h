@@ -131,8 +131,8 @@ class OptModel final : public DecoderModel {
   // Activations, [rows, width] row-major.
   DeviceBuffer hidden_;      // [T, H] the residual stream
   DeviceBuffer normed_;      // [T, H] LayerNorm output (pre-LN)
-  DeviceBuffer q_;           // [T, H]: queries [T, Hl], then out_proj's output [T, H]
-  DeviceBuffer k_, v_;       // [T, Hl] each
+  DeviceBuffer qkv_;         // [T, max(3 Hl, H)]: the projections (SelfAttentionStep::qkv),
+                             // then out_proj's output [T, H]
   DeviceBuffer attn_;        // [T, Hl] attention output
   DeviceBuffer ffn_;         // [T, Fl]
   DeviceBuffer fc2_out_;     // [T, H]
