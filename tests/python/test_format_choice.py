@@ -290,6 +290,47 @@ def test_auto_checkpoints_carry_the_reasons(tmp_path):
     assert tensors["model.decoder.embed_tokens.weight"]["format_reason"] == "not a pruned weight"
 
 
+def _tiny_gqa_llama(directory: Path) -> Path:
+    from transformers import LlamaConfig
+
+    # 8 query heads on 2 KV heads of 32: q [256, 256], k and v [64, 256], gate and up [512, 256]
+    config = LlamaConfig(vocab_size=100, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(directory)
+    return directory / "config.json"
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_stacked_linears_are_chosen_by_the_stacked_shape(tmp_path, tp):
+    from transformers import AutoConfig
+
+    from sparsellm.convert.architectures import ARCHITECTURES
+    from sparsellm.convert.model_plan import model_plan
+
+    plan = model_plan(AutoConfig.from_pretrained(_tiny_gqa_llama(tmp_path)), ARCHITECTURES["llama"])
+    shapes = {t.name.split(".")[-2]: plan.choice_shape(t, tp) for t in plan.tensors if t.pruned}
+    assert shapes == {"q_proj": ((256 + 2 * 64) // tp, 256), "k_proj": ((256 + 2 * 64) // tp, 256),
+                      "v_proj": ((256 + 2 * 64) // tp, 256), "o_proj": (256, 256 // tp),
+                      "gate_proj": (2 * 512 // tp, 256), "up_proj": (2 * 512 // tp, 256), "down_proj": (256, 512 // tp)}
+    embed = next(t for t in plan.tensors if t.name == "model.embed_tokens.weight")
+    assert plan.choice_shape(embed, tp) == embed.shard_shape(tp)
+
+
+def test_auto_gives_a_stacked_group_one_format(tmp_path):
+    """A policy under which k_proj alone ([64, 256]) stays dense and the stacked [384, 256] goes
+    bitmap: k and v follow q, as the runtime multiplies them together."""
+    from sparsellm.convert import write_generated
+
+    policy = FormatPolicy(synthetic_model(dense=(0.0, 1e-4, 0.0, 0.0, 0.0), bitmap=(5.0, 5e-5, 0.0, 0.0, 0.0)))
+    assert policy.choose((64, 256), 0.7).format == "dense" and policy.choose((384, 256), 0.7).format == "bitmap"
+    tensors = write_generated(_tiny_gqa_llama(tmp_path / "cfg"), tmp_path / "gen", sparsity=0.7,
+                              format=policy)["tensors"]
+    formats = {name.split(".")[-2]: entry["format"] for name, entry in tensors.items() if entry["pruned"]}
+    assert formats["q_proj"] == formats["k_proj"] == formats["v_proj"] == "bitmap"
+    assert formats["gate_proj"] == formats["up_proj"] == policy.choose((1024, 256), 0.7).format
+
+
 # --- the command line ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -120,11 +120,13 @@ def test_describes_the_model_as_convert_random_stores_it(tmp_path):
 def test_formats(tmp_path, requested):
     config = write_generated("opt-125m", tmp_path / "ckpt", sparsity=0.8, tp=2, format=requested, dtype="bf16")
     assert config["dtype"] == "bfloat16"
-    for entry in config["tensors"].values():
+    for name, entry in config["tensors"].items():
         if not entry["pruned"]:
             assert entry["format"] == "dense"
-        elif requested == "auto":  # the converter's choice
-            chosen = choose_format("auto", True, 0.8, tuple(entry["shape"]))
+        elif requested == "auto":  # the converter's choice, q/k/v by their shards stacked
+            rows, cols = entry["shape"]
+            stacked = any(f".{p}." in name for p in ("q_proj", "k_proj", "v_proj"))
+            chosen = choose_format("auto", True, 0.8, (3 * rows if stacked else rows, cols))
             assert entry["format"] == chosen and entry["format_reason"] == chosen.reason
         else:
             assert entry["format"] == requested and entry["format_reason"] == "requested"

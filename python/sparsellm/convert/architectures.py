@@ -10,7 +10,9 @@ Per family, the decoder linears are either column-parallel (their output rows ar
 split across ranks: attention q/k/v and the first FFN projections) or row-parallel
 (their input columns are split: the attention output projection and the last FFN
 projection). Every linear inside a decoder layer must fall in one of the two groups;
-everything else (embeddings, norms, LM head) is replicated.
+everything else (embeddings, norms, LM head) is replicated. Linears that read the same input
+(q/k/v; Llama's gate/up) are ``stacked``: the runtime multiplies them as one weight when
+their formats agree, so ``--format auto`` chooses their format by the stacked shape.
 
 Tensor parallelism over ``tp`` ranks needs whole attention heads per rank, whole
 key/value heads (hence whole GQA groups) per rank, and an even split of the FFN:
@@ -34,6 +36,9 @@ class Architecture:
     column_parallel: tuple[str, ...]  # linear module names relative to a decoder layer
     row_parallel: tuple[str, ...]
     parallel_sizes: Callable[[Any], dict[str, int]]  # config -> {description: size}
+    # Linears that read the same input, which the runtime stacks into one product when
+    # their formats agree (Linear::stack in cpp/src/layers/linear.h).
+    stacked: tuple[tuple[str, ...], ...] = ()
 
     def linear_split(self, module: str) -> str | None:
         """'rows' for a column-parallel linear, 'columns' for a row-parallel one, else None."""
@@ -42,6 +47,13 @@ class Architecture:
         if module in self.row_parallel:
             return "columns"
         return None
+
+    def stack_of(self, module: str) -> tuple[str, ...]:
+        """The stacked group of a linear (names relative to a decoder layer), () if none."""
+        return next((group for group in self.stacked if module in group), ())
+
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 
 def _opt_sizes(config: Any) -> dict[str, int]:
@@ -68,6 +80,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         column_parallel=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "fc1"),
         row_parallel=("self_attn.out_proj", "fc2"),
         parallel_sizes=_opt_sizes,
+        stacked=(QKV,),
     ),
     "llama": Architecture(
         name="llama",
@@ -77,6 +90,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         row_parallel=("self_attn.o_proj", "mlp.down_proj"),
         parallel_sizes=_llama_sizes,
+        stacked=(QKV, ("mlp.gate_proj", "mlp.up_proj")),
     ),
 }
 

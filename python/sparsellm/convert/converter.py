@@ -69,9 +69,10 @@ def config_fields(
 
 def _store_tensor(
     item: TensorPlan, tensor: Any, writer: CheckpointWriter, *, tp: int, dtype: str, fmt: str,
-    target: float | None, spec: PruningSpec,
+    target: float | None, spec: PruningSpec, choice_shape: tuple[int, ...],
 ) -> dict[str, Any]:
-    """Prune (if ``target`` is given), convert, split, encode and write one tensor; returns its entry."""
+    """Prune (if ``target`` is given), convert, split, encode and write one tensor; returns its entry.
+    ``choice_shape``: the product's shape ``auto`` chooses by (``ModelPlan.choice_shape``)."""
     if tuple(tensor.shape) != item.shape:
         raise FormatError(f"tensor {item.name} has shape {tuple(tensor.shape)}, the config implies {item.shape}")
     if target is not None:
@@ -82,7 +83,7 @@ def _store_tensor(
         canonical_zeros(bits)
     nnz = nonzero_count(bits)
     sparsity = 1.0 - nnz / bits.size
-    chosen = choose_format(fmt, item.pruned, sparsity, item.shard_shape(tp))
+    chosen = choose_format(fmt, item.pruned, sparsity, choice_shape)
     shards = {}
     for rank, shard in split_tensor(bits, item.split, tp, item.name):
         components = {}
@@ -117,7 +118,8 @@ def _write_checkpoint(
                 with source() as read:  # one tensor's file pages mapped at a time
                     tensor = read(item.name)
                 tensors[item.name] = _store_tensor(item, tensor, writer, tp=tp, dtype=dtype, fmt=fmt,
-                                                   target=target, spec=spec)
+                                                   target=target, spec=spec,
+                                                   choice_shape=plan.choice_shape(item, tp))
                 del tensor
                 bar.update()
         config = config_fields(plan, dtype=dtype, tp=tp, tensors=tensors,

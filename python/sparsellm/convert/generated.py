@@ -32,11 +32,13 @@ def expected_nnz(sparsity: float, shape: tuple[int, ...]) -> int:
     return round((1.0 - sparsity) * math.prod(shape))
 
 
-def generated_entry(item: TensorPlan, target: float, requested: Any, tp: int) -> dict[str, Any]:
-    """One tensor's config.json entry: format, shapes and split as stored, targets for sparsity and nnz."""
+def generated_entry(item: TensorPlan, target: float, requested: Any, tp: int,
+                    choice_shape: tuple[int, ...]) -> dict[str, Any]:
+    """One tensor's config.json entry: format, shapes and split as stored, targets for sparsity and nnz;
+    ``auto`` chooses by ``choice_shape`` (``ModelPlan.choice_shape``)."""
     shard_shape = item.shard_shape(tp)
     return {
-        **format_fields(choose_format(requested, item.pruned, target, shard_shape)),
+        **format_fields(choose_format(requested, item.pruned, target, choice_shape)),
         "shape": list(shard_shape), "full_shape": list(item.shape), "split": item.split, "pruned": item.pruned,
         "sparsity": target, "nnz": expected_nnz(target, item.shape),
         "shards": {str(rank): {"sparsity": target, "nnz": expected_nnz(target, shard_shape), "components": {}}
@@ -69,7 +71,8 @@ def write_generated(
     plan, description = random_plan(config, tp)
     dtype = check_dtype(dtype)
     targets = tensor_targets(plan, spec)
-    tensors = {item.name: generated_entry(item, targets[item.module] if item.pruned else 0.0, fmt, tp)
+    tensors = {item.name: generated_entry(item, targets[item.module] if item.pruned else 0.0, fmt, tp,
+                                          plan.choice_shape(item, tp))
                for item in plan.tensors}
     describe = {"source": {"kind": "generated", "config": description, "seed": seed, "std": DEFAULT_STD}}
     fields = config_fields(plan, dtype=dtype, tp=tp, tensors=tensors, describe=describe,

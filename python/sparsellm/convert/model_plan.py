@@ -13,6 +13,7 @@ the keys of per-tensor sparsity targets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sparsellm.errors import InvalidArgument
@@ -59,6 +60,23 @@ class ModelPlan:
         outside = [[t] for t in self.tensors if t.layer is None]
         layers = sorted({t.layer for t in self.tensors if t.layer is not None})
         return outside + [[t for t in self.tensors if t.layer == index] for index in layers]
+
+    def choice_shape(self, item: TensorPlan, tp: int) -> tuple[int, ...]:
+        """The [M, K] a rank multiplies ``item`` as: its shard, or for a linear of a stacked
+        group (``Architecture.stacked``) the group's shards stacked by rows."""
+        shape = item.shard_shape(tp)
+        if item.module is None:
+            return shape
+        head, sep, relative = item.module.rpartition(f".{item.layer}.")
+        group = self.arch.stack_of(relative)
+        if not group:
+            return shape
+        rows = sum(self._by_name[f"{head}{sep}{module}.weight"].shard_shape(tp)[0] for module in group)
+        return (rows, *shape[1:])
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorPlan]:
+        return {t.name: t for t in self.tensors}
 
     @property
     def pruned(self) -> list[TensorPlan]:
