@@ -65,6 +65,8 @@ struct TileEnds {
   __device__ __forceinline__ uint32_t end_of(int j) const {
     return __shfl_sync(0xFFFFFFFFu, (j >> 5) == held ? batch : previous, j & 31);
   }
+  // The start of block tile j: `first` (the block's first word) for j = 0, else the end of tile j − 1.
+  __device__ __forceinline__ uint32_t begin_of(int j, uint32_t first) const { return j == 0 ? first : end_of(j - 1); }
 };
 
 // Producer warp: X[n0 .., 64 kt ..] → the stage at `xs`; every lane then

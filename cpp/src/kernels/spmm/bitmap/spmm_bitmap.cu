@@ -171,8 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
       [&](int u, int s) {
         const int j = u - blk.unit_begin;
         ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
-        const uint32_t tile_begin = j == 0 ? first_word : ends.end_of(j - 1);
-        produce_tile<T>(a, tile_begin, ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
+        produce_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
                         stages + C::kMetaOffset + 4 * s);
       },
       [&](int, int s, Accumulators<BN>& acc) {

@@ -168,9 +168,9 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
       [&](int u, int s) {
         const int i = u - blk.unit_begin;
         ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
-        const uint32_t begin = i == 0 ? 0u : ends.end_of(i - 1) - s0, tile_end = ends.end_of(i) - s0;
+        const uint32_t begin = ends.begin_of(i, s0) - s0, tile_end = ends.end_of(i) - s0;
         freed = max(freed, i - C::kStages + 1);  // run_block waited for tile i − kStages
-        for (; freed < i && (freed == 0 ? 0u : ends.end_of(freed - 1) - s0) + kRingWords < tile_end; ++freed)
+        for (; freed < i && ends.begin_of(freed, s0) - s0 + kRingWords < tile_end; ++freed)
           ptx::mbarrier_wait(bars + 8 * (C::kStages + freed % C::kStages), uint32_t((freed / C::kStages) & 1));
         if ((threadIdx.x & 31) == 0)
           asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(meta + 4 * s), "r"(tile_end) : "memory");
