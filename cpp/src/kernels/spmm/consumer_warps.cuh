@@ -197,7 +197,7 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   static_assert(kProducerWarps <= kStages, "a producer waits for the release of the tile kStages before its own");
   const int n0 = blockIdx.y * BN;
   const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
-  const int warp = threadIdx.x >> 5;
+  const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);  // warp-uniform for the compiler
   if (warp >= kConsumerWarps) {
     const int p = warp - kConsumerWarps;
     int kt = (blk.unit_begin + p) % a.tiles_k;
