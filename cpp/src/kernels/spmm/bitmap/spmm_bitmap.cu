@@ -39,7 +39,6 @@
 #include "kernels/spmm/consumer_warps.cuh"
 #include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/stream_k.cuh"
-#include "kernels/spmm/wgmma.cuh"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
@@ -51,10 +50,6 @@ using namespace bitmap;
 using stream_k::KernelArgs;
 using namespace consumer_warps;
 static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
-
-// Widths multiplied by wgmma (sm_90a builds; mma.sync otherwise).
-template <int BN>
-constexpr bool kWgmmaColumns = BN >= 64;
 
 // Shared bytes a stage reserves for a tile: the largest tile, rounded to 128
 // bytes, or to 1024 where wgmma reads the X tile that follows (its swizzle
@@ -103,7 +98,7 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
 
   const unsigned short* values = reinterpret_cast<const unsigned short*>(stage_ptr + kHeaderWords * 4);
   const uint32_t xs = stage + kStageTileBytes<BN>;
-  constexpr bool wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
+  constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
   uint32_t a[kBlocksK][4];
 #pragma unroll
   for (int j = 0; j < kBlocksK; ++j) {
@@ -121,18 +116,10 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
       const uint32_t hi = byte >> (2 * r + 1) & 1 ? uint32_t(pair[r + 1][-1]) : 0u;
       a[j][r] = __byte_perm(lo, hi, 0x5410);
     }
-    if constexpr (!wgmma) mma_k16<T, BN>(a[j], xs, j, acc);
+    if constexpr (!use_wgmma) mma_k16<T, BN>(a[j], xs, j, acc);
   }
 #if SPARSELLM_HAS_WGMMA
-  if constexpr (wgmma) {  // the warpgroup's 64 rows × BN, one wgmma per k16 step (wgmma.cuh)
-    wgmma::fence_async_shared();
-    wgmma::fence();
-    const uint64_t b = wgmma::sw128_descriptor(xs);
-#pragma unroll
-    for (int j = 0; j < kBlocksK; ++j) wgmma::mma_rs<T, BN>(acc, a[j], wgmma::advance(b, 32 * j));
-    wgmma::commit();
-    wgmma::wait_all();
-  }
+  if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
 #endif
 }
 
@@ -179,9 +166,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
 
   const int warp = threadIdx.x >> 5;
   const uint32_t stages = ptx::smem_addr(smem);
-  if constexpr (kWgmmaColumns<BN>) {
-    if (stages % 1024 != 0) __trap();  // the X stages' swizzle (wgmma.cuh) would be misread
-  }
+  check_x_alignment<BN>(stages);  // every stage size is a multiple of 1024 at these widths
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
   int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
