@@ -23,6 +23,7 @@
 #include "kernels/device_math.cuh"
 #include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/stream_k.cuh"
+#include "kernels/spmm/wgmma.cuh"
 
 namespace sparsellm::consumer_warps {
 
@@ -132,6 +133,36 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int
   }
 }
 
+// Widths multiplied by wgmma on sm_90a (mma.sync otherwise). Their X stages
+// must be 1024-byte aligned (the 128-byte swizzle as a wgmma operand).
+template <int BN>
+constexpr bool kWgmmaColumns = BN >= 64;
+
+// Traps where a wgmma width's first X stage is not 1024-byte aligned (the
+// swizzle would be misread, silently); free elsewhere.
+template <int BN>
+__device__ __forceinline__ void check_x_alignment(uint32_t first_x_stage) {
+  if constexpr (kWgmmaColumns<BN>) {
+    if (first_x_stage % 1024 != 0) __trap();
+  }
+}
+
+#if SPARSELLM_HAS_WGMMA
+// acc += A (this warp's four k16 fragments of the tile, mma.m16n8k16 A
+// registers) · the X stage's 64 columns: one wgmma per k16 step for the
+// warpgroup's 64 rows, complete on return (wgmma.cuh).
+template <typename T, int BN>
+__device__ __forceinline__ void wgmma_tile(const uint32_t (&a)[4][4], uint32_t xs, Accumulators<BN>& acc) {
+  wgmma::fence_async_shared();
+  wgmma::fence();
+  const uint64_t b = wgmma::sw128_descriptor(xs);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) wgmma::mma_rs<T, BN>(acc, a[ks], wgmma::advance(b, 32 * ks));
+  wgmma::commit();
+  wgmma::wait_all();
+}
+#endif
+
 // Y[n, m] = acc (+ bias) for this consumer thread's fragments of tile row `row`.
 template <typename T, int BN>
 __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int row, int n0,
@@ -199,7 +230,7 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   static_assert(kProducerWarps <= kStages, "a producer waits for the release of the tile kStages before its own");
   const int n0 = blockIdx.y * BN;
   const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
-  const int warp = threadIdx.x >> 5;
+  const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);  // warp-uniform for the compiler
   if (warp >= kConsumerWarps) {
     const int p = warp - kConsumerWarps;
     int kt = (blk.unit_begin + p) % a.tiles_k;

@@ -25,6 +25,9 @@
 //   then per A register r (slots 2r, 2r + 1): the values before it,
 //   q_r = popc(byte & (4^r − 1)), and two predicated 16-bit shared loads at
 //   q_r and q_{r+1} − 1 — no branch, no scatter, no dense tile.
+// MMA: mma.m16n8k16 per block and 8 columns; for BN ≥ 64 on sm_90a, once
+//   the row block's four fragments are decoded, wgmma.m64nBNk16 per block
+//   with the fragments as A registers (each warpgroup: 64 rows; wgmma.cuh).
 //
 // Stream-K (sparsellm/spmm.h): the same plan and workspace as Tiled-CSL (same
 // tile grid, offsets in words). A tile row shared by several blocks is summed
@@ -49,9 +52,15 @@ using namespace consumer_warps;
 static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
 
 // Shared bytes a stage reserves for a tile: the largest tile, rounded to 128
-// bytes. Decode reads at most one 16-bit value past a tile's last value, which
-// stays inside the reservation (kMaxTileWords · 4 = 17,424 < 17,536).
-constexpr int kStageTileBytes = (kMaxTileWords * 4 + 127) / 128 * 128;
+// bytes, or to 1024 where wgmma reads the X tile that follows (its swizzle
+// needs the alignment). Decode reads at most one 16-bit value past a tile's
+// last value, which stays inside the reservation (kMaxTileWords · 4 = 17,424
+// < 17,536).
+template <int BN>
+constexpr int kStageTileBytes = [] {
+  constexpr int align = kWgmmaColumns<BN> ? 1024 : 128;
+  return (kMaxTileWords * 4 + align - 1) / align * align;
+}();
 
 // Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
 template <typename T, int BN>
@@ -88,7 +97,9 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
   first[3] = row_start + (total[0] & 0xFFFF) + (total[0] >> 16) + (total[1] & 0xFFFF) + (scan[1] >> 16);
 
   const unsigned short* values = reinterpret_cast<const unsigned short*>(stage_ptr + kHeaderWords * 4);
-  const uint32_t xs = stage + kStageTileBytes;
+  const uint32_t xs = stage + kStageTileBytes<BN>;
+  constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
+  uint32_t a[kBlocksK][4];
 #pragma unroll
   for (int j = 0; j < kBlocksK; ++j) {
     // A fragment of block (warp, j): slot e = bit e of the lane's byte. With
@@ -99,21 +110,23 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
     const unsigned short* p = values + first[j] + __popc(mw[j] & below);
     const unsigned short* pair[5] = {p, p + __popc(byte & 0x3), p + __popc(byte & 0xF), p + __popc(byte & 0x3F),
                                      p + __popc(byte)};
-    uint32_t a[4];
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const uint32_t lo = byte >> (2 * r) & 1 ? uint32_t(pair[r][0]) : 0u;
       const uint32_t hi = byte >> (2 * r + 1) & 1 ? uint32_t(pair[r + 1][-1]) : 0u;
-      a[r] = __byte_perm(lo, hi, 0x5410);
+      a[j][r] = __byte_perm(lo, hi, 0x5410);
     }
-    mma_k16<T, BN>(a, xs, j, acc);
+    if constexpr (!use_wgmma) mma_k16<T, BN>(a[j], xs, j, acc);
   }
+#if SPARSELLM_HAS_WGMMA
+  if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
+#endif
 }
 
 template <int BN>
 struct Config {
   static constexpr int kStages = BN >= 128 ? 3 : 4;  // ring depth (2 blocks per SM)
-  static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
+  static constexpr int kStageBytes = kStageTileBytes<BN> + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
@@ -147,12 +160,13 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
 template <typename T, int BN>
 __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelArgs<T> a) {
   using C = Config<BN>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
   if (blk.unit_begin == blk.unit_end) return;
 
   const int warp = threadIdx.x >> 5;
   const uint32_t stages = ptx::smem_addr(smem);
+  check_x_alignment<BN>(stages);  // every stage size is a multiple of 1024 at these widths
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
   int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
@@ -167,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
   const uint32_t first_word = a.offsets[blk.unit_begin];
   TileEnds ends;  // producers
   run_block<T, BN, C::kStages>(
-      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
+      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes<BN>; },
       [&](int u, int s) {
         const int j = u - blk.unit_begin;
         ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);

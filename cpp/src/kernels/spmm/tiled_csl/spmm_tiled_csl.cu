@@ -54,7 +54,8 @@ template <int BN>
 struct Config {
   static constexpr int kStages = BN <= 16 ? 8 : (BN == 32 ? 6 : 3);  // X stages (tiles in flight)
   static constexpr int kDenseOffset = kRingWords * 4;
-  static constexpr int kXOffset = kDenseOffset + kDenseBytes;
+  static constexpr int kXAlign = kWgmmaColumns<BN> ? 1024 : 128;  // X stages as a wgmma operand: 1024
+  static constexpr int kXOffset = (kDenseOffset + kDenseBytes + kXAlign - 1) / kXAlign * kXAlign;
   static constexpr int kBarOffset = kXOffset + kStages * kXStageBytes<BN>;  // stage barriers
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;         // tile word end per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
@@ -120,12 +121,16 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
 
   // Rows [16 w, 16 w + 16) of the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
   const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+  constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
+  uint32_t a[kTileK / 16][4];
 #pragma unroll
   for (int ks = 0; ks < kTileK / 16; ++ks) {
-    uint32_t a[4];
-    ptx::ldmatrix_x4(a_row + (((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4), a);
-    mma_k16<T, BN>(a, xs, ks, acc);
+    ptx::ldmatrix_x4(a_row + (((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4), a[ks]);
+    if constexpr (!use_wgmma) mma_k16<T, BN>(a[ks], xs, ks, acc);
   }
+#if SPARSELLM_HAS_WGMMA
+  if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
+#endif
   __syncwarp();
   const uint32_t mine = dense + 2048 * warp + 16 * lane;
 #pragma unroll
@@ -135,13 +140,14 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
 template <typename T, int BN>
 __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
   using C = Config<BN>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
   if (blk.unit_begin == blk.unit_end) return;
 
   const uint32_t ring = ptx::smem_addr(smem);
   const uint32_t dense = ptx::smem_addr(smem + C::kDenseOffset);
   const uint32_t x0 = ptx::smem_addr(smem + C::kXOffset);
+  check_x_alignment<BN>(x0);
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const uint32_t meta = ptx::smem_addr(smem + C::kMetaOffset);
   const volatile uint32_t* tile_ends = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);

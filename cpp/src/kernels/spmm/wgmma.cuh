@@ -1,0 +1,100 @@
+// Hopper warpgroup MMA (wgmma, sm_90a) for the SpMM consumers at wide N: A
+// from registers, B from the X stage in shared memory.
+//
+//   D[64, N] += A[64, 16] · B[16, N]      per warpgroup (4 consumer warps)
+//
+// A: each warp supplies its 16 rows in the register layout of mma.m16n8k16
+// (the fragments the formats already decode). B: the X stage, N rows of 128
+// bytes (64 k values) whose 16-byte chunks are XOR-swizzled by row & 7 — the
+// 128-byte swizzle of a K-major wgmma operand, so the stage must be 1024-byte
+// aligned; k16 step j starts 32 j bytes into each row. D: N / 8 chunks of 4
+// fp32 per thread in the layout of mma.m16n8k16's C, so the accumulators,
+// the stream-K flush and the stores are shared with the mma.sync path.
+//
+// Ordering: the X stage is written through the generic proxy (cp.async) and
+// read by wgmma through the async proxy, hence fence_async_shared() after
+// the stage's full barrier; fence() orders the decoded registers and the
+// accumulators before the wgmmas; wait_all() before the stage is released or
+// the accumulators are read.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SPARSELLM_HAS_WGMMA 1
+#else
+#define SPARSELLM_HAS_WGMMA 0
+#endif
+
+namespace sparsellm::wgmma {
+
+// Matrix descriptor of a 128-byte-swizzled K-major operand at shared address
+// `addr` (1024-byte aligned for k step 0): start address, leading byte offset
+// 16 (unused by this layout), stride byte offset 1024 (8 rows of 128 bytes),
+// swizzle mode 1 (128 bytes); addresses and offsets in 16-byte units.
+__device__ __forceinline__ uint64_t sw128_descriptor(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(16 >> 4) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+// The same operand advanced by `bytes` along K inside the swizzled rows.
+__device__ __forceinline__ uint64_t advance(uint64_t descriptor, uint32_t bytes) { return descriptor + (bytes >> 4); }
+
+#if SPARSELLM_HAS_WGMMA
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// One wgmma.m64nNk16 with scale-d = 1 (D += A · B). TYPE: "f16" or "bf16".
+#define SPARSELLM_WGMMA_RS(SHAPE, TYPE, D_REGS, AB_REGS, D_OPERANDS)                                         \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." \
+               TYPE " " D_REGS ", " AB_REGS ", p, 1, 1, 0;\n}\n"                                              \
+               : D_OPERANDS                                                                                  \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)                                          \
+               : "memory")
+#define SPARSELLM_D8(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define SPARSELLM_D64 \
+  SPARSELLM_D8(0), SPARSELLM_D8(1), SPARSELLM_D8(2), SPARSELLM_D8(3), SPARSELLM_D8(4), SPARSELLM_D8(5), \
+      SPARSELLM_D8(6), SPARSELLM_D8(7)
+#define SPARSELLM_D128 \
+  SPARSELLM_D64, SPARSELLM_D8(8), SPARSELLM_D8(9), SPARSELLM_D8(10), SPARSELLM_D8(11), SPARSELLM_D8(12), \
+      SPARSELLM_D8(13), SPARSELLM_D8(14), SPARSELLM_D8(15)
+#define SPARSELLM_REGS_64                                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define SPARSELLM_REGS_128                                                                                     \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// D[64 rows of the warpgroup, N] += A (this warp's 16 rows, mma.m16n8k16 A registers) · B (descriptor).
+template <typename T, int N>
+__device__ __forceinline__ void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b) {
+  static_assert(N == 64 || N == 128, "wgmma widths used by the SpMM kernels");
+  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (N == 64) {
+    if constexpr (bf16)
+      SPARSELLM_WGMMA_RS("m64n64k16", "bf16", SPARSELLM_REGS_64, "{%32, %33, %34, %35}, %36", SPARSELLM_D64);
+    else
+      SPARSELLM_WGMMA_RS("m64n64k16", "f16", SPARSELLM_REGS_64, "{%32, %33, %34, %35}, %36", SPARSELLM_D64);
+  } else {
+    if constexpr (bf16)
+      SPARSELLM_WGMMA_RS("m64n128k16", "bf16", SPARSELLM_REGS_128, "{%64, %65, %66, %67}, %68", SPARSELLM_D128);
+    else
+      SPARSELLM_WGMMA_RS("m64n128k16", "f16", SPARSELLM_REGS_128, "{%64, %65, %66, %67}, %68", SPARSELLM_D128);
+  }
+}
+
+#undef SPARSELLM_WGMMA_RS
+#undef SPARSELLM_D8
+#undef SPARSELLM_D64
+#undef SPARSELLM_D128
+#undef SPARSELLM_REGS_64
+#undef SPARSELLM_REGS_128
+#endif  // SPARSELLM_HAS_WGMMA
+
+}  // namespace sparsellm::wgmma
