@@ -135,8 +135,13 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int
 
 // Widths multiplied by wgmma on sm_90a (mma.sync otherwise). Their X stages
 // must be 1024-byte aligned (the 128-byte swizzle as a wgmma operand).
+// SPARSELLM_WGMMA_MIN_COLUMNS moves the threshold (any of 8 … 128) for
+// measurements of the two paths against each other.
+#ifndef SPARSELLM_WGMMA_MIN_COLUMNS
+#define SPARSELLM_WGMMA_MIN_COLUMNS 64
+#endif
 template <int BN>
-constexpr bool kWgmmaColumns = BN >= 64;
+constexpr bool kWgmmaColumns = BN >= SPARSELLM_WGMMA_MIN_COLUMNS;
 
 // Traps where a wgmma width's first X stage is not 1024-byte aligned (the
 // swizzle would be misread, silently); free elsewhere.

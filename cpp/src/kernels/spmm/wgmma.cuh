@@ -49,20 +49,28 @@ __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync
 __device__ __forceinline__ void wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// One wgmma.m64nNk16 with scale-d = 1 (D += A · B). TYPE: "f16" or "bf16".
-#define SPARSELLM_WGMMA_RS(SHAPE, TYPE, D_REGS, AB_REGS, D_OPERANDS)                                         \
+// One wgmma.m64nNk16 with scale-d = 1 (D += A · B), T's PTX type chosen.
+#define SPARSELLM_WGMMA_RS(SHAPE, TYPE, D_REGS, AB_REGS, ...)                                                \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." \
                TYPE " " D_REGS ", " AB_REGS ", p, 1, 1, 0;\n}\n"                                              \
-               : D_OPERANDS                                                                                  \
+               : __VA_ARGS__                                                                                 \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)                                          \
                : "memory")
+#define SPARSELLM_WGMMA_T(SHAPE, D_REGS, AB_REGS, ...)                     \
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)                          \
+    SPARSELLM_WGMMA_RS(SHAPE, "bf16", D_REGS, AB_REGS, __VA_ARGS__);       \
+  else                                                                     \
+    SPARSELLM_WGMMA_RS(SHAPE, "f16", D_REGS, AB_REGS, __VA_ARGS__)
 #define SPARSELLM_D8(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
-#define SPARSELLM_D64 \
-  SPARSELLM_D8(0), SPARSELLM_D8(1), SPARSELLM_D8(2), SPARSELLM_D8(3), SPARSELLM_D8(4), SPARSELLM_D8(5), \
-      SPARSELLM_D8(6), SPARSELLM_D8(7)
+#define SPARSELLM_D16 SPARSELLM_D8(0), SPARSELLM_D8(1)
+#define SPARSELLM_D32 SPARSELLM_D16, SPARSELLM_D8(2), SPARSELLM_D8(3)
+#define SPARSELLM_D64 SPARSELLM_D32, SPARSELLM_D8(4), SPARSELLM_D8(5), SPARSELLM_D8(6), SPARSELLM_D8(7)
 #define SPARSELLM_D128 \
   SPARSELLM_D64, SPARSELLM_D8(8), SPARSELLM_D8(9), SPARSELLM_D8(10), SPARSELLM_D8(11), SPARSELLM_D8(12), \
       SPARSELLM_D8(13), SPARSELLM_D8(14), SPARSELLM_D8(15)
+#define SPARSELLM_REGS_8 "{%0, %1, %2, %3}"
+#define SPARSELLM_REGS_16 "{%0, %1, %2, %3, %4, %5, %6, %7}"
+#define SPARSELLM_REGS_32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define SPARSELLM_REGS_64                                                                                      \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
   "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
@@ -74,25 +82,30 @@ __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy
 // D[64 rows of the warpgroup, N] += A (this warp's 16 rows, mma.m16n8k16 A registers) · B (descriptor).
 template <typename T, int N>
 __device__ __forceinline__ void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b) {
-  static_assert(N == 64 || N == 128, "wgmma widths used by the SpMM kernels");
-  constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (N == 64) {
-    if constexpr (bf16)
-      SPARSELLM_WGMMA_RS("m64n64k16", "bf16", SPARSELLM_REGS_64, "{%32, %33, %34, %35}, %36", SPARSELLM_D64);
-    else
-      SPARSELLM_WGMMA_RS("m64n64k16", "f16", SPARSELLM_REGS_64, "{%32, %33, %34, %35}, %36", SPARSELLM_D64);
+  static_assert(N == 8 || N == 16 || N == 32 || N == 64 || N == 128, "the SpMM kernels' column blocks");
+  if constexpr (N == 8) {
+    SPARSELLM_WGMMA_T("m64n8k16", SPARSELLM_REGS_8, "{%4, %5, %6, %7}, %8", SPARSELLM_D8(0));
+  } else if constexpr (N == 16) {
+    SPARSELLM_WGMMA_T("m64n16k16", SPARSELLM_REGS_16, "{%8, %9, %10, %11}, %12", SPARSELLM_D16);
+  } else if constexpr (N == 32) {
+    SPARSELLM_WGMMA_T("m64n32k16", SPARSELLM_REGS_32, "{%16, %17, %18, %19}, %20", SPARSELLM_D32);
+  } else if constexpr (N == 64) {
+    SPARSELLM_WGMMA_T("m64n64k16", SPARSELLM_REGS_64, "{%32, %33, %34, %35}, %36", SPARSELLM_D64);
   } else {
-    if constexpr (bf16)
-      SPARSELLM_WGMMA_RS("m64n128k16", "bf16", SPARSELLM_REGS_128, "{%64, %65, %66, %67}, %68", SPARSELLM_D128);
-    else
-      SPARSELLM_WGMMA_RS("m64n128k16", "f16", SPARSELLM_REGS_128, "{%64, %65, %66, %67}, %68", SPARSELLM_D128);
+    SPARSELLM_WGMMA_T("m64n128k16", SPARSELLM_REGS_128, "{%64, %65, %66, %67}, %68", SPARSELLM_D128);
   }
 }
 
 #undef SPARSELLM_WGMMA_RS
+#undef SPARSELLM_WGMMA_T
 #undef SPARSELLM_D8
+#undef SPARSELLM_D16
+#undef SPARSELLM_D32
 #undef SPARSELLM_D64
 #undef SPARSELLM_D128
+#undef SPARSELLM_REGS_8
+#undef SPARSELLM_REGS_16
+#undef SPARSELLM_REGS_32
 #undef SPARSELLM_REGS_64
 #undef SPARSELLM_REGS_128
 #endif  // SPARSELLM_HAS_WGMMA
