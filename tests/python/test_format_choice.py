@@ -360,8 +360,35 @@ def test_info_shows_bytes_and_predicted_speedup(bitmap_checkpoint, capsys):
     assert fields[1:4] == ["bitmap", "512x256", f"{sparsity:.4f}"]
     assert int(fields[5]) == 512 * 256 * 2 and int(fields[4]) < 0.4 * int(fields[5])
     assert fields[7] == f"{model.speedup('bitmap', 512, 256, 8, sparsity):.2f}"
+    for proj in ("q_proj", "k_proj", "v_proj"):  # predicted as the stacked [768, 256] product
+        name = f"model.decoder.layers.0.self_attn.{proj}.weight"
+        fields = next(line for line in lines if line.startswith(name + " ")).split()
+        sparsity = read_config(bitmap_checkpoint)["tensors"][name]["shards"]["0"]["sparsity"]
+        assert fields[2] == "256x256" and fields[7] == f"{model.speedup('bitmap', 768, 256, 8, sparsity):.2f}"
     assert "speedup: predicted over dense at N=8 by the NVIDIA H100 80GB HBM3 model" in out
     assert "bias" in out and "(0 tiled_csl, 6 bitmap)" in out
+
+
+def test_info_predicts_a_stacked_group_only_when_it_stacks():
+    from sparsellm.convert.summary import TensorRow, product_shapes
+
+    def rows(k_format):
+        layer = "model.layers.0."
+        return [TensorRow(layer + "self_attn.q_proj.weight", "bitmap", (256, 256), 0.7, 1),
+                TensorRow(layer + "self_attn.k_proj.weight", k_format, (64, 256), 0.7, 1),
+                TensorRow(layer + "self_attn.v_proj.weight", "bitmap", (64, 256), 0.7, 1),
+                TensorRow(layer + "mlp.gate_proj.weight", "bitmap", (512, 256), 0.7, 1),
+                TensorRow(layer + "mlp.up_proj.weight", "bitmap", (512, 256), 0.7, 1),
+                TensorRow(layer + "mlp.down_proj.weight", "bitmap", (256, 512), 0.7, 1),
+                TensorRow(layer + "input_layernorm.weight", "dense", (256,), 0.0, 1)]
+
+    stacked = product_shapes({"architecture": "llama"}, rows("bitmap"))
+    assert {n.split(".")[-2]: s for n, s in stacked.items()} == {
+        "q_proj": (384, 256), "k_proj": (384, 256), "v_proj": (384, 256), "gate_proj": (1024, 256),
+        "up_proj": (1024, 256), "down_proj": (256, 512)}
+    apart = product_shapes({"architecture": "llama"}, rows("dense"))  # k_proj dense: q/k/v run apart
+    assert {n.split(".")[-2]: s for n, s in apart.items() if "attn" in n} == {
+        "q_proj": (256, 256), "k_proj": (64, 256), "v_proj": (64, 256)}
 
 
 def test_cli_errors_are_one_line(bitmap_checkpoint, tmp_path, capsys):

@@ -4,7 +4,9 @@ Per tensor and rank: name, format, shape (the rank's), sparsity (fraction of zer
 the rank's shard), stored bytes (all components), the bytes of the same shard stored
 dense in float16 and their ratio, and, for 2-D weights when a ``FormatPolicy`` is given,
 the speedup over dense its speed model predicts for the shard at the policy's decode
-batch (1.00 for dense). Totals per rank follow.
+batch (1.00 for dense). Linears the runtime stacks into one product (q/k/v, gate/up, in one
+format: ``Architecture.stacked``) are predicted as that product, their rows summed. Totals
+per rank follow.
 
 A generated checkpoint stores nothing: its bytes are those its shards are expected to take
 once the runtime has drawn them (``format_choice.weight_bytes`` at the target sparsity).
@@ -19,6 +21,7 @@ import numpy as np
 
 from sparsellm.format_choice import FormatPolicy, weight_bytes
 
+from .architectures import ARCHITECTURES
 from .checkpoint import is_generated, rank_file_name
 
 _ITEM_BYTES = {"float16": 2, "bfloat16": 2, "uint32": 4, "uint16": 2}
@@ -67,24 +70,48 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def predicted_speedup(row: TensorRow, policy: FormatPolicy | None) -> float | None:
-    """Dense time over the row's format's time at the policy's decode batch; None for 1-D tensors."""
+def product_shapes(config: dict[str, Any], rows: list[TensorRow]) -> dict[str, tuple[int, int]]:
+    """[M, K] of the product each 2-D row is multiplied in: its own shape, or for a linear of a
+    stacked group whose members share one format and K, the group's rows summed."""
+    by_name = {r.name: r for r in rows}
+    shapes = {r.name: r.shape for r in rows if len(r.shape) == 2}
+    arch = ARCHITECTURES.get(config.get("architecture"))
+    for group in arch.stacked if arch else ():
+        for r in rows:
+            module = r.name.removesuffix(".weight")
+            if not module.endswith("." + group[0]) or r.name not in shapes:
+                continue
+            prefix = module[: -len(group[0])]
+            members = [by_name.get(f"{prefix}{m}.weight") for m in group]
+            if any(m is None or len(m.shape) != 2 for m in members):
+                continue
+            if len({m.format for m in members}) == 1 and len({m.shape[1] for m in members}) == 1:
+                stacked = (sum(m.shape[0] for m in members), r.shape[1])
+                shapes.update({m.name: stacked for m in members})
+    return shapes
+
+
+def predicted_speedup(row: TensorRow, policy: FormatPolicy | None,
+                      shape: tuple[int, int] | None = None) -> float | None:
+    """Dense time over the row's format's time at the policy's decode batch, for the product of
+    ``shape`` (default: the row's own); None for 1-D tensors."""
     if policy is None or len(row.shape) != 2 or 0 in row.shape or row.format not in policy.model.formats:
         return None
-    m, k = row.shape
+    m, k = shape or row.shape
     return policy.model.speedup(row.format, m, k, policy.decode_batch, row.sparsity)
 
 
 def rank_table(config: dict[str, Any], rank: int, policy: FormatPolicy | None = None) -> str:
     """The table of one rank, with totals."""
     rows = rank_rows(config, rank)
+    products = product_shapes(config, rows)
     width = max([len("name")] + [len(r.name) for r in rows])
     n = f"@N={policy.decode_batch}" if policy is not None else ""
     lines = [f"{'name':<{width}}  {'format':<9}  {'shape':>13}  {'sparsity':>8}  {'bytes':>12}  "
              f"{'dense bytes':>12}  {'vs fp16':>7}  speedup{n}"]
     for r in rows:
         shape = "x".join(str(s) for s in r.shape)
-        speedup = predicted_speedup(r, policy)
+        speedup = predicted_speedup(r, policy, products.get(r.name))
         lines.append(f"{r.name:<{width}}  {r.format:<9}  {shape:>13}  {r.sparsity:>8.4f}  {r.bytes:>12}  "
                      f"{r.dense_fp16_bytes:>12}  {r.ratio:>7.3f}  {'' if speedup is None else f'{speedup:.2f}'}"
                      .rstrip())
@@ -101,7 +128,8 @@ def rank_table(config: dict[str, Any], rank: int, policy: FormatPolicy | None = 
         lines.append(f"sparse tensors: {sparse_stored} bytes vs {sparse_dense} dense fp16, "
                      f"ratio {sparse_stored / sparse_dense:.3f}")
     if policy is not None:
-        lines.append(f"speedup: predicted over dense at N={policy.decode_batch} by the {policy.model.gpu} model")
+        lines.append(f"speedup: predicted over dense at N={policy.decode_batch} by the {policy.model.gpu} model"
+                     " (q/k/v and gate/up as the one product they are stacked into)")
     return "\n".join(lines)
 
 
