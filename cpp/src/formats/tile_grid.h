@@ -104,7 +104,8 @@ TileGrid tile_grid(int64_t m, int64_t k, int threads, SizeOf size_of, const char
 // Encodes W[m, k] into a Host (BitmapHost, TiledCslHost) whose tile words are
 // the member `words`: checks the input (errors prefixed by `who`), lays the
 // tiles out with tile_grid (size_of(dense, m, k, tr, tc) → TileSize), then
-// fills every tile holding nonzeros on `threads` threads over tile rows. Each thread makes its own TileEncoder{dense, m, k}
+// fills every tile holding nonzeros on `threads` threads over tile rows.
+// Each thread makes its own TileEncoder{dense, m, k}
 // (scratch stays per thread) and calls encode(tr, tc, out) for tile (tr, tc),
 // with `out` its words, zero-filled. Each tile is written by exactly one
 // thread: the output does not depend on the thread count.

@@ -32,13 +32,10 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// Programmatic dependent launch (sm_90; no-ops before). The kernels that precede
-// an SpMM in a decode step (norms, attention, activations) call
-// allow_dependent_launch() first, so that the SpMM's blocks may be scheduled
-// while they run and start streaming weights, which no earlier kernel writes;
-// the SpMM calls wait_for_prerequisite_grids() before it touches anything an
-// earlier kernel writes or reads (activations, workspace, output). Without the
-// launch attribute on the dependent both are harmless.
+// Programmatic dependent launch (sm_90; no-ops before), the device side of
+// kernels/launch.h: wait_for_prerequisite_grids() before touching memory an
+// earlier kernel may touch, allow_dependent_launch() to let the next kernel's
+// blocks be scheduled. Without the launch attribute both are harmless.
 __device__ __forceinline__ void allow_dependent_launch() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -48,6 +45,12 @@ __device__ __forceinline__ void wait_for_prerequisite_grids() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
+}
+// First thing in a transformer kernel launched chained: wait for the previous
+// kernel, then let the next one be scheduled.
+__device__ __forceinline__ void begin_chained_kernel() {
+  wait_for_prerequisite_grids();
+  allow_dependent_launch();
 }
 
 // Rounds an fp32 value to the storage type and back.

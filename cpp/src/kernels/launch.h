@@ -18,15 +18,9 @@
 #include <utility>
 
 #include "common/check.h"
+#include "sparsellm/device.h"
 
 namespace sparsellm::kernels {
-
-inline bool chained_launch_supported() {
-  int device = 0, major = 0;
-  SPARSELLM_CHECK_CUDA(cudaGetDevice(&device));
-  SPARSELLM_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  return major >= 9;
-}
 
 template <typename... Params, typename... Args>
 void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
@@ -40,7 +34,7 @@ void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3
   config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   config.attrs = &early;
-  config.numAttrs = chained_launch_supported() ? 1 : 0;
+  config.numAttrs = current_device().cc_major >= 9 ? 1 : 0;
   SPARSELLM_CHECK_CUDA(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
   SPARSELLM_CHECK_LAUNCH(name);
 }

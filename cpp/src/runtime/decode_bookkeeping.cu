@@ -13,8 +13,7 @@ namespace sparsellm {
 namespace {
 
 __global__ void decode_bookkeeping_kernel(BookkeepingParams p) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int b = threadIdx.x;
   bool finished = true;  // threads past the batch do not hold the block back
   if (b < p.batch) {

@@ -41,8 +41,7 @@ __device__ __forceinline__ float apply(Activation kind, float v) {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) activation_kernel(void* data, int64_t vectors, Activation kind) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   T* x = static_cast<T*>(data);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vectors; i += int64_t(gridDim.x) * blockDim.x) {
     float v[VEC];
@@ -63,8 +62,7 @@ struct GatedArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) gated_activation_kernel(GatedArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (c >= a.cols) return;
   for (int64_t r = blockIdx.y; r < a.rows; r += gridDim.y) {

@@ -98,8 +98,7 @@ __device__ void write_zeros(const AttentionArgs& a, int64_t t, int h) {
 // Pass 1: one block per (token, head, chunk); blockIdx.x = (t · heads + h) · splits + c.
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   constexpr int kGroups = kThreads / G;
   constexpr int kStep = kGroups * kKeysPerGroup;  // keys per step of the block
   __shared__ float s_acc[kGroups][G * 8];
@@ -221,8 +220,7 @@ __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs
 // Pass 2 (splits > 1): one block per (token, head); merges its chunks 0 … ⌈(p + 1) / chunk⌉ − 1.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   __shared__ float s_w[kMaxSplits];
   const int64_t row = blockIdx.x;
   const int h = int(row % a.heads);

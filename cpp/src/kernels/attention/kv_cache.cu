@@ -35,8 +35,7 @@ struct KvWriteArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) kv_cache_write_kernel(KvWriteArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int64_t t = blockIdx.x;
   const int64_t e = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;  // element in the token's row
   if (e >= int64_t(a.kv_heads) * a.head_dim) return;

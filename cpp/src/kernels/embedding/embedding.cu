@@ -33,8 +33,7 @@ struct EmbeddingArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) embedding_kernel(EmbeddingArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int64_t i = blockIdx.x;
   const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;  // first column
   if (c >= a.width) return;

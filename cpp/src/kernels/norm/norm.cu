@@ -44,8 +44,7 @@ struct NormArgs {
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   constexpr int kIters = kCachedFloats / VEC;  // vectors per thread held in registers
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;

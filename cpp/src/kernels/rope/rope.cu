@@ -33,8 +33,7 @@ struct RopeArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int64_t t = blockIdx.x;
   const float pos = float(a.position[t]);
   const int32_t pairs = (a.q_heads + a.k_heads) * a.half;

@@ -191,8 +191,7 @@ __device__ uint32_t radix_select(const uint16_t* row, int64_t vocab, uint32_t fl
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
-  kernels::wait_for_prerequisite_grids();  // chained launch (kernels/launch.h)
-  kernels::allow_dependent_launch();
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   __shared__ Shared sh;
   const int64_t b = blockIdx.x;
   const uint16_t* row = static_cast<const uint16_t*>(a.logits) + b * a.stride;

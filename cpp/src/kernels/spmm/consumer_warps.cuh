@@ -97,8 +97,7 @@ __device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, in
         const uint32_t hi = row_ok && col + e + 1 < a.k ? s[e + 1] : 0;
         packed[e / 2] = lo | (hi << 16);
       }
-      asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]),
-                   "r"(packed[2]), "r"(packed[3]));
+      ptx::st_shared_v4(dst, packed);
     }
   }
   if (a.x_vectors) {
@@ -209,13 +208,17 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
 
 // Stage s of kStages (X tile + the format's per-tile data) has two barriers:
 // full(s) at bars + 8 s (kXFullArrivals) and empty(s) at bars + 8 (kStages + s)
-// (one arrival per consumer warp). Thread 0 initializes them.
+// (one arrival per consumer warp). Thread 0 initializes them (and, on sm_90,
+// makes the initialization visible to the bulk copies' async proxy).
 template <int kStages>
 __device__ __forceinline__ void init_stage_barriers(uint32_t bars) {
   for (int s = 0; s < kStages; ++s) {
     ptx::mbarrier_init(bars + 8 * s, kXFullArrivals);
     ptx::mbarrier_init(bars + 8 * (kStages + s), kConsumerWarps);
   }
+#if __CUDA_ARCH__ >= 900
+  ptx::fence_mbarrier_init();
+#endif
 }
 
 // The block's loops over its stream-K range [blk.unit_begin, blk.unit_end).

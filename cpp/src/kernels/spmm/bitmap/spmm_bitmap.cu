@@ -141,7 +141,7 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
                                              uint32_t full, uint32_t meta) {
   const int lane = threadIdx.x & 31;
   const uint32_t words = w1 - w0;
-  if (lane == 0) asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(meta), "r"(words) : "memory");
+  if (lane == 0) ptx::st_shared_u32(meta, words);
 #if __CUDA_ARCH__ >= 900
   if (lane == 0) {
     if (words > 0) {
@@ -172,9 +172,6 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
   int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
   if (threadIdx.x == 0) {
     init_stage_barriers<C::kStages>(bars);
-#if __CUDA_ARCH__ >= 900
-    ptx::fence_mbarrier_init();
-#endif
   }
   __syncthreads();
 

@@ -156,9 +156,6 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
   for (int i = threadIdx.x; i < kDenseBytes / 16; i += kThreads) ptx::st_shared_zero_v4(dense + i * 16);
   if (threadIdx.x == 0) {
     init_stage_barriers<C::kStages>(bars);
-#if __CUDA_ARCH__ >= 900
-    ptx::fence_mbarrier_init();
-#endif
   }
   __syncthreads();
 
@@ -178,8 +175,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
         freed = max(freed, i - C::kStages + 1);  // run_block waited for tile i − kStages
         for (; freed < i && ends.begin_of(freed, s0) - s0 + kRingWords < tile_end; ++freed)
           ptx::mbarrier_wait(bars + 8 * (C::kStages + freed % C::kStages), uint32_t((freed / C::kStages) & 1));
-        if ((threadIdx.x & 31) == 0)
-          asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(meta + 4 * s), "r"(tile_end) : "memory");
+        if ((threadIdx.x & 31) == 0) ptx::st_shared_u32(meta + 4 * s, tile_end);
         if (tile_end > begin) copy_tile(a, ring, s0, begin, tile_end, bars + 8 * s);
 #if __CUDA_ARCH__ >= 900
         const bool arrived = tile_end > begin;  // lane 0's arrival carried the byte count
