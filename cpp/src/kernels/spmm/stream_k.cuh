@@ -113,6 +113,10 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
 // tells the last block, which sums every owner's slot in block order (the
 // same order every launch: deterministic) into acc, resets the counter for
 // the next launch and returns true. The others return false.
+// The owners are blocks lead .. lead + parts − 1 (the plan leaves no empty
+// block among them): every one's first row is this row except, possibly,
+// the lead's, so one plan read gives every slot and the slot loads of
+// several owners are in flight together.
 template <typename T, int BN, int F, typename Sync>
 __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
                            float (&acc)[F][4], int* last_flag, Sync sync) {
@@ -135,11 +139,11 @@ __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int 
 
 #pragma unroll
   for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-  for (int b = lead, seen = 0; seen < parts; ++b) {
-    const StreamKBlock other = a.plan[b];
-    if (other.unit_begin == other.unit_end) continue;
-    ++seen;
-    const int slot = 2 * b + (other.unit_begin / a.tiles_k == row ? 0 : 1);
+  const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
+  constexpr int kOwnersInFlight = F >= 8 ? 1 : 8 / F;  // about 8 float4 loads in flight per thread
+#pragma unroll kOwnersInFlight
+  for (int i = 0; i < parts; ++i) {
+    const int slot = i == 0 ? lead_slot : 2 * (lead + i);
     const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
 #pragma unroll
     for (int f = 0; f < F; ++f) {

@@ -3,8 +3,12 @@
 // cost(u) = words(u) + kTileCostWords: the bytes a tile brings in, plus what
 // a tile costs whatever its nonzero count (waits, multiplication, zeroing;
 // set when Tiled-CSL v1 zeroed a 16 KiB dense tile per tile, ≈ the time to
-// stream 2 KiB). Block b gets the units whose cost prefix lies in
-// [b·C/B, (b+1)·C/B), C the total cost.
+// stream 2 KiB). With U units, the first B' = min(B, U) blocks are used:
+// block b gets the units whose cost prefix lies in [b·C/B', (b+1)·C/B'), C the
+// total cost, moved so that each of them gets at least one unit; blocks B'..B
+// are empty. So the blocks sharing a tile row are consecutive and non-empty,
+// which lets the kernel's reduction address their partials without reading
+// their plan entries (stream_k.cuh: reduce_row).
 #include <algorithm>
 
 #include "common/check.h"
@@ -34,12 +38,15 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
   const int64_t total = prefix(units);
 
   std::vector<StreamKBlock> plan(blocks);
-  std::vector<int32_t> begin(blocks + 1);
+  const int used = int(std::min<int64_t>(blocks, units));
+  std::vector<int32_t> begin(blocks + 1, int32_t(units));
   int64_t u = 0;
-  for (int b = 0; b <= blocks; ++b) {
-    const int64_t target = total * b / blocks;
+  for (int b = 0; b < used; ++b) {
+    const int64_t target = total * b / used;
     while (u < units && prefix(u) < target) ++u;
-    begin[b] = int32_t(b == blocks ? units : u);
+    // At least one unit per block: after the block before, and leaving one for each block after.
+    begin[b] = int32_t(std::clamp<int64_t>(u, b == 0 ? 0 : begin[b - 1] + 1, units - (used - b)));
+    u = begin[b];
   }
   // block_of(v): the non-empty block whose range holds unit v.
   auto block_of = [&](int64_t v) {
