@@ -443,6 +443,19 @@ def test_records_report_and_plot(tmp_path):
     assert (tmp_path / "e2e-h100.png").stat().st_size > 1000
 
 
+def test_a_comparison_across_commits_says_so():
+    doc = dict(gpu="g", commit="new", date="d", copy_gbps=3000.0, settings={}, records=_records(), skipped=[])
+    same = e2e_report.summary_markdown(dict(doc, records=[dict(r, commit="new") for r in doc["records"]]))
+    assert "measured at" not in same and "| new |" in same
+    # Only the sparse records remeasured at a later commit: the ratio names the dense one's commit.
+    mixed = [dict(r, commit="new" if r["sparsity"] > 0 else "old") for r in doc["records"]]
+    md = e2e_report.summary_markdown(dict(doc, records=mixed))
+    assert "decode step 0.40× our dense path (dense measured at old) (target ≤ 0.45× for OPT-30B at 80%)" in md
+    assert "static cache (transformers measured at old)" not in md  # both of the old commit
+    legacy = [{k: v for k, v in r.items() if k != "commit"} for r in doc["records"]]  # written before the field
+    assert "| – |" in e2e_report.summary_markdown(dict(doc, records=legacy))
+
+
 def test_append_replaces_remeasured_records():
     old = dict(records=_records(), skipped=["a"])
     new_rec = dict(_records()[0], decode_ms_per_step=9.0)

@@ -48,6 +48,8 @@ larger than the GPU) are skipped with a message in the output and in the JSON
 every configuration, so that an interrupted run keeps what it measured; ``--append``
 merges into an existing JSON (e.g. one model per invocation): a record replaces only the
 one of the same model, tp, weights, implementation, format, sparsity, batch and lengths.
+Each record carries the ``commit`` that measured it, so a merged file says where a
+comparison spans two commits.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ from sparsellm.format_choice import gpu_tag
 from .e2e_report import merged, record_line, summary_markdown, write_outputs
 
 GIB = float(1 << 30)
-RECORD_FIELDS = ("model", "tp", "gpus", "weights", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity",
+RECORD_FIELDS = ("model", "tp", "gpus", "weights", "commit", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity",
                  "prefill_ms", "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
 # GPU memory that neither the weights nor the KV cache take: CUDA context, cuBLAS workspaces, torch's allocator
 GPU_RESERVE_BYTES = 2 << 30
@@ -491,10 +493,11 @@ def hf_measure(torch, model, prompts, gen_len: int, cache: str, reps: int) -> di
 
 
 def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dict, copy_gbps: float, *,
-            tp: int = 1, weights: str = "converted") -> dict:
-    """One measurement as a JSON record (RECORD_FIELDS and more); ``tp`` GPUs ran it."""
+            tp: int = 1, weights: str = "converted", commit: str = "unknown") -> dict:
+    """One measurement as a JSON record (RECORD_FIELDS and more); ``tp`` GPUs ran it at ``commit``."""
     tps = throughput(batch, args.gen_len, m["prefill_ms"], m["decode_ms_per_step"])
-    rec = dict(model=shape.name, tp=tp, gpus=tp, weights=weights, batch=batch, prompt_len=args.prompt_len,
+    rec = dict(model=shape.name, tp=tp, gpus=tp, weights=weights, commit=commit, batch=batch,
+               prompt_len=args.prompt_len,
                gen_len=args.gen_len, impl=impl, format=fmt, sparsity=sparsity, prefill_ms=round(m["prefill_ms"], 3),
                decode_ms_per_step=round(m["decode_ms_per_step"], 4), tokens_per_s=round(tps, 1),
                tokens_per_gpu_s=round(tps / tp, 1), peak_mem_gib=round(m["peak_mem_bytes"] / GIB, 3), setting=setting)
@@ -801,7 +804,8 @@ def _measure_job(job: Job, batches: list[int], path: Path, args, comm, copy_gbps
                 skip(f"skipped {job.label} batch {b}: {error}")
                 continue
             rec = _record(job.shape, b, args, "sparsellm", "cuda graphs" if not args.no_cuda_graphs else "eager",
-                          job.fmt, job.sparsity, m, copy_gbps, tp=job.tp, weights=job.weights)
+                          job.fmt, job.sparsity, m, copy_gbps, tp=job.tp, weights=job.weights,
+                          commit=doc["commit"])
             doc["records"].append(rec)
             log(record_line(rec))
             save()
@@ -843,7 +847,7 @@ def _run_hf(torch, shape: ModelShape, args, device, gpu_bytes, copy_gbps, doc, s
                     continue
                 m["weight_bytes"] = weight_bytes
                 rec = _record(shape, b, args, "hf", f"{cache} cache", "dense", 0.0, m, copy_gbps,
-                              weights=HF_WEIGHTS)
+                              weights=HF_WEIGHTS, commit=doc["commit"])
                 doc["records"].append(rec)
                 log(record_line(rec))
                 save()

@@ -24,6 +24,15 @@ def _group_note(tp: int, weights: str) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
+def _commit_of(r: dict) -> str:
+    return r.get("commit", "–")  # "–": written before records carried their commit
+
+
+def _measured_apart(r: dict, base: dict, what: str) -> str:
+    """' (<what> measured at <commit>)' when base came from another commit than r, else ''."""
+    return f" ({what} measured at {_commit_of(base)})" if _commit_of(base) != _commit_of(r) else ""
+
+
 def record_line(r: dict) -> str:
     floor = f" floor {r['floor_ms']:.2f} ms ({r['floor_ratio']:.2f}x)" if "floor_ms" in r else ""
     return (f"  {r['model']}{_group_note(_tp(r), _weights(r))} {r['impl']:9s} {r['setting']:13s} {r['format']:9s} "
@@ -78,15 +87,15 @@ def summary_markdown(doc: dict) -> str:
     if any(_tp(r) > 1 for r in recs):
         lines += [TP_NOTE, ""]
     lines += ["| model | tp | weights | impl | setting | format | sparsity | batch | prefill ms | decode ms/step | "
-              "tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor | commit |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         floor = f"{r['floor_ms']:.2f} | {r['floor_ratio']:.2f}" if "floor_ms" in r else "– | –"
         lines.append(f"| {r['model']} | {_tp(r)} | {_weights(r)} | {r['impl']} | {r.get('setting', '')} | "
                      f"{r['format']} | {r['sparsity']:.0%} | "
                      f"{r['batch']} | {r['prefill_ms']:.1f} | {r['decode_ms_per_step']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | "
-                     f"{r['tokens_per_gpu_s']:.0f} | {r['peak_mem_gib']:.1f} | {floor} |")
+                     f"{r['tokens_per_gpu_s']:.0f} | {r['peak_mem_gib']:.1f} | {floor} | {_commit_of(r)} |")
     lines += ["", "## Against the targets", ""]
     for model, tp, weights in sorted({(r["model"], _tp(r), _weights(r)) for r in recs if r["impl"] == "sparsellm"}):
         lines += _target_lines(recs, model, tp, weights)
@@ -113,6 +122,7 @@ def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[s
         if r["batch"] == 16 and r["sparsity"] > 0 and d16:
             lines.append(f"- {name}, batch 16, {r['format']} {r['sparsity']:.0%}: decode step "
                          f"{r['decode_ms_per_step'] / d16['decode_ms_per_step']:.2f}× our dense path"
+                         + _measured_apart(r, d16, "dense")
                          + (" (target ≤ 0.45× for OPT-30B at 80%)" if model == "opt-30b" and r["sparsity"] == 0.8
                             else ""))
     for setting in ("static cache", "dynamic cache"):
@@ -120,7 +130,8 @@ def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[s
         if hf and d16 and tp == 1:
             ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
             lines.append(f"- {name}, batch 16: our dense path {ratio:.2f}× the "
-                         f"tokens/s of transformers with its {setting} (target ≥ 1.5× its fastest)")
+                         f"tokens/s of transformers with its {setting}" + _measured_apart(d16, hf, "transformers")
+                         + " (target ≥ 1.5× its fastest)")
     return lines
 
 
@@ -143,7 +154,8 @@ def _scale_lines(recs: list[dict]) -> list[str]:
             if s > 0 and sparse and dense4:
                 lines.append(f"- {model}, batch 16: {s:.0%} sparse on {n} GPU{'s' if n > 1 else ''} gives "
                              f"{sparse['tokens_per_gpu_s'] / dense4['tokens_per_gpu_s']:.2f}× the tokens per "
-                             "GPU-second of dense at tp 4 (target ≥ 3.5× for OPT-66B at 80%)")
+                             "GPU-second of dense at tp 4" + _measured_apart(sparse, dense4, "dense")
+                             + " (target ≥ 3.5× for OPT-66B at 80%)")
     return lines
 
 
