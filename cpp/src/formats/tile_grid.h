@@ -104,11 +104,11 @@ TileGrid tile_grid(int64_t m, int64_t k, int threads, SizeOf size_of, const char
 // Encodes W[m, k] into a Host (BitmapHost, TiledCslHost) whose tile words are
 // the member `words`: checks the input (errors prefixed by `who`), lays the
 // tiles out with tile_grid (size_of(dense, m, k, tr, tc) → TileSize), then
-// fills every tile holding nonzeros on `threads` threads over tile rows.
-// Each thread makes its own TileEncoder{dense, m, k}
-// (scratch stays per thread) and calls encode(tr, tc, out) for tile (tr, tc),
-// with `out` its words, zero-filled. Each tile is written by exactly one
-// thread: the output does not depend on the thread count.
+// fills every tile holding nonzeros on `threads` threads over tile rows. Each
+// thread makes its own TileEncoder{dense, m, k} (scratch stays per thread)
+// and calls encode(tr, tc, out) for tile (tr, tc), with `out` its words,
+// zero-filled. Each tile is written by exactly one thread: the output does not
+// depend on the thread count.
 template <typename Host, typename TileEncoder, int kTileM, int kTileK, typename SizeOf>
 Host encode_tiles(const uint16_t* dense, int64_t m, int64_t k, DType dtype, int threads, SizeOf size_of,
                   std::vector<uint32_t> Host::*words, const char* who) {

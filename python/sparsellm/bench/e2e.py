@@ -26,8 +26,8 @@ Timing, for both implementations:
 ``--weights generated`` writes generated checkpoints instead (``write_generated``: config.json
 alone, at once; the runtime draws the weights on the GPU at load, each pruned weight with a
 random mask at the target sparsity; Tiled-CSL weights are drawn dense and encoded on the host,
-bitmap ones drawn encoded). Their weight bytes, hence the decode speed, match converted ones of the same
-sparsity in expectation; their values are not magnitude-pruned. No conversion, no disk:
+bitmap ones drawn encoded). Their weight bytes, hence the decode speed, match converted ones of
+the same sparsity in expectation; their values are not magnitude-pruned. No conversion, no disk:
 OPT-66B and OPT-175B can be measured. Records carry ``weights``: converted or generated
 (the transformers baseline's, drawn on the GPU, count as generated).
 
@@ -73,8 +73,8 @@ from sparsellm.format_choice import gpu_tag
 from .e2e_report import merged, record_line, summary_markdown, write_outputs
 
 GIB = float(1 << 30)
-RECORD_FIELDS = ("model", "tp", "gpus", "weights", "commit", "batch", "prompt_len", "gen_len", "impl", "format", "sparsity",
-                 "prefill_ms", "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
+RECORD_FIELDS = ("model", "tp", "gpus", "weights", "commit", "batch", "prompt_len", "gen_len", "impl", "format",
+                 "sparsity", "prefill_ms", "decode_ms_per_step", "tokens_per_s", "tokens_per_gpu_s", "peak_mem_gib")
 # GPU memory that neither the weights nor the KV cache take: CUDA context, cuBLAS workspaces, torch's allocator
 GPU_RESERVE_BYTES = 2 << 30
 DISK_RESERVE_BYTES = 2 << 30
@@ -95,8 +95,9 @@ def conversion_estimate_s(jobs: list, parallel: int) -> float:
 FIRST_TOKEN_ID = 3  # OPT: 0 <s>-like, 1 pad, 2 eos; random prompts avoid them
 
 
-DEFAULTS = dict(models="opt-13b,opt-30b", batches="1,8,16,32,64", sparsities="0,0.5,0.7,0.8", gen_len=256)
-QUICK = dict(models="opt-125m", batches="1,8", sparsities="0,0.7", gen_len=32)
+DEFAULTS = dict(models="opt-13b,opt-30b", batches="1,8,16,32,64", sparsities="0,0.5,0.7,0.8", formats="tiled_csl",
+                gen_len=256)
+QUICK = dict(models="opt-125m", batches="1,8", sparsities="0,0.7", formats="tiled_csl", gen_len=32)
 
 
 def _csv(kind, text: str) -> list:
@@ -110,7 +111,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batches", help=f"default {DEFAULTS['batches']}")
     p.add_argument("--sparsities", help=f"0 is the dense model (default {DEFAULTS['sparsities']})")
     p.add_argument("--formats",
-                   help="sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default tiled_csl)")
+                   help=f"sparse formats of the pruned checkpoints, e.g. tiled_csl,bitmap (default {DEFAULTS['formats']})")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, help=f"new tokens per sequence (default {DEFAULTS['gen_len']})")
     p.add_argument("--hf", action="store_true", help="also Hugging Face transformers fp16 (static and dynamic cache)")
@@ -497,8 +498,8 @@ def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dic
     """One measurement as a JSON record (RECORD_FIELDS and more); ``tp`` GPUs ran it at ``commit``."""
     tps = throughput(batch, args.gen_len, m["prefill_ms"], m["decode_ms_per_step"])
     rec = dict(model=shape.name, tp=tp, gpus=tp, weights=weights, commit=commit, batch=batch,
-               prompt_len=args.prompt_len,
-               gen_len=args.gen_len, impl=impl, format=fmt, sparsity=sparsity, prefill_ms=round(m["prefill_ms"], 3),
+               prompt_len=args.prompt_len, gen_len=args.gen_len, impl=impl, format=fmt, sparsity=sparsity,
+               prefill_ms=round(m["prefill_ms"], 3),
                decode_ms_per_step=round(m["decode_ms_per_step"], 4), tokens_per_s=round(tps, 1),
                tokens_per_gpu_s=round(tps / tp, 1), peak_mem_gib=round(m["peak_mem_bytes"] / GIB, 3), setting=setting)
     if m.get("weight_bytes"):
@@ -514,8 +515,6 @@ def _settings(args) -> None:
     for name, value in (QUICK if args.quick else DEFAULTS).items():  # what the command line leaves unset
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.formats is None:
-        args.formats = "tiled_csl"
     for name in ("prompt_len", "gen_len", "jobs", "reps", "tp"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

@@ -48,9 +48,15 @@ class Architecture:
             return "columns"
         return None
 
-    def stack_of(self, module: str) -> tuple[str, ...]:
-        """The stacked group of a linear (names relative to a decoder layer), () if none."""
-        return next((group for group in self.stacked if module in group), ())
+    def stacked_group(self, module: str) -> tuple[str, ...]:
+        """The full module names of the stacked group a linear (its full module name, e.g.
+        "model.layers.3.self_attn.q_proj") belongs to, in stacking order; () if none."""
+        for group in self.stacked:
+            for member in group:
+                if module.endswith("." + member):
+                    prefix = module[: -len(member)]
+                    return tuple(prefix + m for m in group)
+        return ()
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")

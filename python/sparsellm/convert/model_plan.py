@@ -65,13 +65,10 @@ class ModelPlan:
         """The [M, K] a rank multiplies ``item`` as: its shard, or for a linear of a stacked
         group (``Architecture.stacked``) the group's shards stacked by rows."""
         shape = item.shard_shape(tp)
-        if item.module is None:
-            return shape
-        head, sep, relative = item.module.rpartition(f".{item.layer}.")
-        group = self.arch.stack_of(relative)
+        group = self.arch.stacked_group(item.module) if item.module is not None else ()
         if not group:
             return shape
-        rows = sum(self._by_name[f"{head}{sep}{module}.weight"].shard_shape(tp)[0] for module in group)
+        rows = sum(self._by_name[f"{module}.weight"].shard_shape(tp)[0] for module in group)
         return (rows, *shape[1:])
 
     @cached_property

@@ -76,18 +76,12 @@ def product_shapes(config: dict[str, Any], rows: list[TensorRow]) -> dict[str, t
     by_name = {r.name: r for r in rows}
     shapes = {r.name: r.shape for r in rows if len(r.shape) == 2}
     arch = ARCHITECTURES.get(config.get("architecture"))
-    for group in arch.stacked if arch else ():
-        for r in rows:
-            module = r.name.removesuffix(".weight")
-            if not module.endswith("." + group[0]) or r.name not in shapes:
-                continue
-            prefix = module[: -len(group[0])]
-            members = [by_name.get(f"{prefix}{m}.weight") for m in group]
-            if any(m is None or len(m.shape) != 2 for m in members):
-                continue
-            if len({m.format for m in members}) == 1 and len({m.shape[1] for m in members}) == 1:
-                stacked = (sum(m.shape[0] for m in members), r.shape[1])
-                shapes.update({m.name: stacked for m in members})
+    for name, shape in shapes.items():
+        group = arch.stacked_group(name.removesuffix(".weight")) if arch else ()
+        members = [by_name.get(f"{module}.weight") for module in group]
+        if (members and all(m is not None and len(m.shape) == 2 for m in members)
+                and len({m.format for m in members}) == 1 and len({m.shape[1] for m in members}) == 1):
+            shapes[name] = (sum(m.shape[0] for m in members), shape[1])
     return shapes
 
 
