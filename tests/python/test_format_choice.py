@@ -290,12 +290,13 @@ def test_auto_checkpoints_carry_the_reasons(tmp_path):
     assert tensors["model.decoder.embed_tokens.weight"]["format_reason"] == "not a pruned weight"
 
 
-def _tiny_gqa_llama(directory: Path) -> Path:
+def _tiny_gqa_llama(directory: Path, hidden: int = 512, kv_heads: int = 4) -> Path:
     from transformers import LlamaConfig
 
-    # 8 query heads on 2 KV heads of 32: q [256, 256], k and v [64, 256], gate and up [512, 256]
-    config = LlamaConfig(vocab_size=100, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64)
+    # 8 query heads of hidden / 8 on kv_heads KV heads; by default q [512, 512], k and v [256, 512]
+    # (whole tile rows at tp 1 and 2, so the runtime stacks them), gate and up [1024, 512]
+    config = LlamaConfig(vocab_size=100, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=8, num_key_value_heads=kv_heads, max_position_embeddings=64)
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
     return directory / "config.json"
@@ -310,25 +311,33 @@ def test_stacked_linears_are_chosen_by_the_stacked_shape(tmp_path, tp):
 
     plan = model_plan(AutoConfig.from_pretrained(_tiny_gqa_llama(tmp_path)), ARCHITECTURES["llama"])
     shapes = {t.name.split(".")[-2]: plan.choice_shape(t, tp) for t in plan.tensors if t.pruned}
-    assert shapes == {"q_proj": ((256 + 2 * 64) // tp, 256), "k_proj": ((256 + 2 * 64) // tp, 256),
-                      "v_proj": ((256 + 2 * 64) // tp, 256), "o_proj": (256, 256 // tp),
-                      "gate_proj": (2 * 512 // tp, 256), "up_proj": (2 * 512 // tp, 256), "down_proj": (256, 512 // tp)}
+    assert shapes == {"q_proj": ((512 + 2 * 256) // tp, 512), "k_proj": ((512 + 2 * 256) // tp, 512),
+                      "v_proj": ((512 + 2 * 256) // tp, 512), "o_proj": (512, 512 // tp),
+                      "gate_proj": (2 * 1024 // tp, 512), "up_proj": (2 * 1024 // tp, 512),
+                      "down_proj": (512, 1024 // tp)}
     embed = next(t for t in plan.tensors if t.name == "model.embed_tokens.weight")
     assert plan.choice_shape(embed, tp) == embed.shard_shape(tp)
+    # k and v of 64 rows before the last part: sparse parts would not stack (not whole tile rows),
+    # so q/k/v are chosen by their own shapes; gate and up still stack.
+    apart = model_plan(AutoConfig.from_pretrained(_tiny_gqa_llama(tmp_path / "apart", hidden=256, kv_heads=2)),
+                       ARCHITECTURES["llama"])
+    shapes = {t.name.split(".")[-2]: apart.choice_shape(t, tp) for t in apart.tensors if t.pruned}
+    assert shapes["q_proj"] == (256 // tp, 256) and shapes["k_proj"] == shapes["v_proj"] == (64 // tp, 256)
+    assert shapes["gate_proj"] == shapes["up_proj"] == (2 * 512 // tp, 256)
 
 
 def test_auto_gives_a_stacked_group_one_format(tmp_path):
-    """A policy under which k_proj alone ([64, 256]) stays dense and the stacked [384, 256] goes
+    """A policy under which k_proj alone ([256, 512]) stays dense and the stacked [1024, 512] goes
     bitmap: k and v follow q, as the runtime multiplies them together."""
     from sparsellm.convert import write_generated
 
-    policy = FormatPolicy(synthetic_model(dense=(0.0, 1e-4, 0.0, 0.0, 0.0), bitmap=(5.0, 5e-5, 0.0, 0.0, 0.0)))
-    assert policy.choose((64, 256), 0.7).format == "dense" and policy.choose((384, 256), 0.7).format == "bitmap"
+    policy = FormatPolicy(synthetic_model(dense=(0.0, 1e-4, 0.0, 0.0, 0.0), bitmap=(40.0, 5e-5, 0.0, 0.0, 0.0)))
+    assert policy.choose((256, 512), 0.7).format == "dense" and policy.choose((1024, 512), 0.7).format == "bitmap"
     tensors = write_generated(_tiny_gqa_llama(tmp_path / "cfg"), tmp_path / "gen", sparsity=0.7,
                               format=policy)["tensors"]
     formats = {name.split(".")[-2]: entry["format"] for name, entry in tensors.items() if entry["pruned"]}
     assert formats["q_proj"] == formats["k_proj"] == formats["v_proj"] == "bitmap"
-    assert formats["gate_proj"] == formats["up_proj"] == policy.choose((1024, 256), 0.7).format
+    assert formats["gate_proj"] == formats["up_proj"] == policy.choose((2048, 512), 0.7).format
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -372,23 +381,30 @@ def test_info_shows_bytes_and_predicted_speedup(bitmap_checkpoint, capsys):
 def test_info_predicts_a_stacked_group_only_when_it_stacks():
     from sparsellm.convert.summary import TensorRow, product_shapes
 
-    def rows(k_format):
+    def rows(k_format, kv_rows=64):
         layer = "model.layers.0."
         return [TensorRow(layer + "self_attn.q_proj.weight", "bitmap", (256, 256), 0.7, 1),
-                TensorRow(layer + "self_attn.k_proj.weight", k_format, (64, 256), 0.7, 1),
-                TensorRow(layer + "self_attn.v_proj.weight", "bitmap", (64, 256), 0.7, 1),
+                TensorRow(layer + "self_attn.k_proj.weight", k_format, (kv_rows, 256), 0.7, 1),
+                TensorRow(layer + "self_attn.v_proj.weight", "bitmap", (kv_rows, 256), 0.7, 1),
                 TensorRow(layer + "mlp.gate_proj.weight", "bitmap", (512, 256), 0.7, 1),
                 TensorRow(layer + "mlp.up_proj.weight", "bitmap", (512, 256), 0.7, 1),
                 TensorRow(layer + "mlp.down_proj.weight", "bitmap", (256, 512), 0.7, 1),
                 TensorRow(layer + "input_layernorm.weight", "dense", (256,), 0.0, 1)]
 
-    stacked = product_shapes({"architecture": "llama"}, rows("bitmap"))
+    stacked = product_shapes({"architecture": "llama"}, rows("bitmap", kv_rows=128))
     assert {n.split(".")[-2]: s for n, s in stacked.items()} == {
-        "q_proj": (384, 256), "k_proj": (384, 256), "v_proj": (384, 256), "gate_proj": (1024, 256),
+        "q_proj": (512, 256), "k_proj": (512, 256), "v_proj": (512, 256), "gate_proj": (1024, 256),
         "up_proj": (1024, 256), "down_proj": (256, 512)}
     apart = product_shapes({"architecture": "llama"}, rows("dense"))  # k_proj dense: q/k/v run apart
     assert {n.split(".")[-2]: s for n, s in apart.items() if "attn" in n} == {
         "q_proj": (256, 256), "k_proj": (64, 256), "v_proj": (64, 256)}
+    # Sparse k_proj of 64 rows, not the last part: not whole tile rows, so the runtime keeps q/k/v apart.
+    partial = product_shapes({"architecture": "llama"}, rows("bitmap"))
+    assert {n.split(".")[-2]: s for n, s in partial.items() if "attn" in n} == {
+        "q_proj": (256, 256), "k_proj": (64, 256), "v_proj": (64, 256)}
+    dense = product_shapes({"architecture": "llama"}, [TensorRow(r.name, "dense", r.shape, 0.0, 1) for r in rows("bitmap")])
+    assert {n.split(".")[-2]: s for n, s in dense.items() if "attn" in n} == {
+        "q_proj": (384, 256), "k_proj": (384, 256), "v_proj": (384, 256)}  # dense stacks any rows
 
 
 def test_cli_errors_are_one_line(bitmap_checkpoint, tmp_path, capsys):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sparsellm.errors import InvalidArgument
+from sparsellm.formats.tiled_csl import TILE_M
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class Architecture:
 
 
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def sparse_rows_stack(rows: list[int]) -> bool:
+    """Whether sparse parts of these row counts stack (Linear::stack): by whole tile rows, so
+    every part but the last has a multiple of 128 rows. Dense parts stack whatever their rows."""
+    return all(r % TILE_M == 0 for r in rows[:-1])
 
 
 def _opt_sizes(config: Any) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sparsellm.errors import InvalidArgument
 
-from .architectures import Architecture
+from .architectures import Architecture, sparse_rows_stack
 from .tensor_parallel import shard_ranks, shard_shape
 
 
@@ -63,13 +63,14 @@ class ModelPlan:
 
     def choice_shape(self, item: TensorPlan, tp: int) -> tuple[int, ...]:
         """The [M, K] a rank multiplies ``item`` as: its shard, or for a linear of a stacked
-        group (``Architecture.stacked``) the group's shards stacked by rows."""
+        group (``Architecture.stacked``) the group's shards stacked by rows, where sparse
+        parts of those rows would stack (``sparse_rows_stack``)."""
         shape = item.shard_shape(tp)
         group = self.arch.stacked_group(item.module) if item.module is not None else ()
-        if not group:
+        rows = [self._by_name[f"{module}.weight"].shard_shape(tp)[0] for module in group]
+        if not group or not sparse_rows_stack(rows):
             return shape
-        rows = sum(self._by_name[f"{module}.weight"].shard_shape(tp)[0] for module in group)
-        return (rows, *shape[1:])
+        return (sum(rows), *shape[1:])
 
     @cached_property
     def _by_name(self) -> dict[str, TensorPlan]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from sparsellm.format_choice import FormatPolicy, weight_bytes
 
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, sparse_rows_stack
 from .checkpoint import is_generated, rank_file_name
 
 _ITEM_BYTES = {"float16": 2, "bfloat16": 2, "uint32": 4, "uint16": 2}
@@ -72,7 +72,9 @@ def _mib(n: int) -> str:
 
 def product_shapes(config: dict[str, Any], rows: list[TensorRow]) -> dict[str, tuple[int, int]]:
     """[M, K] of the product each 2-D row is multiplied in: its own shape, or for a linear of a
-    stacked group whose members share one format and K, the group's rows summed."""
+    stacked group whose members share one format and K, the group's rows summed. As the runtime
+    (Linear::stack), sparse members stack by whole tile rows: every one but the last must have
+    a multiple of 128 rows."""
     by_name = {r.name: r for r in rows}
     shapes = {r.name: r.shape for r in rows if len(r.shape) == 2}
     arch = ARCHITECTURES.get(config.get("architecture"))
@@ -80,7 +82,8 @@ def product_shapes(config: dict[str, Any], rows: list[TensorRow]) -> dict[str, t
         group = arch.stacked_group(name.removesuffix(".weight")) if arch else ()
         members = [by_name.get(f"{module}.weight") for module in group]
         if (members and all(m is not None and len(m.shape) == 2 for m in members)
-                and len({m.format for m in members}) == 1 and len({m.shape[1] for m in members}) == 1):
+                and len({m.format for m in members}) == 1 and len({m.shape[1] for m in members}) == 1
+                and (members[0].format == "dense" or sparse_rows_stack([m.shape[0] for m in members]))):
             shapes[name] = (sum(m.shape[0] for m in members), shape[1])
     return shapes
 
