@@ -236,6 +236,9 @@ template <typename T, int BN, int kStages, typename XStage, typename Produce, ty
 __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk, uint32_t bars,
                                           int* last_flag, XStage x_stage, Produce produce, Consume consume) {
   static_assert(kProducerWarps <= kStages, "a producer waits for the release of the tile kStages before its own");
+  // Chained launch (kernels/launch.h): the next kernel of the step may be scheduled now; it waits for
+  // this grid to finish before it reads Y. Without this its launch would start only when the grid ends.
+  kernels::allow_dependent_launch();
   const int n0 = blockIdx.y * BN;
   const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
   const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);  // warp-uniform for the compiler
