@@ -46,11 +46,14 @@ __device__ __forceinline__ void wait_for_prerequisite_grids() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
-// First thing in a transformer kernel launched chained: wait for the previous
-// kernel, then let the next one be scheduled.
+// First thing in a transformer kernel launched chained: let the next kernel be
+// scheduled, then wait for the previous one. Allowing before waiting is safe:
+// the next kernel waits too before it touches memory another kernel writes, and
+// its wait returns only when this grid, which waited in turn, has ended. It
+// lets the next SpMM stream its first weight tiles while this kernel waits.
 __device__ __forceinline__ void begin_chained_kernel() {
-  wait_for_prerequisite_grids();
   allow_dependent_launch();
+  wait_for_prerequisite_grids();
 }
 
 // Rounds an fp32 value to the storage type and back.

@@ -9,9 +9,10 @@
 // a kernel launched this way: it calls wait_for_prerequisite_grids() before it
 // reads or writes any memory an earlier kernel may touch (the transformer
 // kernels first thing; the SpMM kernels once their weights are streaming),
-// and allow_dependent_launch() as early as it likes (the transformer kernels
-// right after their wait, the SpMM kernels at their start). Errors become
-// exceptions naming the kernel.
+// and allow_dependent_launch() as early as it likes (every kernel here at its
+// start, so up to three grids overlap: an SpMM ending, the small kernel after
+// it waiting, and the next SpMM streaming weights). Errors become exceptions
+// naming the kernel.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -227,15 +227,20 @@ __device__ __forceinline__ void init_stage_barriers(uint32_t bars) {
 //                    consumers released s: produce(u, s) — the format's data,
 //                    lane 0 arriving once on full(s) after writing what the
 //                    consumers read from the stage's metadata — then the X tile.
+//                    The format's data of tiles i < kEarlyTiles is requested
+//                    before the wait for the previous kernel (weights depend on
+//                    none); a format whose produce() may wait for a release
+//                    (Tiled-CSL's byte ring) keeps kEarlyTiles = kProducerWarps.
 //   consumer warps:  wait full(s), consume(u, s, acc), release s; a finished
 //                    tile row (or the range's end) is flushed.
 // x_stage(s) is the shared address of stage s's X tile. The phase parities
 // stay unambiguous because a producer reaches tile i only after tile
 // i − kStages was released, and the consumers release tiles in order.
-template <typename T, int BN, int kStages, typename XStage, typename Produce, typename Consume>
+template <typename T, int BN, int kStages, int kEarlyTiles, typename XStage, typename Produce, typename Consume>
 __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk, uint32_t bars,
                                           int* last_flag, XStage x_stage, Produce produce, Consume consume) {
   static_assert(kProducerWarps <= kStages, "a producer waits for the release of the tile kStages before its own");
+  static_assert(kProducerWarps <= kEarlyTiles && kEarlyTiles <= kStages, "early tiles fill the ring at most");
   // Chained launch (kernels/launch.h): the next kernel of the step may be scheduled now; it waits for
   // this grid to finish before it reads Y. Without this its launch would start only when the grid ends.
   kernels::allow_dependent_launch();
@@ -244,12 +249,16 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);  // warp-uniform for the compiler
   if (warp >= kConsumerWarps) {
     const int p = warp - kConsumerWarps;
+    for (int u = blk.unit_begin + p, i = p; u < blk.unit_end && i < kEarlyTiles; u += kProducerWarps, i += kProducerWarps)
+      produce(u, i);
+    kernels::wait_for_prerequisite_grids();  // X is the previous kernel's output
     int kt = (blk.unit_begin + p) % a.tiles_k;
     for (int u = blk.unit_begin + p, i = p; u < blk.unit_end; u += kProducerWarps, i += kProducerWarps) {
       const int s = i % kStages;
-      if (i >= kStages) ptx::mbarrier_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
-      produce(u, s);
-      if (i < kProducerWarps) kernels::wait_for_prerequisite_grids();  // X is the previous kernel's output
+      if (i >= kEarlyTiles) {
+        if (i >= kStages) ptx::mbarrier_wait(bars + 8 * (kStages + s), uint32_t((i / kStages - 1) & 1));
+        produce(u, s);
+      }
       load_x_tile<T, BN>(a, kt, n0, x_stage(s), bars + 8 * s);
       for (kt += kProducerWarps; kt >= a.tiles_k;) kt -= a.tiles_k;
     }

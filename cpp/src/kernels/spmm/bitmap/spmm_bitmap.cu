@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
 
   const uint32_t first_word = a.offsets[blk.unit_begin];
   TileEnds ends;  // producers
-  run_block<T, BN, C::kStages>(
+  run_block<T, BN, C::kStages, C::kStages>(
       a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes<BN>; },
       [&](int u, int s) {
         const int j = u - blk.unit_begin;

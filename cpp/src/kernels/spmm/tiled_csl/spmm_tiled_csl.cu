@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
   TileEnds ends;            // producers
   int freed = 0;            // producers: tiles before it are known consumed
   uint32_t tile_begin = 0;  // consumers: the current tile's first word
-  run_block<T, BN, C::kStages>(
+  run_block<T, BN, C::kStages, kProducerWarps>(
       a, blk, bars, last_flag, [&](int s) { return x0 + s * kXStageBytes<BN>; },
       [&](int u, int s) {
         const int i = u - blk.unit_begin;
