@@ -34,7 +34,7 @@ The choice for a weight (``FormatPolicy.choose``): the format of lowest predicte
 the decode batch N (default 16) among the sparse formats measured at that sparsity or lower;
 dense unless it is predicted at least 1.05x faster. The reason is kept in words
 (``"bitmap predicted 1.52x over dense at N=16"``). Prefill, at large N, runs through the same
-weight: the sparse formats are slower than dense there (0.5-0.7x at N = 128 on H100), which
+weight: the sparse formats are slower than dense there (0.4-0.7x at N = 128 on H100), which
 the choice accepts because decode dominates generation time.
 """
 

@@ -297,7 +297,7 @@ def test_owl_records_layer_targets(models, tmp_path):
 # --- formats and config.json --------------------------------------------------------------
 
 @pytest.mark.parametrize("sparsity,requested,expected", [
-    (0.3, "auto", "dense"), (0.6, "bitmap", "bitmap"), (0.5, "tiled_csl", "tiled_csl"), (0.7, "dense", "dense"),
+    (0.2, "auto", "dense"), (0.6, "bitmap", "bitmap"), (0.5, "tiled_csl", "tiled_csl"), (0.7, "dense", "dense"),
 ])
 def test_format_choice(models, tmp_path, sparsity, requested, expected):
     config = convert(models["opt"], tmp_path / "ckpt", sparsity=sparsity, format=requested, progress=False)

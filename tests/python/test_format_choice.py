@@ -83,16 +83,21 @@ def test_fit_needs_dense_and_a_sparse_format():
         fit_model([{**records[0], "us": 0.0}] + records, "x")
 
 
-def test_shipped_h100_model_is_the_fit_of_the_committed_benchmark(h100_benchmark):
-    shipped = read_model(DATA_DIR / model_file_name(DEFAULT_GPU))
-    refit = fit_benchmark_file(H100_BENCHMARK)
+@pytest.mark.parametrize("model_file", sorted(DATA_DIR.glob("format-model-*.json")), ids=lambda p: p.stem)
+def test_shipped_models_are_fits_of_committed_benchmarks(model_file):
+    """Every shipped model is the fit of the committed calibration run of its GPU."""
+    shipped = read_model(model_file)
+    tag = model_file.stem.removeprefix("format-model-")
+    benchmark = REPO / "docs" / "benchmarks" / f"spmm-formats-{tag}.json"
+    refit = fit_benchmark_file(benchmark)
     # The fit alternates discrete choices over least-squares solves, whose last bits depend on the
     # BLAS it runs on: compare what the models predict on the benchmark's products, not their bits.
-    for r in h100_benchmark["records"]:
+    for r in json.loads(benchmark.read_text())["records"]:
         if r["impl"] in ("tiled_csl", "bitmap"):
             args = (r["impl"], r["M"], r["K"], r["N"], r["sparsity"])
             assert refit.speedup(*args) == pytest.approx(shipped.speedup(*args), rel=1e-3), args
-    assert shipped.gpu == DEFAULT_GPU and max(shipped.fit["rms_relative_error"].values()) < 0.15
+    assert gpu_tag(shipped.gpu) == tag and max(shipped.fit["rms_relative_error"].values()) < 0.15
+    assert model_file_name(DEFAULT_GPU) in {p.name for p in DATA_DIR.glob("format-model-*.json")}
 
 
 def test_h100_model_follows_the_measurements(h100_benchmark):
@@ -127,20 +132,21 @@ def h100() -> FormatPolicy:
     return FormatPolicy.load(gpu=DEFAULT_GPU)
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.2, 0.3, 0.4])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.2])
 def test_h100_dense_at_low_sparsity(h100, sparsity):
     for shape in ANCHORS + [(4096, 4096), (32, 64)]:
         choice = h100.choose(shape, sparsity)
         assert choice.format == "dense" and "below the measured range" in choice.reason, (shape, choice)
 
 
-@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.8, 0.9])
+@pytest.mark.parametrize("sparsity", [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
 @pytest.mark.parametrize("n", [8, 16, 32])
 def test_h100_choice_at_decode_sizes(h100_benchmark, sparsity, n):
-    """What the committed benchmark measured: bitmap at 50–60 %, and at 70 % up to N = 16;
-    Tiled-CSL (whose time falls with the nonzeros) from 80 %, and from 70 % at N = 32."""
+    """What the committed calibration measured: bitmap from 30 % (1.1x cuBLAS at 30 %, its
+    mask costs 1/16 of the dense bytes) to 70 %; Tiled-CSL (whose time falls with the
+    nonzeros) from 80 %."""
     policy = FormatPolicy.load(gpu="h100-80gb-hbm3", decode_batch=n)  # a tag names the GPU too
-    expected = "tiled_csl" if sparsity >= 0.8 or (sparsity >= 0.7 and n == 32) else "bitmap"
+    expected = "tiled_csl" if sparsity >= 0.8 else "bitmap"
     measured = {fmt: geomean(r["speedup_vs_cublas"] for r in h100_benchmark["records"]
                              if r["impl"] == fmt and r["N"] == n and r["sparsity"] == sparsity)
                 for fmt in ("tiled_csl", "bitmap")}
@@ -246,7 +252,7 @@ def test_choose_format_in_the_converter_encoding():
     assert choose_format(policy, True, 0.1, (4096, 4096)) == "dense"
     assert choose_format(policy, False, 0.9, (4096, 4096)).reason == "not a pruned weight"
     assert format_fields(choose_format("bitmap", True, 0.1)) == {"format": "bitmap", "format_reason": "requested"}
-    assert choose_format("auto", True, 0.3) == "dense"  # the default (H100) model
+    assert choose_format("auto", True, 0.2) == "dense"  # the default (H100) model: below its range
     assert json.dumps({"format": chosen}) == '{"format": "tiled_csl"}'
 
 
@@ -433,8 +439,8 @@ def test_cli_convert_auto(tmp_path, capsys):
 
     out = tmp_path / "ckpt"
     assert main(["convert", "--random", str(_tiny_opt_config(tmp_path / "cfg")), "--out", str(out), "--sparsity",
-                 "0.3", "--target-gpu", DEFAULT_GPU, "--decode-batch", "32"]) == 0
-    assert "(0 tiled_csl, 0 bitmap)" in capsys.readouterr().err  # 30 %: below the measured range
+                 "0.2", "--target-gpu", DEFAULT_GPU, "--decode-batch", "32"]) == 0
+    assert "(0 tiled_csl, 0 bitmap)" in capsys.readouterr().err  # 20 %: below the measured range
     assert all(t["format"] == "dense" for t in read_config(out)["tensors"].values())
 
 
@@ -455,3 +461,20 @@ def test_calibrate_writes_a_loadable_model(tmp_path, monkeypatch):
     assert all(e < 0.5 for e in model.fit["rms_relative_error"].values())
     for fmt in model.formats:  # sane predictions: positive, growing with the weight
         assert 0 < model.time_us(fmt, 4096, 4096, 16, 0.7) < model.time_us(fmt, 16384, 16384, 16, 0.7)
+
+
+# --- the calibration run's report ------------------------------------------------------------
+
+def test_calibration_summary_averages_over_its_own_shapes(h100_benchmark):
+    from sparsellm.bench import spmm
+
+    shapes, caption = spmm.summary_shapes(h100_benchmark["records"])
+    assert shapes == {"opt66b.qkv", "opt175b.fc1.tp8", "llama2-7b.down"} and caption.startswith("Shapes of this run")
+    row = next(line for line in spmm.summary_markdown(h100_benchmark).splitlines()
+               if line.startswith("| bitmap | float16 | 50% |"))
+    expected = geomean(r["speedup_vs_cublas"] for r in h100_benchmark["records"]
+                       if r["impl"] == "bitmap" and r["sparsity"] == 0.5 and r["N"] in (8, 16, 32))
+    assert row.split("|")[4].strip() == f"{expected:.2f}"
+    anchors = [dict(h100_benchmark["records"][0], shape=s) for s in spmm.ANCHOR_SHAPES + ["llama2-7b.down"]]
+    shapes, caption = spmm.summary_shapes(anchors)
+    assert shapes == set(spmm.ANCHOR_SHAPES) and caption.startswith("Anchor shapes")

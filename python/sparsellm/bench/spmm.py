@@ -174,22 +174,32 @@ def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+def summary_shapes(recs) -> tuple[set[str], str]:
+    """The shapes the summary averages over, and its caption: the five anchor shapes where the
+    run has them all (the default run), else every shape of the run (a calibration grid)."""
+    present = list(dict.fromkeys(r["shape"] for r in recs))
+    if set(ANCHOR_SHAPES) <= set(present):
+        return set(ANCHOR_SHAPES), "Anchor shapes (OPT-66B QKV, attention-out, FC1, FC2; OPT-175B FC1 at TP 8)."
+    return set(present), f"Shapes of this run: {', '.join(present)}."
+
+
 def summary_markdown(doc) -> str:
     recs = doc["records"]
     impls = sorted({r["impl"] for r in recs} - {"cublas"})
     dtypes = sorted({r["dtype"] for r in recs})
     sparsities = sorted({r["sparsity"] for r in recs if r["impl"] != "cublas"})
+    shapes, caption = summary_shapes(recs)
     lines = [f"# SpMM on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
              f"Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s (read + write).", "",
              "## Geometric-mean speedup over cuBLAS", "",
-             "Anchor shapes (OPT-66B QKV, attention-out, FC1, FC2; OPT-175B FC1 at TP 8).", "",
+             caption, "",
              "| impl | dtype | sparsity | N=8,16,32 | N=1 | N=64 | N=128 | eff. GB/s (N=16) | % of copy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for impl in impls:
         for dt in dtypes:
             for s in sparsities:
                 sel = [r for r in recs if r["impl"] == impl and r["dtype"] == dt and r["sparsity"] == s
-                       and r["shape"] in ANCHOR_SHAPES]
+                       and r["shape"] in shapes]
                 if not sel:
                     continue
                 g = lambda ns: _geomean([r["speedup_vs_cublas"] for r in sel if r["N"] in ns])  # noqa: E731
@@ -215,13 +225,14 @@ def plot(doc, path) -> None:
     if plt is None:
         return
     recs = doc["records"]
+    shapes, _ = summary_shapes(recs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for impl in sorted({r["impl"] for r in recs} - {"cublas"}):
         for dt, style in (("float16", "-"), ("bfloat16", "--")):
             pts = []
             for s in sorted({r["sparsity"] for r in recs if r["impl"] == impl}):
                 sel = [r["speedup_vs_cublas"] for r in recs if r["impl"] == impl and r["dtype"] == dt
-                       and r["sparsity"] == s and r["N"] in (8, 16, 32) and r["shape"] in ANCHOR_SHAPES]
+                       and r["sparsity"] == s and r["N"] in (8, 16, 32) and r["shape"] in shapes]
                 if sel:
                     pts.append((s * 100, _geomean(sel)))
             if pts:
