@@ -420,7 +420,7 @@ def _records():
                      weight_bytes=(25 << 30) if s == 0 else (10 << 30))
             args = type("A", (), dict(prompt_len=128, gen_len=256))
             recs.append(e2e._record(e2e.ModelShape("opt-30b", None, []), batch, args, impl, setting, fmt, s, m,
-                                    3000.0))
+                                    3000.0, commit="c"))
     return recs
 
 

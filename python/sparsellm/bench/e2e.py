@@ -494,7 +494,7 @@ def hf_measure(torch, model, prompts, gen_len: int, cache: str, reps: int) -> di
 
 
 def _record(shape: ModelShape, batch, args, impl, setting, fmt, sparsity, m: dict, copy_gbps: float, *,
-            tp: int = 1, weights: str = "converted", commit: str = "unknown") -> dict:
+            commit: str, tp: int = 1, weights: str = "converted") -> dict:
     """One measurement as a JSON record (RECORD_FIELDS and more); ``tp`` GPUs ran it at ``commit``."""
     tps = throughput(batch, args.gen_len, m["prefill_ms"], m["decode_ms_per_step"])
     rec = dict(model=shape.name, tp=tp, gpus=tp, weights=weights, commit=commit, batch=batch,
