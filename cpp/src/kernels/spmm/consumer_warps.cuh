@@ -8,9 +8,11 @@
 // accumulators acc[BN / 8][4] (mma.m16n8k16). Producer warp p brings the
 // block's tiles i ≡ p (mod 2): the format's data, and X[n0 .. n0 + BN,
 // 64 kt .. 64 kt + 64] into a stage of BN rows of 128 bytes whose 16-byte
-// chunks are XOR-swizzled by row & 7 (zero-filled past N and K); then it
-// signals the stage's full barrier: 32 lane arrivals once its copies land + 1
-// arrival of lane 0 after it wrote the stage's metadata. Two producers because
+// chunks are XOR-swizzled by row & 7 (zero-filled past N and K): on sm_90,
+// where X's rows are 16-byte aligned, one tensor copy (TMA, the map's 128-byte
+// swizzle), else 16-byte cp.async pieces. The stage's full barrier takes lane 0's arrival after it wrote the
+// stage's metadata, plus the X tile's: lane 0's with the tensor copy's bytes,
+// or all 32 lanes' once their pieces land. Two producers because
 // one producer's turn per tile, a chain of ~200 dependent instructions, bounded
 // the kernels at 80–90 % sparsity and at wide N (docs/kernel-notes.md, "v7").
 #pragma once
@@ -33,6 +35,7 @@ constexpr int kProducerWarps = 2;
 constexpr int kThreads = kConsumers + 32 * kProducerWarps;
 constexpr int kConsumerBarrier = 1;        // named barrier of the consumer warps
 constexpr int kXFullArrivals = 32 + 1;     // producer lanes' copies + lane 0's metadata
+constexpr int kXFullArrivalsTma = 1 + 1;   // lane 0's X tensor copy + its metadata
 
 template <int BN>
 using Accumulators = float[BN / 8][4];
@@ -70,14 +73,38 @@ struct TileEnds {
   __device__ __forceinline__ uint32_t begin_of(int j, uint32_t first) const { return j == 0 ? first : end_of(j - 1); }
 };
 
-// Producer warp: X[n0 .., 64 kt ..] → the stage at `xs`; every lane then
-// arrives on `full` when its copies have landed (32 of the stage's arrivals).
+// Whether this block brings X by TMA: the host's choice (a.x_tma, on devices of
+// compute capability 9.0 and up) where this code is compiled for sm_90 or later,
+// so that the barrier count and the copies agree even in a build without sm_90
+// code run on such a device.
+template <typename T>
+__device__ __forceinline__ bool x_by_tma(const stream_k::KernelArgs<T>& a) {
+#if __CUDA_ARCH__ >= 900
+  return a.x_tma;
+#else
+  return false;
+#endif
+}
+
+// Producer warp: X[n0 .., 64 kt ..] → the stage at `xs` (1024-byte aligned).
+// With x_by_tma(a) lane 0 arrives on `full` with the tile's bytes and
+// starts one tensor copy (the second of kXFullArrivalsTma arrivals); else every
+// lane arrives when its cp.async pieces have landed (32 of kXFullArrivals).
 template <typename T, int BN>
 __device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, int kt, int n0, uint32_t xs,
                                             uint32_t full) {
   static_assert(BN * 8 % 32 == 0, "X pieces split evenly over the producer warp");
   const int lane = threadIdx.x & 31;
   const int c0 = kt * stream_k::kTileK;
+#if __CUDA_ARCH__ >= 900
+  if (x_by_tma(a)) {
+    if (lane == 0) {
+      ptx::mbarrier_arrive_expect_tx(full, uint32_t(kXStageBytes<BN>));
+      ptx::tensor_copy_2d_g2s(xs, &a.x_map, c0, n0, full);
+    }
+    return;
+  }
+#endif
 #pragma unroll 4
   for (int p = 0; p < BN * 8 / 32; ++p) {  // 16-byte piece i: row r, chunk j at r · 128 + ((j ^ (r & 7)) << 4)
     const int i = p * 32 + lane, r = i >> 3, j = i & 7;
@@ -132,8 +159,7 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int
   }
 }
 
-// Widths multiplied by wgmma on sm_90a (mma.sync otherwise). Their X stages
-// must be 1024-byte aligned (the 128-byte swizzle as a wgmma operand).
+// Widths multiplied by wgmma on sm_90a (mma.sync otherwise).
 // SPARSELLM_WGMMA_MIN_COLUMNS moves the threshold (any of 8 … 128) for
 // measurements of the two paths against each other.
 #ifndef SPARSELLM_WGMMA_MIN_COLUMNS
@@ -142,13 +168,11 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int
 template <int BN>
 constexpr bool kWgmmaColumns = BN >= SPARSELLM_WGMMA_MIN_COLUMNS;
 
-// Traps where a wgmma width's first X stage is not 1024-byte aligned (the
-// swizzle would be misread, silently); free elsewhere.
-template <int BN>
+// Every X stage is 1024-byte aligned: the 128-byte swizzle that TMA writes
+// and wgmma reads is taken from address bits, so a stage off that alignment
+// would be misread, silently. Traps where the first one is not.
 __device__ __forceinline__ void check_x_alignment(uint32_t first_x_stage) {
-  if constexpr (kWgmmaColumns<BN>) {
-    if (first_x_stage % 1024 != 0) __trap();
-  }
+  if (first_x_stage % 1024 != 0) __trap();
 }
 
 #if SPARSELLM_HAS_WGMMA
@@ -207,13 +231,14 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
 }
 
 // Stage s of kStages (X tile + the format's per-tile data) has two barriers:
-// full(s) at bars + 8 s (kXFullArrivals) and empty(s) at bars + 8 (kStages + s)
-// (one arrival per consumer warp). Thread 0 initializes them (and, on sm_90,
-// makes the initialization visible to the bulk copies' async proxy).
-template <int kStages>
-__device__ __forceinline__ void init_stage_barriers(uint32_t bars) {
+// full(s) at bars + 8 s (kXFullArrivals, or kXFullArrivalsTma where X comes by
+// TMA) and empty(s) at bars + 8 (kStages + s) (one arrival per consumer warp).
+// Thread 0 initializes them (and, on sm_90, makes the initialization visible
+// to the bulk copies' async proxy).
+template <int kStages, typename T>
+__device__ __forceinline__ void init_stage_barriers(const stream_k::KernelArgs<T>& a, uint32_t bars) {
   for (int s = 0; s < kStages; ++s) {
-    ptx::mbarrier_init(bars + 8 * s, kXFullArrivals);
+    ptx::mbarrier_init(bars + 8 * s, x_by_tma(a) ? kXFullArrivalsTma : kXFullArrivals);
     ptx::mbarrier_init(bars + 8 * (kStages + s), kConsumerWarps);
   }
 #if __CUDA_ARCH__ >= 900

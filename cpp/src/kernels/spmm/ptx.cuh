@@ -1,5 +1,5 @@
 // Thin wrappers over the PTX the SpMM kernels use: shared-memory addresses,
-// ldmatrix, mma.sync, cp.async, mbarriers, and the bulk copy (sm_90).
+// ldmatrix, mma.sync, cp.async, mbarriers, and the bulk and tensor copies (sm_90).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -127,6 +127,17 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
       "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// The box of a 2-D tensor map at (column c0, row r0) into shared memory at dst
+// (layout and zero fill as the map says); its bytes complete bar's phase.
+// `map` is the generic address of a CUtensorMap in a __grid_constant__
+// kernel parameter.
+__device__ __forceinline__ void tensor_copy_2d_g2s(uint32_t dst, const void* map, int c0, int r0, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(r0), "r"(bar)
       : "memory");
 }
 #endif

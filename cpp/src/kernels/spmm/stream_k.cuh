@@ -15,6 +15,7 @@
 
 #include "common/check.h"
 #include "kernels/launch.h"
+#include "kernels/spmm/x_tensor_map.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
 
@@ -29,6 +30,7 @@ constexpr size_t kCounterBytes = kCounters * sizeof(int);
 
 template <typename T>
 struct KernelArgs {
+  CUtensorMap x_map;        // X as a TMA tensor (kernels/spmm/x_tensor_map.h), where x_tma
   const uint32_t* data;     // the encoded tiles, in the format's words
   const uint32_t* offsets;  // [tiles + 1] first word of each tile
   const StreamKBlock* plan;
@@ -39,6 +41,7 @@ struct KernelArgs {
   int* counters;   // [passes][tiles_m] arrival counters, zero between launches
   int m, k, n, tiles_m, tiles_k, blocks;
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
+  bool x_tma;      // x_vectors on sm_90: X tiles by TMA (x_map) instead
 };
 
 // Columns of X one block pass covers.
@@ -74,7 +77,9 @@ inline const DeviceInfo& check_params(const SpmmParams& p) {
 }
 
 // Launches `kernel` (one instantiation: its shared-memory opt-in is recorded
-// per kernel and device) for the product p on `stream` on GPU `device`.
+// per kernel and device) for the product p on `stream` on GPU `device`. The
+// kernel takes its KernelArgs as a __grid_constant__ parameter (the address
+// of x_map is given to TMA).
 template <typename T, int BN, auto kernel>
 void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const char* name, cudaStream_t stream) {
   static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
@@ -83,7 +88,7 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
     if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
   }
   const SparseMatrixView& w = p.weight;
-  KernelArgs<T> a;
+  KernelArgs<T> a{};
   a.data = w.words;
   a.offsets = w.tile_offsets;
   a.plan = p.plan;
@@ -102,6 +107,8 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   a.counters = static_cast<int*>(p.workspace);
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+  a.x_tma = a.x_vectors && current_device().cc_major >= 9;
+  if (a.x_tma) a.x_map = x_tile_map(p.x, p.n, w.k, w.dtype, BN);
   // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }

@@ -11,7 +11,8 @@
 //   warps 8, 9          alternate tiles of the block's stream-K range, into ring stage s:
 //   (producers)
 //                         lane 0: bulk copy (sm_90; cp.async pieces before) of the tile
-//                         all lanes: X[n0 .., 64 c ..] by cp.async (zero-filled past N, K)
+//                         X[n0 .., 64 c ..] (zero-filled past N, K): lane 0's tensor
+//                         copy (TMA, sm_90), or every lane's cp.async pieces
 //                         → full[s] completes when every byte has landed
 //   warps 0..7 (consumers) warp w owns the tile's row block w (rows 16 w ..) × all BN
 //                         columns; wait full[s], decode + MMA, arrive on empty[s]
@@ -51,16 +52,11 @@ using stream_k::KernelArgs;
 using namespace consumer_warps;
 static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
 
-// Shared bytes a stage reserves for a tile: the largest tile, rounded to 128
-// bytes, or to 1024 where wgmma reads the X tile that follows (its swizzle
-// needs the alignment). Decode reads at most one 16-bit value past a tile's
-// last value, which stays inside the reservation (kMaxTileWords · 4 = 17,424
-// < 17,536).
-template <int BN>
-constexpr int kStageTileBytes = [] {
-  constexpr int align = kWgmmaColumns<BN> ? 1024 : 128;
-  return (kMaxTileWords * 4 + align - 1) / align * align;
-}();
+// Shared bytes a stage reserves for a tile: the largest tile, rounded to 1024
+// bytes so that the X tile after it is 1024-byte aligned (check_x_alignment).
+// Decode reads at most one 16-bit value past a tile's last value, which stays
+// inside the reservation (kMaxTileWords · 4 = 17,424 < 18,432).
+constexpr int kStageTileBytes = (kMaxTileWords * 4 + 1023) / 1024 * 1024;
 
 // Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
 template <typename T, int BN>
@@ -97,7 +93,7 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
   first[3] = row_start + (total[0] & 0xFFFF) + (total[0] >> 16) + (total[1] & 0xFFFF) + (scan[1] >> 16);
 
   const unsigned short* values = reinterpret_cast<const unsigned short*>(stage_ptr + kHeaderWords * 4);
-  const uint32_t xs = stage + kStageTileBytes<BN>;
+  const uint32_t xs = stage + kStageTileBytes;
   constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
   uint32_t a[kBlocksK][4];
 #pragma unroll
@@ -126,7 +122,7 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
 template <int BN>
 struct Config {
   static constexpr int kStages = BN >= 128 ? 3 : 4;  // ring depth (2 blocks per SM)
-  static constexpr int kStageBytes = kStageTileBytes<BN> + kXStageBytes<BN>;
+  static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
@@ -158,7 +154,7 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -166,19 +162,19 @@ __global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const KernelAr
 
   const int warp = threadIdx.x >> 5;
   const uint32_t stages = ptx::smem_addr(smem);
-  check_x_alignment<BN>(stages);  // every stage size is a multiple of 1024 at these widths
+  check_x_alignment(stages);  // every stage size is a multiple of 1024
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
   int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
   if (threadIdx.x == 0) {
-    init_stage_barriers<C::kStages>(bars);
+    init_stage_barriers<C::kStages>(a, bars);
   }
   __syncthreads();
 
   const uint32_t first_word = a.offsets[blk.unit_begin];
   TileEnds ends;  // producers
   run_block<T, BN, C::kStages, C::kStages>(
-      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes<BN>; },
+      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
       [&](int u, int s) {
         const int j = u - blk.unit_begin;
         ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);

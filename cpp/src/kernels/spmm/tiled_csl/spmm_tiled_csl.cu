@@ -54,8 +54,7 @@ template <int BN>
 struct Config {
   static constexpr int kStages = BN <= 16 ? 8 : (BN == 32 ? 6 : 3);  // X stages (tiles in flight)
   static constexpr int kDenseOffset = kRingWords * 4;
-  static constexpr int kXAlign = kWgmmaColumns<BN> ? 1024 : 128;  // X stages as a wgmma operand: 1024
-  static constexpr int kXOffset = (kDenseOffset + kDenseBytes + kXAlign - 1) / kXAlign * kXAlign;
+  static constexpr int kXOffset = (kDenseOffset + kDenseBytes + 1023) / 1024 * 1024;  // check_x_alignment
   static constexpr int kBarOffset = kXOffset + kStages * kXStageBytes<BN>;  // stage barriers
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;         // tile word end per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
@@ -138,7 +137,7 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled_csl_kernel(const KernelArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled_csl_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -147,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
   const uint32_t ring = ptx::smem_addr(smem);
   const uint32_t dense = ptx::smem_addr(smem + C::kDenseOffset);
   const uint32_t x0 = ptx::smem_addr(smem + C::kXOffset);
-  check_x_alignment<BN>(x0);
+  check_x_alignment(x0);
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const uint32_t meta = ptx::smem_addr(smem + C::kMetaOffset);
   const volatile uint32_t* tile_ends = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
@@ -155,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
 
   for (int i = threadIdx.x; i < kDenseBytes / 16; i += kThreads) ptx::st_shared_zero_v4(dense + i * 16);
   if (threadIdx.x == 0) {
-    init_stage_barriers<C::kStages>(bars);
+    init_stage_barriers<C::kStages>(a, bars);
   }
   __syncthreads();
 
