@@ -10,11 +10,12 @@
 // 64 kt .. 64 kt + 64] into a stage of BN rows of 128 bytes whose 16-byte
 // chunks are XOR-swizzled by row & 7 (zero-filled past N and K): on sm_90,
 // where X's rows are 16-byte aligned, one tensor copy (TMA, the map's 128-byte
-// swizzle), else 16-byte cp.async pieces. The stage's full barrier takes lane 0's arrival after it wrote the
-// stage's metadata, plus the X tile's: lane 0's with the tensor copy's bytes,
-// or all 32 lanes' once their pieces land. Two producers because
-// one producer's turn per tile, a chain of ~200 dependent instructions, bounded
-// the kernels at 80–90 % sparsity and at wide N (docs/kernel-notes.md, "v7").
+// swizzle), else 16-byte cp.async pieces. The stage's full barrier takes lane
+// 0's arrival after it wrote the stage's metadata, plus the X tile's: lane 0's
+// with the tensor copy's bytes, or all 32 lanes' once their pieces land. Two
+// producers because one producer's turn per tile, a chain of ~200 dependent
+// instructions, bounded the kernels at 80–90 % sparsity and at wide N
+// (docs/kernel-notes.md, "v7").
 #pragma once
 
 #include <cuda_bf16.h>
