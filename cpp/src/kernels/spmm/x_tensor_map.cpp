@@ -3,29 +3,28 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
-#include <mutex>
-
 #include "common/check.h"
 
 namespace sparsellm::stream_k {
 namespace {
 
-// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda).
+// cuTensorMapEncodeTiled from the driver the runtime loaded (no link against libcuda), looked up once.
 PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  static std::once_flag once;
-  static cudaError_t status = cudaSuccess;
-  static cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSuccess;
-  std::call_once(once, [] {
+  struct Lookup {
     void* fn = nullptr;
-    status = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
-    encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  });
-  SPARSELLM_CHECK_CUDA(status);
-  if (found != cudaDriverEntryPointSuccess || encode == nullptr)
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    cudaError_t status = cudaSuccess;
+  };
+  static const Lookup lookup = [] {
+    Lookup l;
+    l.status = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &l.fn, 12000, cudaEnableDefault, &l.found);
+    return l;
+  }();
+  SPARSELLM_CHECK_CUDA(lookup.status);
+  if (lookup.found != cudaDriverEntryPointSuccess || lookup.fn == nullptr)
     throw CudaError(detail::concat("spmm: the CUDA driver has no cuTensorMapEncodeTiled (query result ",
-                                   int(found), "); TMA needs a driver for CUDA 12.0 or later"));
-  return encode;
+                                   int(lookup.found), "); TMA needs a driver for CUDA 12.0 or later"));
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(lookup.fn);
 }
 
 }  // namespace
