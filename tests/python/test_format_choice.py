@@ -475,6 +475,9 @@ def test_calibration_summary_averages_over_its_own_shapes(h100_benchmark):
     expected = geomean(r["speedup_vs_cublas"] for r in h100_benchmark["records"]
                        if r["impl"] == "bitmap" and r["sparsity"] == 0.5 and r["N"] in (8, 16, 32))
     assert row.split("|")[4].strip() == f"{expected:.2f}"
+    assert "| N=8,16,32 |" in spmm.summary_markdown(h100_benchmark)
+    only16 = dict(h100_benchmark, records=[r for r in h100_benchmark["records"] if r["N"] != 8 and r["N"] != 32])
+    assert "| N=16 |" in spmm.summary_markdown(only16)  # the column names the widths it averages
     anchors = [dict(h100_benchmark["records"][0], shape=s) for s in spmm.ANCHOR_SHAPES + ["llama2-7b.down"]]
     shapes, caption = spmm.summary_shapes(anchors)
     assert shapes == set(spmm.ANCHOR_SHAPES) and caption.startswith("Anchor shapes")

@@ -183,17 +183,24 @@ def summary_shapes(recs) -> tuple[set[str], str]:
     return set(present), f"Shapes of this run: {', '.join(present)}."
 
 
+def decode_widths(recs) -> list[int]:
+    """The widths of the summary's decode column: those of N = 8, 16, 32 that the run measured."""
+    return sorted({r["N"] for r in recs} & {8, 16, 32})
+
+
 def summary_markdown(doc) -> str:
     recs = doc["records"]
     impls = sorted({r["impl"] for r in recs} - {"cublas"})
     dtypes = sorted({r["dtype"] for r in recs})
     sparsities = sorted({r["sparsity"] for r in recs if r["impl"] != "cublas"})
     shapes, caption = summary_shapes(recs)
+    decode_ns = decode_widths(recs)
     lines = [f"# SpMM on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
              f"Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s (read + write).", "",
              "## Geometric-mean speedup over cuBLAS", "",
              caption, "",
-             "| impl | dtype | sparsity | N=8,16,32 | N=1 | N=64 | N=128 | eff. GB/s (N=16) | % of copy |",
+             f"| impl | dtype | sparsity | N={','.join(map(str, decode_ns))} | N=1 | N=64 | N=128 | eff. GB/s (N=16) | "
+             "% of copy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for impl in impls:
         for dt in dtypes:
@@ -206,7 +213,7 @@ def summary_markdown(doc) -> str:
                 bw = [r for r in sel if r["N"] == 16]
                 gb = _geomean([r["gbps"] for r in bw])
                 pct = _geomean([r["pct_copy_bw"] for r in bw])
-                lines.append(f"| {impl} | {dt} | {s:.0%} | {g({8, 16, 32}):.2f} | {g({1}):.2f} | {g({64}):.2f} | "
+                lines.append(f"| {impl} | {dt} | {s:.0%} | {g(set(decode_ns)):.2f} | {g({1}):.2f} | {g({64}):.2f} | "
                              f"{g({128}):.2f} | {gb:.0f} | {pct:.0f}% |")
     lines += ["", "## Every case (µs, median)", "",
               "| shape | M×K | N | dtype | sparsity | impl | µs | speedup | GB/s | % copy |",
@@ -226,13 +233,14 @@ def plot(doc, path) -> None:
         return
     recs = doc["records"]
     shapes, _ = summary_shapes(recs)
+    decode_ns = decode_widths(recs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for impl in sorted({r["impl"] for r in recs} - {"cublas"}):
         for dt, style in (("float16", "-"), ("bfloat16", "--")):
             pts = []
             for s in sorted({r["sparsity"] for r in recs if r["impl"] == impl}):
                 sel = [r["speedup_vs_cublas"] for r in recs if r["impl"] == impl and r["dtype"] == dt
-                       and r["sparsity"] == s and r["N"] in (8, 16, 32) and r["shape"] in shapes]
+                       and r["sparsity"] == s and r["N"] in decode_ns and r["shape"] in shapes]
                 if sel:
                     pts.append((s * 100, _geomean(sel)))
             if pts:
@@ -240,7 +248,7 @@ def plot(doc, path) -> None:
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("speedup over cuBLAS (geomean, N = 8/16/32)")
+    ax.set_ylabel(f"speedup over cuBLAS (geomean, N = {'/'.join(map(str, decode_ns))})")
     ax.set_title(f"SpMM on {doc['gpu']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
