@@ -77,15 +77,16 @@ inline const DeviceInfo& check_params(const SpmmParams& p) {
 }
 
 // Launches `kernel` (one instantiation: its shared-memory opt-in is recorded
-// per kernel and device) for the product p on `stream` on GPU `device`. The
-// kernel takes its KernelArgs as a __grid_constant__ parameter (the address
-// of x_map is given to TMA).
+// per kernel and device) for the product p on `stream` on `device` (what
+// check_params returned). The kernel takes its KernelArgs as a
+// __grid_constant__ parameter (the address of x_map is given to TMA).
 template <typename T, int BN, auto kernel>
-void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const char* name, cudaStream_t stream) {
+void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem_bytes, const char* name,
+            cudaStream_t stream) {
   static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
-  if (device >= 64 || !(configured_devices.load() >> device & 1)) {
+  if (device.id >= 64 || !(configured_devices.load() >> device.id & 1)) {
     SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    if (device < 64) configured_devices.fetch_or(uint64_t(1) << device);
+    if (device.id < 64) configured_devices.fetch_or(uint64_t(1) << device.id);
   }
   const SparseMatrixView& w = p.weight;
   KernelArgs<T> a{};
@@ -107,7 +108,7 @@ void launch(const SpmmParams& p, int device, int threads, int smem_bytes, const 
   a.counters = static_cast<int*>(p.workspace);
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
-  a.x_tma = a.x_vectors && current_device().cc_major >= 9;
+  a.x_tma = a.x_vectors && device.cc_major >= 9;
   if (a.x_tma) a.x_map = x_tile_map(p.x, p.n, w.k, w.dtype, BN);
   // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);

@@ -193,7 +193,7 @@ void spmm_bitmap(const SpmmParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(w.format == SparseFormat::kBitmap, "spmm_bitmap: the weight is not in the bitmap format");
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(w.words) % 16 == 0,
                       "spmm: bitmap tile data must be 16-byte aligned");
-  const int device = stream_k::check_params(p).id;
+  const DeviceInfo& device = stream_k::check_params(p);
   kernels::dispatch_dtype(w.dtype, [&](auto storage) {
     using T = decltype(storage);
     stream_k::with_block_columns(p.n, [&](auto columns) {

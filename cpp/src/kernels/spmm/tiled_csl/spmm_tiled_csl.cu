@@ -200,7 +200,7 @@ size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
 }
 
 void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
-  const int device = stream_k::check_params(p).id;
+  const DeviceInfo& device = stream_k::check_params(p);
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.weight.words) % 16 == 0,
                       "spmm: Tiled-CSL words must be 16-byte aligned");
   kernels::dispatch_dtype(p.weight.dtype, [&](auto storage) {
