@@ -15,14 +15,16 @@
 //
 // stack() joins layers that read the same input (q/k/v, gate/up) into one by
 // rows: dense weights and biases are concatenated on the device; sparse ones
-// too, their tile offsets shifted (the tile grid is numbered row-major, so a
-// part of whole tile rows ends where the next begins) and the plan recomputed.
+// too, their tile offsets (read back from the device: a layer keeps no host
+// copy) shifted (the tile grid is numbered row-major, so a part of whole tile
+// rows ends where the next begins) and the plan recomputed.
 //
 // forward() enqueues one GEMM or SpMM on the caller's stream: no allocation,
 // no synchronization.
 #include "layers/linear.h"
 
 #include <algorithm>
+#include <map>
 
 #include "common/check.h"
 #include "runtime/weights.h"
@@ -73,7 +75,7 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
     weight_ptr_ = buffers_.back().data();
   } else {  // tiled_csl, bitmap: the same tile grid, offsets and plan
     SparseUpload weight = upload_sparse(checkpoint, weight_name, stream);
-    set_sparse(std::move(weight.data), std::move(weight.tile_offsets), std::move(weight.host_offsets),
+    set_sparse(std::move(weight.data), std::move(weight.tile_offsets), weight.host_offsets,
                w.format == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl, stream);
   }
   if (bias) {
@@ -82,7 +84,7 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
   }
 }
 
-void Linear::set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, std::vector<uint32_t> host_offsets,
+void Linear::set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, const std::vector<uint32_t>& host_offsets,
                         SparseFormat format, cudaStream_t stream) {
   const std::vector<StreamKBlock> plan = spmm_plan(host_offsets.data(), out_, in_, spmm_plan_blocks());
   plan_blocks_ = int(plan.size());
@@ -94,7 +96,6 @@ void Linear::set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, std::vecto
   view.dtype = dtype_;
   view.format = format;
   sparse_ = view;
-  host_offsets_ = std::move(host_offsets);
   buffers_.push_back(std::move(data));
   buffers_.push_back(std::move(tile_offsets));
   // `plan` dies with this scope; that is safe: a copy from pageable memory
@@ -162,17 +163,20 @@ std::unique_ptr<Linear> Linear::stack(const std::vector<const Linear*>& parts, c
     // Tiles are numbered row-major over the grid, so the parts' tiles follow
     // one another: offsets shifted by the words before, data concatenated.
     std::vector<uint32_t> offsets{0};
+    std::map<const Linear*, size_t> words;  // each part's data words (its last tile offset)
     for (const Linear* p : parts) {
       const uint32_t base = offsets.back();
       offsets.pop_back();
-      for (uint32_t o : p->host_offsets_) offsets.push_back(base + o);
+      const std::vector<uint32_t> own = p->download_tile_offsets(stream);
+      for (uint32_t o : own) offsets.push_back(base + o);
+      words[p] = own.back();
     }
     DeviceBuffer data = concatenate(
-        "words", [](const Linear& p) { return size_t(p.host_offsets_.back()) * sizeof(uint32_t); },
+        "words", [&](const Linear& p) { return words.at(&p) * sizeof(uint32_t); },
         [](const Linear& p) { return static_cast<const void*>(p.sparse_->words); });
     DeviceBuffer tile_offsets(offsets.size() * sizeof(uint32_t), s.name_ + " tile offsets");
     tile_offsets.upload(offsets.data(), tile_offsets.bytes(), stream);
-    s.set_sparse(std::move(data), std::move(tile_offsets), std::move(offsets), first.sparse_->format, stream);
+    s.set_sparse(std::move(data), std::move(tile_offsets), offsets, first.sparse_->format, stream);
   }
   if (first.bias_) {
     s.buffers_.push_back(concatenate(
@@ -182,6 +186,16 @@ std::unique_ptr<Linear> Linear::stack(const std::vector<const Linear*>& parts, c
   // The parts' arrays may be freed once this returns.
   SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));
   return stacked;
+}
+
+std::vector<uint32_t> Linear::download_tile_offsets(cudaStream_t stream) const {
+  const int64_t tiles = ((out_ + tiled_csl::kTileM - 1) / tiled_csl::kTileM) *
+                        ((in_ + tiled_csl::kTileK - 1) / tiled_csl::kTileK);
+  std::vector<uint32_t> offsets(tiles + 1);
+  SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(offsets.data(), sparse_->tile_offsets, offsets.size() * sizeof(uint32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+  SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));
+  return offsets;
 }
 
 std::string Linear::format() const {

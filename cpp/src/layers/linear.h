@@ -68,13 +68,14 @@ class Linear {
   const void* bias_ = nullptr;
   // Sparse formats (empty: dense): the encoded weight and its stream-K plan on the device.
   std::optional<SparseMatrixView> sparse_;
-  std::vector<uint32_t> host_offsets_;  // [tiles + 1] the tile offsets, kept for stack()
   const void* plan_ = nullptr;
   int plan_blocks_ = 0;
 
   // Takes the encoded weight (data, device and host tile offsets) and uploads its stream-K plan.
-  void set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, std::vector<uint32_t> host_offsets,
+  void set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, const std::vector<uint32_t>& host_offsets,
                   SparseFormat format, cudaStream_t stream);
+  // A sparse weight's [tiles + 1] tile offsets, copied from the device (the stream synchronized).
+  std::vector<uint32_t> download_tile_offsets(cudaStream_t stream) const;
 };
 
 }  // namespace sparsellm
