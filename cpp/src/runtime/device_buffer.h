@@ -25,7 +25,9 @@ class DeviceBuffer {
   T* as() const { return static_cast<T*>(data_); }
   size_t bytes() const { return bytes_; }
 
-  // Copies `bytes` host bytes to the start of the buffer on `stream`.
+  // Copies `bytes` host bytes to the start of the buffer on `stream`. From
+  // pageable memory (a std::vector) the call returns once the source is staged,
+  // so the caller may free it at once; pinned memory must outlive the copy.
   void upload(const void* host, size_t bytes, cudaStream_t stream);
   void zero(cudaStream_t stream);
 

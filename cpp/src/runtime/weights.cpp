@@ -85,8 +85,8 @@ SparseUpload draw_tiled_csl(const RandomWeightParams& p, const std::string& name
   out.tile_offsets = DeviceBuffer(out.host_offsets.size() * sizeof(uint32_t), name + " tile offsets");
   out.tile_offsets.upload(out.host_offsets.data(), out.tile_offsets.bytes(), stream);
   out.data = DeviceBuffer(encoded.words.size() * sizeof(uint32_t), name + " words");
+  // `encoded` may be freed on return: a copy from pageable memory returns once its source is staged.
   if (!encoded.words.empty()) out.data.upload(encoded.words.data(), out.data.bytes(), stream);
-  SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));  // before `encoded` is freed
   return out;
 }
 
