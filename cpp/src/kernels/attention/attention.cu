@@ -42,7 +42,7 @@ using namespace kernels;
 
 constexpr int kThreads = 128;
 constexpr int kKeysPerGroup = 4;
-constexpr int kMinChunk = 256;        // keys per split at least (≈ 128 KiB of K and V at head_dim 128)
+constexpr int kMinChunk = 64;         // keys per split at least (32 KiB of K and V at head_dim 128)
 constexpr int kChunkAlign = 64;
 constexpr int64_t kTargetBlocks = 1024;  // enough blocks of pass 1 to fill a large GPU several times
 constexpr int kMaxSplits = 64;
