@@ -1,14 +1,17 @@
 // Rotary position embedding, rotate-half layout (rope.h).
 //
-// One block per token, kThreads threads striding over the token's
-// (q_heads + k_heads) · head_dim/2 rotation pairs: pair j is head j / half,
-// index i = j % half, touching elements i and i + half of that head. Each
-// element is read and written by exactly one thread, so the update is in
-// place without synchronization. The op is tiny next to the projections
-// around it (2 · (q_heads + k_heads) · head_dim elements per token); it is
-// written for clarity, scalar loads, no shared memory.
+// Grid (tokens, ⌈pairs / kThreads⌉, at most kMaxBlocksPerToken): a token's
+// (q_heads + k_heads) · head_dim/2 rotation pairs are spread over its blocks,
+// pair j is head j / half, index i = j % half, touching elements i and
+// i + half of that head. Each element is read and written by exactly one
+// thread, so the update is in place without synchronization. The op is tiny
+// next to the projections around it (2 · (q_heads + k_heads) · head_dim
+// elements per token); it is written for clarity, scalar loads, no shared
+// memory. At decode one block per token would walk its 4,096 pairs (Llama-2-7B)
+// 32 at a time, each a dependent load, sincos and store: latency, not work.
 #include "kernels/rope/rope.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/check.h"
@@ -21,6 +24,7 @@ namespace {
 using namespace kernels;
 
 constexpr int kThreads = 128;
+constexpr int kMaxBlocksPerToken = 64;  // 8,192 pairs in one pass (Llama-2-70B has 4,608)
 
 struct RopeArgs {
   void* q;                 // [tokens, q_heads · head_dim], row stride q_stride
@@ -37,7 +41,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
   const int64_t t = blockIdx.x;
   const float pos = float(a.position[t]);
   const int32_t pairs = (a.q_heads + a.k_heads) * a.half;
-  for (int32_t j = threadIdx.x; j < pairs; j += blockDim.x) {
+  for (int32_t j = blockIdx.y * blockDim.x + threadIdx.x; j < pairs; j += gridDim.y * blockDim.x) {
     const int32_t head = j / a.half, i = j % a.half;
     T* x = head < a.q_heads
                ? static_cast<T*>(a.q) + t * a.q_stride + int64_t(head) * 2 * a.half
@@ -115,7 +119,9 @@ void rope(const RopeParams& p, cudaStream_t stream) {
   if (p.tokens == 0 || p.q_heads + p.k_heads == 0) return;
   SPARSELLM_CHECK_ARG(p.position && p.inv_freq, "rope: position or inv_freq is null");
   RopeArgs a{p.q, p.k, p.q_stride, p.k_stride, p.q_heads, p.k_heads, p.head_dim / 2, p.position, p.inv_freq};
-  const dim3 grid(static_cast<unsigned>(p.tokens));
+  const int64_t pairs = (int64_t(p.q_heads) + p.k_heads) * (p.head_dim / 2);
+  const dim3 grid(static_cast<unsigned>(p.tokens),
+                  static_cast<unsigned>(std::min<int64_t>(kernels::ceil_div(pairs, kThreads), kMaxBlocksPerToken)));
   kernels::dispatch_dtype(p.dtype, [&](auto storage) {
     kernels::launch_chained("rope_kernel", rope_kernel<decltype(storage)>, grid, kThreads, 0, stream, a);
   });
