@@ -70,9 +70,9 @@ std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat form
   return {std::move(enc.tile_offsets), std::move(enc.words)};
 }
 
-TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
-  if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  const auto [format, shape] = GetParam();
+// Y of the SpMM of a random weight in `format` (a plan of `blocks` blocks) against cuBLAS on the same masked
+// weight, twice (the second call checks the workspace was left reusable).
+void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks) {
   const auto [m, k, n, sparsity, dtype] = shape;
   std::mt19937 rng(uint32_t(m * 131 + k * 7 + n) ^ uint32_t(sparsity * 1000 + 5000));
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -86,7 +86,6 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   for (auto& v : bias) v = to_bits(normal(rng), dtype);
 
   const auto [tile_offsets, words] = encode(format, w, m, k, dtype);
-  const int blocks = spmm_plan_blocks();
   const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
   DeviceBuffer<uint32_t> d_words(words), d_offsets(tile_offsets);
   DeviceBuffer<StreamKBlock> d_plan(plan);
@@ -117,7 +116,7 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
   g.dtype = dtype;
   g.workspace = gemm_ws.ptr;
   g.workspace_bytes = kDenseGemmWorkspaceBytes;
-  for (int rep = 0; rep < 2; ++rep) {  // the second call checks the workspace was left reusable
+  for (int rep = 0; rep < 2; ++rep) {
     spmm(p, nullptr);
     dense_gemm(g, nullptr);
     SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
@@ -133,6 +132,27 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
     EXPECT_LT(std::sqrt(num / den), tol);
     SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
   }
+}
+
+TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  const auto [format, shape] = GetParam();
+  expect_matches_cublas(format, shape, spmm_plan_blocks());
+}
+
+// Plans of a few blocks, whose ranges span several tile rows: a shared first
+// row, rows of their own, a shared or an own last row (384 rows over 2 blocks:
+// the second block ends with a whole row).
+TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (int64_t m : {384, 1000})
+      for (int blocks : {2, 3, 7})
+        for (int64_t n : {3, 16, 32, 64}) {
+          SCOPED_TRACE(std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + " m " +
+                       std::to_string(m) + " blocks " + std::to_string(blocks) + " n " + std::to_string(n));
+          expect_matches_cublas(format, Shape{m, 3000, n, 0.6, DType::kFloat16}, blocks);
+        }
 }
 
 INSTANTIATE_TEST_SUITE_P(
