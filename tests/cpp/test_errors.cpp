@@ -7,6 +7,7 @@
 #include "common/check.h"
 #include "sparsellm/device.h"
 #include "sparsellm/gemm.h"
+#include "sparsellm/spmm.h"
 
 namespace sparsellm {
 namespace {
@@ -61,6 +62,21 @@ TEST(Errors, DenseGemmRejectsBadShapesBeforeTouchingTheGpu) {
   p.m = 4;
   p.k = 4;
   EXPECT_THROW(dense_gemm(p, nullptr), InvalidArgument);
+}
+
+TEST(Errors, PlanOfRangesRejectsRangesThatDoNotCoverTheTiles) {
+  // 256 × 128: 2 × 2 tiles.
+  EXPECT_THROW(spmm_plan_of_ranges({0, 2, 3}, 256, 128), InvalidArgument);     // ends before the last tile
+  EXPECT_THROW(spmm_plan_of_ranges({1, 2, 4}, 256, 128), InvalidArgument);     // starts after the first
+  EXPECT_THROW(spmm_plan_of_ranges({0, 3, 2, 4}, 256, 128), InvalidArgument);  // decreases
+  EXPECT_THROW(spmm_plan_of_ranges({0, 2, 2, 4}, 256, 128), InvalidArgument);  // an empty block, then a used one
+  const std::vector<StreamKBlock> plan = spmm_plan_of_ranges({0, 1, 3, 4, 4}, 256, 128);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[1].first_row_lead, 0);  // row 0: blocks 0 and 1
+  EXPECT_EQ(plan[1].first_row_parts, 2);
+  EXPECT_EQ(plan[1].last_row_lead, 1);  // row 1: blocks 1 and 2
+  EXPECT_EQ(plan[1].last_row_parts, 2);
+  EXPECT_EQ(plan[3].unit_begin, plan[3].unit_end);
 }
 
 TEST(Errors, NoGpuIsADeviceErrorNotACrash) {

@@ -70,9 +70,11 @@ std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat form
   return {std::move(enc.tile_offsets), std::move(enc.words)};
 }
 
-// Y of the SpMM of a random weight in `format` (a plan of `blocks` blocks) against cuBLAS on the same masked
-// weight, twice (the second call checks the workspace was left reusable).
-void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks) {
+// Y of the SpMM of a random weight in `format` against cuBLAS on the same masked weight, twice (the
+// second call checks the workspace was left reusable). The plan has `blocks` blocks, cut by spmm_plan,
+// or, given `ranges` (blocks + 1 range starts), those ranges.
+void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
+                           const std::vector<int32_t>& ranges = {}) {
   const auto [m, k, n, sparsity, dtype] = shape;
   std::mt19937 rng(uint32_t(m * 131 + k * 7 + n) ^ uint32_t(sparsity * 1000 + 5000));
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -86,7 +88,8 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks) 
   for (auto& v : bias) v = to_bits(normal(rng), dtype);
 
   const auto [tile_offsets, words] = encode(format, w, m, k, dtype);
-  const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
+  const std::vector<StreamKBlock> plan =
+      ranges.empty() ? spmm_plan(tile_offsets.data(), m, k, blocks) : spmm_plan_of_ranges(ranges, m, k);
   DeviceBuffer<uint32_t> d_words(words), d_offsets(tile_offsets);
   DeviceBuffer<StreamKBlock> d_plan(plan);
   DeviceBuffer<uint16_t> d_w(w), d_x(x), d_bias(bias), d_y(n * m), d_ref(n * m);
@@ -153,6 +156,23 @@ TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
                        std::to_string(m) + " blocks " + std::to_string(blocks) + " n " + std::to_string(n));
           expect_matches_cublas(format, Shape{m, 3000, n, 0.6, DType::kFloat16}, blocks);
         }
+}
+
+// Which owner of a shared row sums it depends on which arrives last. Ranges that
+// make either one the likely last: a lead with one tile of row 0 and a block that
+// crosses into row 1 after the rest of row 0 (it arrives last), or a lead with all
+// of row 0 but one tile (the crossing block arrives first).
+TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  const int64_t m = 384, k = 3000, tiles_k = (k + 63) / 64, units = 3 * tiles_k;
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (int32_t lead_tiles : {1, int32_t(tiles_k) - 1})
+      for (int64_t n : {3, 16, 32}) {
+        SCOPED_TRACE(std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + " lead tiles " +
+                     std::to_string(lead_tiles) + " n " + std::to_string(n));
+        const std::vector<int32_t> ranges = {0, lead_tiles, int32_t(tiles_k) + 5, int32_t(units)};
+        expect_matches_cublas(format, Shape{m, k, n, 0.6, DType::kFloat16}, 3, ranges);
+      }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -67,6 +67,12 @@ int spmm_plan_blocks();
 // The stream-K plan for a weight from its host tile offsets (either format).
 std::vector<StreamKBlock> spmm_plan(const uint32_t* tile_offsets, int64_t m, int64_t k, int blocks);
 
+// The plan whose block b takes units [begin[b], begin[b + 1]) (begin: blocks + 1
+// non-decreasing values from 0 to the tile count; the non-empty blocks first), with
+// each block's row owners filled in. spmm_plan's second half; tests give ranges
+// of their own.
+std::vector<StreamKBlock> spmm_plan_of_ranges(const std::vector<int32_t>& begin, int64_t m, int64_t k);
+
 // Workspace bytes for a product with n rows of X under a plan of `blocks` blocks.
 // The kernel leaves the workspace as it found it (counters back at zero), so
 // one zero-filled workspace serves every later call on the same stream.

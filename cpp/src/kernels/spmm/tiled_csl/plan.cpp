@@ -37,7 +37,6 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
   auto prefix = [&](int64_t u) { return int64_t(offsets[u]) + u * kTileCostWords; };
   const int64_t total = prefix(units);
 
-  std::vector<StreamKBlock> plan(blocks);
   const int used = int(std::min<int64_t>(blocks, units));
   std::vector<int32_t> begin(blocks + 1, int32_t(units));
   int64_t u = 0;
@@ -47,6 +46,21 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
     // At least one unit per block: after the block before, and leaving one for each block after.
     begin[b] = int32_t(std::clamp<int64_t>(u, b == 0 ? 0 : begin[b - 1] + 1, units - (used - b)));
     u = begin[b];
+  }
+  return spmm_plan_of_ranges(begin, m, k);
+}
+
+std::vector<StreamKBlock> spmm_plan_of_ranges(const std::vector<int32_t>& begin, int64_t m, int64_t k) {
+  const int64_t tk = tiles_of(k, tiled_csl::kTileK);
+  const int64_t units = tiles_of(m, tiled_csl::kTileM) * tk;
+  SPARSELLM_CHECK_ARG(begin.size() >= 2 && begin.front() == 0 && begin.back() == units,
+                      "spmm_plan_of_ranges: the ranges must cover the ", units, " tiles from 0");
+  const int blocks = int(begin.size()) - 1;
+  bool ended = false;
+  for (int b = 0; b < blocks; ++b) {
+    SPARSELLM_CHECK_ARG(begin[b] <= begin[b + 1], "spmm_plan_of_ranges: ranges must not decrease");
+    SPARSELLM_CHECK_ARG(!(ended && begin[b] < begin[b + 1]), "spmm_plan_of_ranges: an empty block before a used one");
+    ended = begin[b] == begin[b + 1];
   }
   // block_of(v): the non-empty block whose range holds unit v.
   auto block_of = [&](int64_t v) {
@@ -58,6 +72,7 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
     parts = 0;
     for (int32_t b = lead; b <= last; ++b) parts += begin[b] < begin[b + 1];
   };
+  std::vector<StreamKBlock> plan(blocks);
   for (int b = 0; b < blocks; ++b) {
     StreamKBlock& blk = plan[b];
     blk.unit_begin = begin[b];
