@@ -64,6 +64,9 @@ struct SpmmParams {
 // Thread blocks a plan should have on the current GPU.
 int spmm_plan_blocks();
 
+// Tiles of W[m, k] in either format (128 × 64 tiles): its tile offsets hold one more entry.
+int64_t spmm_tile_count(int64_t m, int64_t k);
+
 // The stream-K plan for a weight from its host tile offsets (either format).
 std::vector<StreamKBlock> spmm_plan(const uint32_t* tile_offsets, int64_t m, int64_t k, int blocks);
 

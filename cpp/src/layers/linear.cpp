@@ -189,9 +189,7 @@ std::unique_ptr<Linear> Linear::stack(const std::vector<const Linear*>& parts, c
 }
 
 std::vector<uint32_t> Linear::download_tile_offsets(cudaStream_t stream) const {
-  const int64_t tiles = ((out_ + tiled_csl::kTileM - 1) / tiled_csl::kTileM) *
-                        ((in_ + tiled_csl::kTileK - 1) / tiled_csl::kTileK);
-  std::vector<uint32_t> offsets(tiles + 1);
+  std::vector<uint32_t> offsets(spmm_tile_count(out_, in_) + 1);
   SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(offsets.data(), sparse_->tile_offsets, offsets.size() * sizeof(uint32_t),
                                        cudaMemcpyDeviceToHost, stream));
   SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));

@@ -28,11 +28,15 @@ int64_t tiles_of(int64_t extent, int tile) { return (extent + tile - 1) / tile; 
 
 int spmm_plan_blocks() { return current_device().sm_count * kBlocksPerSm; }
 
+int64_t spmm_tile_count(int64_t m, int64_t k) {
+  return tiles_of(m, tiled_csl::kTileM) * tiles_of(k, tiled_csl::kTileK);
+}
+
 std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t k, int blocks) {
   SPARSELLM_CHECK_ARG(m > 0 && k > 0, "spmm_plan: invalid shape ", m, "x", k);
   SPARSELLM_CHECK_ARG(blocks > 0, "spmm_plan: blocks must be positive, got ", blocks);
   const int64_t tk = tiles_of(k, tiled_csl::kTileK);
-  const int64_t units = tiles_of(m, tiled_csl::kTileM) * tk;
+  const int64_t units = spmm_tile_count(m, k);
   SPARSELLM_CHECK_ARG(units < INT32_MAX, "spmm_plan: too many tiles");
   auto prefix = [&](int64_t u) { return int64_t(offsets[u]) + u * kTileCostWords; };
   const int64_t total = prefix(units);
@@ -52,7 +56,7 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
 
 std::vector<StreamKBlock> spmm_plan_of_ranges(const std::vector<int32_t>& begin, int64_t m, int64_t k) {
   const int64_t tk = tiles_of(k, tiled_csl::kTileK);
-  const int64_t units = tiles_of(m, tiled_csl::kTileM) * tk;
+  const int64_t units = spmm_tile_count(m, k);
   SPARSELLM_CHECK_ARG(begin.size() >= 2 && begin.front() == 0 && begin.back() == units,
                       "spmm_plan_of_ranges: the ranges must cover the ", units, " tiles from 0");
   const int blocks = int(begin.size()) - 1;
