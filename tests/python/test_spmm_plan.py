@@ -8,6 +8,7 @@ import pytest
 from sparsellm._native import native
 
 TILE_M, TILE_K = 128, 64
+TILE_COST, ROW_COST = 512, 12288  # plan.cpp: kTileCostWords, kRowCostWords
 
 
 def plan_of(words_per_tile, m, k, blocks):
@@ -40,11 +41,28 @@ def test_uniform_tiles(m, k, blocks):
     words = rng.integers(900, 1100, units)
     plan = plan_of(words, m, k, blocks)
     check_plan(plan, m, k, blocks)
-    # Balanced by cost (words + 512 per tile): no block over its share by more than one tile.
-    cost = words + 512
+    # Balanced by cost (words + TILE_COST per tile, ROW_COST more on a row's last tile): no block
+    # over its share by more than one tile.
+    tiles_k = -(-k // TILE_K)
+    cost = words + TILE_COST + np.where(np.arange(units) % tiles_k == tiles_k - 1, ROW_COST, 0)
     used = min(blocks, units)
     block_cost = [cost[b:e].sum() for b, e in plan[:used, :2]]
     assert max(block_cost) <= cost.sum() / used + cost.max()
+
+
+def test_blocks_that_end_a_row_get_fewer_tiles():
+    # Llama-2-7B's stacked QKV (a row every 2.75 blocks): a block that ends a row inside its range
+    # flushes it there, so the plan gives it about ROW_COST / tile cost fewer tiles than the rest.
+    m, k, blocks = 12288, 4096, 264
+    tiles_k = k // TILE_K
+    units = m // TILE_M * tiles_k
+    words = np.full(units, 2300)
+    plan = plan_of(words, m, k, blocks)
+    check_plan(plan, m, k, blocks)
+    begin, end = plan[:, 0], plan[:, 1]
+    ends_row = (end - 1) // tiles_k > begin // tiles_k
+    fewer = (end - begin)[~ends_row].mean() - (end - begin)[ends_row].mean()
+    assert abs(fewer - ROW_COST / (2300 + TILE_COST)) < 1.0, fewer
 
 
 def test_uneven_tiles_leave_no_gap():

@@ -10,7 +10,7 @@
 //
 // Work split (stream-K). The weight's tiles, in storage order, form one byte
 // stream. A plan cuts it into ranges of nearly equal cost (bytes plus a fixed
-// cost per tile), one per thread block (blocks beyond the tile count get none),
+// cost per tile and per tile row), one per thread block (blocks beyond the tile count get none),
 // computed once per weight and GPU from the host copy of the tile offsets. A
 // tile row whose tiles fall to several blocks is summed through fp32 partials
 // in the workspace, in block order, by whichever block finishes last: the

@@ -3,7 +3,11 @@
 // cost(u) = words(u) + kTileCostWords: the bytes a tile brings in, plus what
 // a tile costs whatever its nonzero count (waits, multiplication, zeroing;
 // set when Tiled-CSL v1 zeroed a 16 KiB dense tile per tile, ≈ the time to
-// stream 2 KiB). With U units, the first B' = min(B, U) blocks are used:
+// stream 2 KiB); a row's last tile costs kRowCostWords more: the block that
+// ends a row inside its range flushes the row there (stream_k.cuh:
+// reduce_row), and while a shared row's partial goes out and its arrival
+// counter comes back, the block's consumers and then its producers stall.
+// With U units, the first B' = min(B, U) blocks are used:
 // block b gets the units whose cost prefix lies in [b·C/B', (b+1)·C/B'), C the
 // total cost, moved so that each of them gets at least one unit; blocks B'..B
 // are empty. So the blocks sharing a tile row are consecutive and non-empty,
@@ -20,6 +24,11 @@ namespace sparsellm {
 namespace {
 
 constexpr int64_t kTileCostWords = 512;
+// A row flush inside a range: ≈ 4 µs of a block's streaming at decode widths on
+// an H100 (a per-block timeline of Llama-2-7B's bitmap calls measured blocks
+// that end a shared row 4–5.5 µs longer than the others; one block streams
+// ≈ 3,000 cost words per µs there).
+constexpr int64_t kRowCostWords = 12288;
 constexpr int kBlocksPerSm = 2;
 
 int64_t tiles_of(int64_t extent, int tile) { return (extent + tile - 1) / tile; }
@@ -38,7 +47,8 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* offsets, int64_t m, int64_t 
   const int64_t tk = tiles_of(k, tiled_csl::kTileK);
   const int64_t units = spmm_tile_count(m, k);
   SPARSELLM_CHECK_ARG(units < INT32_MAX, "spmm_plan: too many tiles");
-  auto prefix = [&](int64_t u) { return int64_t(offsets[u]) + u * kTileCostWords; };
+  // Cost of units [0, u): their words and tiles, and the rows they complete.
+  auto prefix = [&](int64_t u) { return int64_t(offsets[u]) + u * kTileCostWords + u / tk * kRowCostWords; };
   const int64_t total = prefix(units);
 
   const int used = int(std::min<int64_t>(blocks, units));
