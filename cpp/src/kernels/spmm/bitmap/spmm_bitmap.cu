@@ -119,14 +119,18 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
 #endif
 }
 
+// BN = 128 runs one block per SM: the registers of four wgmma accumulator
+// sets without ptxas serializing them (C7512 at two blocks' 96), and a deeper
+// ring in the whole shared memory.
 template <int BN>
 struct Config {
-  static constexpr int kStages = BN >= 128 ? 3 : 4;  // ring depth (2 blocks per SM)
+  static constexpr int kBlocksPerSm = BN >= 128 ? 1 : 2;
+  static constexpr int kStages = BN >= 128 ? 6 : 4;  // ring depth
   static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
-  static_assert(kSmemBytes <= 113 * 1024, "two blocks per SM must fit");
+  static_assert(kSmemBytes <= (kBlocksPerSm == 2 ? 113 : 227) * 1024, "shared memory over budget");
 };
 
 // Producer: a tile's words [w0, w1) into `stage` (bulk copy on sm_90,
@@ -154,7 +158,7 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads, 2) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
