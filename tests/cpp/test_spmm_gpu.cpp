@@ -53,7 +53,7 @@ class SpmmVsCublas : public ::testing::TestWithParam<Case> {};
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const auto& [format, shape] = info.param;
   const auto& [m, k, n, sparsity, dtype] = shape;
-  return std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + "_m" + std::to_string(m) + "_k" +
+  return std::string(sparse_format_name(format)) + "_m" + std::to_string(m) + "_k" +
          std::to_string(k) + "_n" + std::to_string(n) +
          (sparsity == kUneven ? std::string("_uneven") : "_s" + std::to_string(int(sparsity * 100))) +
          (dtype == DType::kFloat16 ? "_fp16" : "_bf16");
@@ -153,7 +153,7 @@ TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
     for (int64_t m : {384, 1000})
       for (int blocks : {2, 3, 7})
         for (int64_t n : {3, 16, 32, 64}) {
-          SCOPED_TRACE(std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + " m " +
+          SCOPED_TRACE(std::string(sparse_format_name(format)) + " m " +
                        std::to_string(m) + " blocks " + std::to_string(blocks) + " n " + std::to_string(n));
           expect_matches_cublas(format, Shape{m, 3000, n, 0.6, DType::kFloat16}, blocks);
         }
@@ -169,7 +169,7 @@ TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
   for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
     for (int32_t lead_tiles : {1, int32_t(tiles_k) - 1})
       for (int64_t n : {3, 16, 32}) {
-        SCOPED_TRACE(std::string(format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl") + " lead tiles " +
+        SCOPED_TRACE(std::string(sparse_format_name(format)) + " lead tiles " +
                      std::to_string(lead_tiles) + " n " + std::to_string(n));
         const std::vector<int32_t> ranges = {0, lead_tiles, int32_t(tiles_k) + 5, int32_t(units)};
         expect_matches_cublas(format, Shape{m, k, n, 0.6, DType::kFloat16}, 0, ranges);

@@ -10,11 +10,11 @@
 //
 // Work split (stream-K). The weight's tiles, in storage order, form one byte
 // stream. A plan cuts it into ranges of nearly equal cost (bytes plus a fixed
-// cost per tile and per tile row), one per thread block (blocks beyond the tile count get none),
-// computed once per weight and GPU from the host copy of the tile offsets. A
-// tile row whose tiles fall to several blocks is summed through fp32 partials
-// in the workspace, in block order, by whichever block finishes last: the
-// result is deterministic.
+// cost per tile and per tile row), one per thread block (blocks beyond the
+// tile count get none), computed once per weight and GPU from the host copy of
+// the tile offsets. A tile row whose tiles fall to several blocks is summed
+// through fp32 partials in the workspace, in block order, by whichever block
+// finishes last: the result is deterministic.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,6 +38,11 @@ struct StreamKBlock {
 };
 
 enum class SparseFormat : int { kTiledCsl = 0, kBitmap = 1 };
+
+// The format's name in checkpoints and in Python: "tiled_csl" or "bitmap".
+inline constexpr const char* sparse_format_name(SparseFormat f) {
+  return f == SparseFormat::kBitmap ? "bitmap" : "tiled_csl";
+}
 
 // Encoded weight as the kernel sees it: device pointers and shape. Both
 // formats are a uint32 array of tiles and uint32 tile offsets in words.

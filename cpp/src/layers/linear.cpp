@@ -198,7 +198,7 @@ std::vector<uint32_t> Linear::download_tile_offsets(cudaStream_t stream) const {
 
 std::string Linear::format() const {
   if (!sparse_) return "dense";
-  return sparse_->format == SparseFormat::kBitmap ? "bitmap" : "tiled_csl";
+  return sparse_format_name(sparse_->format);
 }
 
 size_t Linear::device_bytes() const {
