@@ -9,35 +9,12 @@
 #include <utility>
 #include <vector>
 
+#include "conversions.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
 #include "sparsellm/spmm.h"
 
 namespace py = pybind11;
-
-namespace sparsellm {
-namespace {
-
-DType bitmap_dtype(const std::string& name) {
-  if (name == "float16") return DType::kFloat16;
-  if (name == "bfloat16") return DType::kBFloat16;
-  throw InvalidArgument("unsupported dtype '" + name + "': sparsellm computes in float16 or bfloat16");
-}
-
-py::array_t<uint32_t> owned_array(std::vector<uint32_t>&& values) {
-  auto* owner = new std::vector<uint32_t>(std::move(values));
-  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<uint32_t>*>(p); });
-  return py::array_t<uint32_t>({py::ssize_t(owner->size())}, {py::ssize_t(sizeof(uint32_t))}, owner->data(),
-                               free_when_done);
-}
-
-int64_t bitmap_tiles(int64_t m, int64_t k) {
-  return ((m + bitmap::kTileM - 1) / bitmap::kTileM) * ((k + bitmap::kTileK - 1) / bitmap::kTileK);
-}
-
-}  // namespace
-}  // namespace sparsellm
-
 using namespace sparsellm;
 
 void register_bitmap(py::module_& m) {
@@ -49,7 +26,7 @@ void register_bitmap(py::module_& m) {
       [](py::array_t<uint16_t, py::array::c_style> dense, const std::string& dtype, int threads) {
         if (dense.ndim() != 2) throw InvalidArgument("encode_bitmap: expected a 2-D array of 16-bit floats");
         const int64_t rows = dense.shape(0), cols = dense.shape(1);
-        const DType t = bitmap_dtype(dtype);
+        const DType t = bindings::to_dtype(dtype);
         BitmapHost enc;
         {
           py::gil_scoped_release release;
@@ -60,8 +37,8 @@ void register_bitmap(py::module_& m) {
         out["k"] = enc.k;
         out["nnz"] = enc.nnz;
         out["dtype"] = dtype;
-        out["tile_offsets"] = owned_array(std::move(enc.tile_offsets));
-        out["data"] = owned_array(std::move(enc.data));
+        out["tile_offsets"] = bindings::to_numpy(std::move(enc.tile_offsets));
+        out["data"] = bindings::to_numpy(std::move(enc.data));
         return out;
       },
       py::arg("dense"), py::arg("dtype"), py::arg("threads") = 0,
@@ -70,7 +47,7 @@ void register_bitmap(py::module_& m) {
       "validate_bitmap",
       [](py::array_t<uint32_t, py::array::c_style> offsets, py::array_t<uint32_t, py::array::c_style> data,
          int64_t mm, int64_t k) {
-        if (mm <= 0 || k <= 0 || offsets.ndim() != 1 || offsets.shape(0) != bitmap_tiles(mm, k) + 1)
+        if (mm <= 0 || k <= 0 || offsets.ndim() != 1 || offsets.shape(0) != spmm_tile_count(mm, k) + 1)
           throw FormatError("bitmap: tile_offsets must hold tiles + 1 entries for the shape");
         if (data.ndim() != 1) throw FormatError("bitmap: data must be 1-D");
         py::gil_scoped_release release;
@@ -92,13 +69,13 @@ void register_bitmap(py::module_& m) {
         p.weight.tile_offsets = reinterpret_cast<const uint32_t*>(tile_offsets);
         p.weight.m = mm;
         p.weight.k = k;
-        p.weight.dtype = bitmap_dtype(dtype);
+        p.weight.dtype = bindings::to_dtype(dtype);
         p.weight.format = SparseFormat::kBitmap;
         p.plan = reinterpret_cast<const StreamKBlock*>(plan);
         p.plan_blocks = plan_blocks;
         p.workspace = reinterpret_cast<void*>(workspace);
         p.workspace_bytes = workspace_bytes;
-        spmm_bitmap(p, reinterpret_cast<cudaStream_t>(stream));
+        spmm_bitmap(p, bindings::stream_of(stream));
       },
       py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("n"), py::arg("data"), py::arg("tile_offsets"),
       py::arg("m"), py::arg("k"), py::arg("dtype"), py::arg("plan"), py::arg("plan_blocks"), py::arg("workspace"),

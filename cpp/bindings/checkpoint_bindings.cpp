@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "conversions.h"
 #include "common/check.h"
 #include "layers/linear.h"
 #include "runtime/checkpoint.h"
@@ -87,8 +88,7 @@ class LinearLayer {
     ws.spmm_bytes = spmm_.bytes();
     ws.gemm = gemm_.data();
     ws.gemm_bytes = gemm_.bytes();
-    linear_->forward(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), n, ws,
-                     reinterpret_cast<cudaStream_t>(stream));
+    linear_->forward(reinterpret_cast<const void*>(x), reinterpret_cast<void*>(y), n, ws, bindings::stream_of(stream));
   }
 
   const Linear& linear() const { return *linear_; }

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "conversions.h"
 #include "sparsellm/device.h"
 #include "sparsellm/error.h"
 #include "sparsellm/gemm.h"
@@ -22,24 +23,10 @@ void register_llm(py::module_& m);         // llm_bindings.cpp
 
 namespace {
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
-
-DType to_dtype(const std::string& name) {
-  if (name == "float16") return DType::kFloat16;
-  if (name == "bfloat16") return DType::kBFloat16;
-  throw InvalidArgument("unsupported dtype '" + name + "': sparsellm computes in float16 or bfloat16");
-}
-
-template <typename T>
-py::array_t<T> to_numpy(std::vector<T>&& values) {
-  auto* owner = new std::vector<T>(std::move(values));
-  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({py::ssize_t(owner->size())}, {py::ssize_t(sizeof(T))}, owner->data(), free_when_done);
-}
+using bindings::ptr;
+using bindings::stream_of;
+using bindings::to_dtype;
+using bindings::to_numpy;
 
 // Python exception classes: each is a sparsellm._C.Error and, where it fits,
 // also a built-in (InvalidArgument is a ValueError, OutOfMemory a MemoryError).
