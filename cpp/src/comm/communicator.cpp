@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "comm/check.h"
+#include "comm/peer_all_reduce.h"
 #include "common/check.h"
 #include "sparsellm/error.h"
 
@@ -35,21 +36,43 @@ Communicator::Communicator(const TensorParallelOptions& o) : rank_(o.rank), worl
   ncclUniqueId id;
   std::memcpy(&id, o.nccl_id.data(), sizeof(id));
   SPARSELLM_CHECK_NCCL(ncclCommInitRank(&comm_, o.world, id, o.rank));
-  cudaError_t status = cudaEventCreateWithFlags(&sync_event_, cudaEventDisableTiming);
-  if (status == cudaSuccess) status = cudaMalloc(reinterpret_cast<void**>(&flag_device_), sizeof(int32_t));
-  if (status == cudaSuccess) status = cudaMallocHost(reinterpret_cast<void**>(&flag_host_), sizeof(int32_t));
-  if (status != cudaSuccess) {
-    if (sync_event_) cudaEventDestroy(sync_event_);
-    if (flag_device_) cudaFree(flag_device_);
-    ncclCommDestroy(comm_);
-    SPARSELLM_CHECK_CUDA(status);
+  try {
+    SPARSELLM_CHECK_CUDA(cudaEventCreateWithFlags(&sync_event_, cudaEventDisableTiming));
+    SPARSELLM_CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&flag_device_), sizeof(int32_t)));
+    SPARSELLM_CHECK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&flag_host_), sizeof(int32_t)));
+    if (world_ > 1) {
+      int device = 0;
+      SPARSELLM_CHECK_CUDA(cudaGetDevice(&device));
+      SPARSELLM_CHECK_CUDA(cudaStreamCreateWithFlags(&setup_stream_, cudaStreamNonBlocking));
+      peer_ = PeerAllReduce::create(*this, device, setup_stream_);
+    }
+  } catch (...) {
+    failed_ = true;  // a peer may be mid-collective: abort rather than finalize
+    release();
+    throw;
   }
 }
 
 Communicator::~Communicator() {
+  if (peer_ && !failed_ && !aborted_) {
+    try {
+      peer_->close(*this, setup_stream_);
+    } catch (...) {  // a peer died during teardown: this rank's own buffers are freed regardless
+    }
+  }
+  release();
+}
+
+void Communicator::release() noexcept {
+  peer_.reset();
+  if (setup_stream_) cudaStreamDestroy(setup_stream_);
+  setup_stream_ = nullptr;
   if (sync_event_) cudaEventDestroy(sync_event_);
   if (flag_device_) cudaFree(flag_device_);
   if (flag_host_) cudaFreeHost(flag_host_);
+  sync_event_ = nullptr;
+  flag_device_ = nullptr;
+  flag_host_ = nullptr;
   if (!comm_ || aborted_) return;  // ncclCommAbort freed it
   ncclResult_t async = ncclSuccess;
   if (failed_ || ncclCommGetAsyncError(comm_, &async) != ncclSuccess || async != ncclSuccess) {
@@ -59,9 +82,11 @@ Communicator::~Communicator() {
   } else {
     ncclCommAbort(comm_);
   }
+  comm_ = nullptr;
 }
 
 void Communicator::abort() const noexcept {
+  if (peer_) peer_->cancel();  // its waiting kernels return
   if (aborted_ || !comm_) return;
   aborted_ = true;
   ncclCommAbort(comm_);
@@ -78,6 +103,9 @@ void Communicator::fail(const std::string& message) const {
 void Communicator::check_async() const {
   if (failed_ || aborted_)
     throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+  if (peer_ && peer_->missing_rank_plus_one() != 0)
+    fail(detail::concat("peer all-reduce: no signal from rank ", peer_->missing_rank_plus_one() - 1, " within ",
+                        timeout_s_ + 1.0, " s: a peer rank failed or exited"));
   ncclResult_t async = ncclSuccess;
   SPARSELLM_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async));
   if (async != ncclSuccess && async != ncclInProgress)
@@ -90,6 +118,7 @@ void Communicator::all_reduce_sum(void* data, size_t count, DType dtype, cudaStr
     throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
   if (world_ == 1 || count == 0) return;
   SPARSELLM_CHECK_ARG(data != nullptr, "all_reduce_sum: null buffer");
+  if (peer_ && peer_->takes(count)) return peer_->all_reduce_sum(data, count, dtype, stream);
   const ncclDataType_t type = dtype == DType::kFloat16 ? ncclFloat16 : ncclBfloat16;
   SPARSELLM_CHECK_NCCL(ncclAllReduce(data, data, count, type, ncclSum, comm_, stream));
 }
@@ -103,6 +132,26 @@ bool Communicator::all_agree(bool ok, cudaStream_t stream) const {
   SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(flag_host_, flag_device_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
   synchronize(stream, "agreeing across ranks");
   return *flag_host_ != 0;
+}
+
+std::vector<char> Communicator::all_gather_bytes(const void* mine, size_t bytes, cudaStream_t stream) const {
+  if (failed_ || aborted_)
+    throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+  std::vector<char> all(bytes * size_t(world_));
+  char* staging = nullptr;  // [world][bytes]
+  SPARSELLM_CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&staging), all.size()));
+  try {
+    char* slot = staging + bytes * size_t(rank_);
+    SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(slot, mine, bytes, cudaMemcpyHostToDevice, stream));
+    SPARSELLM_CHECK_NCCL(ncclAllGather(slot, staging, bytes, ncclChar, comm_, stream));
+    SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(all.data(), staging, all.size(), cudaMemcpyDeviceToHost, stream));
+    synchronize(stream, "exchanging peer all-reduce buffers");
+  } catch (...) {
+    cudaFree(staging);
+    throw;
+  }
+  SPARSELLM_CHECK_CUDA(cudaFree(staging));
+  return all;
 }
 
 void Communicator::wait(cudaEvent_t event, const char* what) const {

@@ -8,12 +8,17 @@
 // captured into CUDA graphs (NCCL ≥ 2.9 supports stream capture; the first
 // collective runs eagerly, outside any capture, and sets up the connections).
 //
+// Small all-reduces (≤ 2 MiB: a decode step's) go through a one-shot kernel
+// over peer-to-peer memory instead of NCCL when every rank is on one host and
+// reaches every other GPU peer to peer (peer_all_reduce.h); set
+// SPARSELLM_PEER_ALL_REDUCE=0 to leave every all-reduce to NCCL.
+//
 // Failure handling. A peer that dies leaves this rank's all-reduce kernel
 // spinning; a plain cudaStreamSynchronize would wait forever. So every host
 // wait goes through wait()/synchronize(): they poll the event and
 // ncclCommGetAsyncError; on an asynchronous NCCL error, or when the wait lasts
-// longer than timeout_s, they mark the communicator failed and throw
-// NcclError. The owner then destroys every CUDA graph that captured a
+// longer than timeout_s, or when a peer all-reduce gave up waiting for a
+// rank, they mark the communicator failed and throw NcclError. The owner then destroys every CUDA graph that captured a
 // collective of this communicator and calls abort() (ncclCommAbort sets the
 // flag that makes NCCL's kernels return, then waits until no graph holding
 // its collectives is left: aborting with such graphs alive never returns).
@@ -29,12 +34,16 @@
 #include <nccl.h>
 
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "sparsellm/tensor_parallel.h"
 #include "sparsellm/types.h"
 
 namespace sparsellm {
+
+class PeerAllReduce;
 
 class Communicator {
  public:
@@ -58,6 +67,10 @@ class Communicator {
   // decode step replays a captured graph (NCCL requires every rank to launch a
   // collective the same way, captured or not) — are made together.
   bool all_agree(bool ok, cudaStream_t stream) const;
+  // Collective, blocking (setup only): every rank's `bytes` bytes at `mine`, in rank order.
+  std::vector<char> all_gather_bytes(const void* mine, size_t bytes, cudaStream_t stream) const;
+  // Whether small all-reduces take the peer-to-peer kernel (the same on every rank).
+  bool uses_peer_all_reduce() const { return peer_ != nullptr; }
 
   // Blocks until `event` completed, polling NCCL's asynchronous errors;
   // marks the communicator failed and throws NcclError on an error or after
@@ -75,6 +88,7 @@ class Communicator {
 
  private:
   [[noreturn]] void fail(const std::string& message) const;
+  void release() noexcept;  // what the constructor acquired, for its failure path and the destructor
 
   ncclComm_t comm_ = nullptr;
   int rank_ = 0, world_ = 1;
@@ -82,6 +96,8 @@ class Communicator {
   cudaEvent_t sync_event_ = nullptr;  // synchronize()'s marker
   int32_t* flag_device_ = nullptr;    // [1] all_agree's value
   int32_t* flag_host_ = nullptr;      // [1] pinned
+  cudaStream_t setup_stream_ = nullptr;          // the peer all-reduce's setup and teardown collectives
+  std::unique_ptr<PeerAllReduce> peer_;          // null: NCCL does every all-reduce
   mutable bool failed_ = false, aborted_ = false;
 };
 
