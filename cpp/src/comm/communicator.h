@@ -16,17 +16,20 @@
 // Failure handling. A peer that dies leaves this rank's all-reduce kernel
 // spinning; a plain cudaStreamSynchronize would wait forever. So every host
 // wait goes through wait()/synchronize(): they poll the event and
-// ncclCommGetAsyncError; on an asynchronous NCCL error, or when the wait lasts
-// longer than timeout_s, or when a peer all-reduce gave up waiting for a
-// rank, they mark the communicator failed and throw NcclError. The owner then destroys every CUDA graph that captured a
-// collective of this communicator and calls abort() (ncclCommAbort sets the
-// flag that makes NCCL's kernels return, then waits until no graph holding
-// its collectives is left: aborting with such graphs alive never returns).
+// ncclCommGetAsyncError; on an asynchronous NCCL error, when the wait lasts
+// longer than timeout_s, or when a peer all-reduce gave up waiting for a rank,
+// they mark the communicator failed and throw NcclError. The owner then
+// destroys every CUDA graph that captured a collective of this communicator
+// and calls abort(): it releases waiting peer all-reduce kernels, and
+// ncclCommAbort sets the flag that makes NCCL's kernels return, then waits
+// until no graph holding its collectives is left (aborting with such graphs
+// alive never returns).
 // A failed or aborted communicator refuses further work.
 //
 // Teardown: the owner synchronizes its streams and destroys its graphs first.
 // The destructor then finalizes and destroys a healthy communicator
-// (ncclCommFinalize + ncclCommDestroy: collective, every rank tears down
+// (the peer buffers unmapped and freed behind two barriers, then
+// ncclCommFinalize + ncclCommDestroy: collective, every rank tears down
 // alike) and aborts a failed one (local).
 #pragma once
 
