@@ -20,6 +20,7 @@ using namespace sparsellm;
 void register_checkpoint(py::module_& m);  // checkpoint_bindings.cpp
 void register_bitmap(py::module_& m);      // bitmap_bindings.cpp
 void register_llm(py::module_& m);         // llm_bindings.cpp
+void register_comm(py::module_& m);        // comm_bindings.cpp
 
 namespace {
 
@@ -81,6 +82,7 @@ PYBIND11_MODULE(_C, m) {
   register_checkpoint(m);
   register_bitmap(m);
   register_llm(m);
+  register_comm(m);
 
   m.def("device_count", &device_count, "Visible CUDA GPUs (0 without a driver or GPU).");
   m.def(

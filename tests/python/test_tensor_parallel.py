@@ -96,7 +96,8 @@ def mpirun(n: int, env: dict) -> list[str]:
     version = subprocess.run([MPIRUN, "--version"], capture_output=True, text=True).stdout
     if "Open MPI" in version or "OpenRTE" in version:
         cmd += ["--allow-run-as-root", "--oversubscribe", "--tag-output", "--bind-to", "none"]
-        names = ["PYTHONPATH", "SPARSELLM_COMM_TIMEOUT_S", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES"]
+        names = ["PYTHONPATH", "SPARSELLM_COMM_TIMEOUT_S", "SPARSELLM_PEER_ALL_REDUCE", "LD_LIBRARY_PATH",
+                 "CUDA_VISIBLE_DEVICES"]
         names += sorted(n for n in env if n.startswith("NCCL_"))  # e.g. NCCL_NVLS_ENABLE, NCCL_DEBUG
         for name in names:
             if name in env:
@@ -241,6 +242,27 @@ def test_dead_rank_stops_the_others(store):
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert elapsed < 90, f"the job took {elapsed:.0f} s to end after a rank died"
     print(f"job ended {elapsed:.1f} s after start, exit status {proc.returncode}")
+
+
+@multigpu
+@needs_mpi
+def test_allreduce_benchmark_times_both_paths(tmp_path):
+    """`mpirun -n 2 python -m sparsellm.bench allreduce`: every size timed through NCCL, and through the
+    peer kernel up to its largest message where the two GPUs reach each other."""
+    env = launch_env()
+    proc = subprocess.run(mpirun(2, env) + [sys.executable, "-m", "sparsellm.bench", "allreduce", "--out",
+                                            str(tmp_path), "--sizes", "8192,2097152", "--calls", "5", "--reps", "3"],
+                          capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(next(tmp_path.glob("allreduce-*-tp2.json")).read_text())
+    got = {(r["path"], r["count"]): r for r in doc["records"]}
+    assert all(r["us"] > 0 for r in doc["records"])
+    assert got[("nccl", 8192)]["kernel"] == got[("nccl", 2097152)]["kernel"] == "nccl"
+    if torch.cuda.can_device_access_peer(0, 1):
+        assert got[("peer", 8192)]["kernel"] == "peer"
+        assert got[("peer", 2097152)]["kernel"] == "nccl"  # 4 MiB: above the peer kernel's 2 MiB
+    else:
+        assert ("peer", 8192) not in got
 
 
 # --- launch errors: before any GPU work (CPU; mpirun and mpi4py) --------------------------
