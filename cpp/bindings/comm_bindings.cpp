@@ -14,6 +14,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "conversions.h"
 #include "comm/peer_all_reduce.h"
 #include "sparsellm/error.h"
 #include "sparsellm/tensor_parallel.h"
@@ -41,17 +42,13 @@ class PyCommunicator {
   }
 
   void all_reduce_sum(uintptr_t data, size_t count, const std::string& dtype, uintptr_t stream) const {
-    if (dtype != "float16" && dtype != "bfloat16")
-      throw InvalidArgument("all_reduce_sum: dtype must be float16 or bfloat16, got '" + dtype + "'");
-    comm().all_reduce_sum(reinterpret_cast<void*>(data), count,
-                          dtype == "float16" ? DType::kFloat16 : DType::kBFloat16,
-                          reinterpret_cast<cudaStream_t>(stream));
+    comm().all_reduce_sum(bindings::ptr<void>(data), count, bindings::to_dtype(dtype), bindings::stream_of(stream));
   }
 
   void synchronize(uintptr_t stream) const {
     const Communicator& c = comm();
     py::gil_scoped_release release;
-    c.synchronize(reinterpret_cast<cudaStream_t>(stream), "Communicator.synchronize");
+    c.synchronize(bindings::stream_of(stream), "Communicator.synchronize");
   }
 
   void close() {

@@ -69,8 +69,6 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
   ok = ok && succeeded(cudaHostAlloc(reinterpret_cast<void**>(&self->control_host_), 2 * sizeof(int32_t),
                                      cudaHostAllocMapped));
   if (ok) self->control_host_[0] = self->control_host_[1] = 0;
-  ok = ok && succeeded(cudaHostGetDevicePointer(reinterpret_cast<void**>(&self->control_device_),
-                                                self->control_host_, 0));
   ok = ok && succeeded(cudaIpcGetMemHandle(&mine.handle, self->region_));
   ok = ok && succeeded(cudaDeviceGetPCIBusId(mine.bus_id, sizeof(mine.bus_id), device));
   ok = ok && succeeded(cudaDeviceSynchronize());  // the memsets, before a peer signals into the flags
@@ -126,7 +124,7 @@ void PeerAllReduce::all_reduce_sum(void* data, size_t count, DType dtype, cudaSt
   p.count = int64_t(count);
   for (int q = 0; q < world_; ++q) p.regions[q] = peer_regions_[q];
   p.epochs = epochs_;
-  p.control = control_device_;
+  p.control = control_host_;  // mapped pinned memory: the same address on the device (unified addressing)
   p.timeout_ns = timeout_ns_;
   p.rank = rank_;
   p.world = world_;

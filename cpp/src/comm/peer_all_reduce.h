@@ -80,8 +80,7 @@ class PeerAllReduce {
   uint32_t* epochs_ = nullptr;          // own, not shared: [kBlocks] calls so far per block
   char* peer_regions_[kMaxRanks] = {};  // every rank's region as mapped here (own included)
   bool opened_by_ipc_[kMaxRanks] = {};  // to cudaIpcCloseMemHandle
-  int32_t* control_host_ = nullptr;     // host-mapped [2]: missing rank + 1, cancel
-  int32_t* control_device_ = nullptr;   // the same words, as the device sees them
+  int32_t* control_host_ = nullptr;     // host-mapped [2]: missing rank + 1, cancel (the kernel uses the same address)
 };
 
 // The kernel's launcher (peer_all_reduce.cu): POD parameters, no framework types.
