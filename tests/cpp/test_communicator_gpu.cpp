@@ -1,7 +1,7 @@
 // The NCCL communicator between the GPUs of this machine, one thread per GPU
 // (as one process per GPU would be under mpirun): the in-place all-reduce sum
 // against the host sum, fp16 and bf16, awkward sizes on both paths (the
-// peer-to-peer kernel up to 2 MiB, NCCL above); the peer kernel over many calls
+// peer-to-peer kernel up to 256 KiB, NCCL above); the peer kernel over many calls
 // and replayed CUDA graphs, bit-identical on every rank; all_agree; and the
 // failure path — a peer that never joins the collective makes the waiting rank
 // give up after its timeout (NcclError, failed()) instead of hanging, and
@@ -120,9 +120,9 @@ TEST_P(CommunicatorTest, AllReduceSumMatchesTheHostSum) {
     cudaStream_t stream;
     SPARSELLM_CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
-      // Peer kernel: up to 2 MiB (1 Mi elements; 8,192 = a decode step's hidden at batch 1); NCCL above.
-      for (size_t n : {size_t(1), size_t(7), size_t(1000), size_t(8192), size_t(12345), size_t(1) << 20,
-                       (size_t(1) << 20) + 1, size_t(3) << 20}) {
+      // Peer kernel: up to 256 KiB (128 Ki elements; 8,192 = a decode step's hidden at batch 1); NCCL above.
+      for (size_t n : {size_t(1), size_t(7), size_t(1000), size_t(8192), size_t(12345), size_t(1) << 17,
+                       (size_t(1) << 17) + 1, size_t(3) << 20}) {
         // x_r[i] = ((i · 7 + r · 3) mod 17) − 8: small integers, every sum exact in fp16 and bf16
         std::vector<uint16_t> host(n), back(n);
         for (size_t i = 0; i < n; ++i) host[i] = to_bits(float(int((i * 7 + size_t(rank) * 3) % 17) - 8), dt);

@@ -251,16 +251,16 @@ def test_allreduce_benchmark_times_both_paths(tmp_path):
     peer kernel up to its largest message where the two GPUs reach each other."""
     env = launch_env()
     proc = subprocess.run(mpirun(2, env) + [sys.executable, "-m", "sparsellm.bench", "allreduce", "--out",
-                                            str(tmp_path), "--sizes", "8192,2097152", "--calls", "5", "--reps", "3"],
+                                            str(tmp_path), "--sizes", "8192,262144", "--calls", "5", "--reps", "3"],
                           capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(next(tmp_path.glob("allreduce-*-tp2.json")).read_text())
     got = {(r["path"], r["count"]): r for r in doc["records"]}
     assert all(r["us"] > 0 for r in doc["records"])
-    assert got[("nccl", 8192)]["kernel"] == got[("nccl", 2097152)]["kernel"] == "nccl"
+    assert got[("nccl", 8192)]["kernel"] == got[("nccl", 262144)]["kernel"] == "nccl"
     if torch.cuda.can_device_access_peer(0, 1):
         assert got[("peer", 8192)]["kernel"] == "peer"
-        assert got[("peer", 2097152)]["kernel"] == "nccl"  # 4 MiB: above the peer kernel's 2 MiB
+        assert got[("peer", 262144)]["kernel"] == "nccl"  # 512 KiB: above the peer kernel's 256 KiB
     else:
         assert ("peer", 8192) not in got
 

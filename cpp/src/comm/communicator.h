@@ -8,7 +8,7 @@
 // captured into CUDA graphs (NCCL ≥ 2.9 supports stream capture; the first
 // collective runs eagerly, outside any capture, and sets up the connections).
 //
-// Small all-reduces (≤ 2 MiB: a decode step's) go through a one-shot kernel
+// Small all-reduces (≤ 256 KiB: a decode step's) go through a one-shot kernel
 // over peer-to-peer memory instead of NCCL when every rank is on one host and
 // reaches every other GPU peer to peer (peer_all_reduce.h); set
 // SPARSELLM_PEER_ALL_REDUCE=0 to leave every all-reduce to NCCL.
