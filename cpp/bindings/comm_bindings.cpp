@@ -5,6 +5,7 @@
 //     .all_reduce_sum(ptr, count, dtype, stream)   in place, enqueued on the stream (capturable)
 //     .synchronize(stream)                         a timed wait (NcclError when a peer is gone)
 //     .uses_peer_all_reduce -> bool                small messages take the peer-to-peer kernel
+//     .takes_peer_path(count) -> bool              this message does
 //     .close()                                     collective teardown; later calls raise InvalidArgument
 //   PEER_ALL_REDUCE_MAX_BYTES                      the largest message the peer kernel takes
 #include <pybind11/pybind11.h>
@@ -73,6 +74,9 @@ void register_comm(py::module_& m) {
       .def("synchronize", &PyCommunicator::synchronize, py::arg("stream"))
       .def_property_readonly("uses_peer_all_reduce",
                              [](const PyCommunicator& c) { return c.comm().uses_peer_all_reduce(); })
+      .def(
+          "takes_peer_path", [](const PyCommunicator& c, size_t count) { return c.comm().takes_peer_path(count); },
+          py::arg("count"))
       .def("close", &PyCommunicator::close);
   m.attr("PEER_ALL_REDUCE_MAX_BYTES") = sparsellm::PeerAllReduce::kMaxBytes;
 }

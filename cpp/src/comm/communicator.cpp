@@ -100,9 +100,13 @@ void Communicator::fail(const std::string& message) const {
   throw NcclError(full);
 }
 
-void Communicator::check_async() const {
+void Communicator::refuse_if_failed() const {
   if (failed_ || aborted_)
     throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+}
+
+void Communicator::check_async() const {
+  refuse_if_failed();
   if (peer_ && peer_->missing_rank_plus_one() != 0)
     fail(detail::concat("peer all-reduce: no signal from rank ", peer_->missing_rank_plus_one() - 1, " within ",
                         timeout_s_ + 1.0, " s: a peer rank failed or exited"));
@@ -114,18 +118,16 @@ void Communicator::check_async() const {
 }
 
 void Communicator::all_reduce_sum(void* data, size_t count, DType dtype, cudaStream_t stream) const {
-  if (failed_ || aborted_)
-    throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+  refuse_if_failed();
   if (world_ == 1 || count == 0) return;
   SPARSELLM_CHECK_ARG(data != nullptr, "all_reduce_sum: null buffer");
-  if (peer_ && peer_->takes(count)) return peer_->all_reduce_sum(data, count, dtype, stream);
+  if (takes_peer_path(count)) return peer_->all_reduce_sum(data, count, dtype, stream);
   const ncclDataType_t type = dtype == DType::kFloat16 ? ncclFloat16 : ncclBfloat16;
   SPARSELLM_CHECK_NCCL(ncclAllReduce(data, data, count, type, ncclSum, comm_, stream));
 }
 
 bool Communicator::all_agree(bool ok, cudaStream_t stream) const {
-  if (failed_ || aborted_)
-    throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+  refuse_if_failed();
   *flag_host_ = ok ? 1 : 0;
   SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(flag_device_, flag_host_, sizeof(int32_t), cudaMemcpyHostToDevice, stream));
   SPARSELLM_CHECK_NCCL(ncclAllReduce(flag_device_, flag_device_, 1, ncclInt32, ncclMin, comm_, stream));
@@ -134,9 +136,10 @@ bool Communicator::all_agree(bool ok, cudaStream_t stream) const {
   return *flag_host_ != 0;
 }
 
+bool Communicator::takes_peer_path(size_t count) const { return peer_ && peer_->takes(count); }
+
 std::vector<char> Communicator::all_gather_bytes(const void* mine, size_t bytes, cudaStream_t stream) const {
-  if (failed_ || aborted_)
-    throw NcclError(detail::concat("tensor parallelism, rank ", rank_, ": the communicator failed earlier"));
+  refuse_if_failed();
   std::vector<char> all(bytes * size_t(world_));
   char* staging = nullptr;  // [world][bytes]
   SPARSELLM_CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&staging), all.size()));

@@ -74,6 +74,8 @@ class Communicator {
   std::vector<char> all_gather_bytes(const void* mine, size_t bytes, cudaStream_t stream) const;
   // Whether small all-reduces take the peer-to-peer kernel (the same on every rank).
   bool uses_peer_all_reduce() const { return peer_ != nullptr; }
+  // Whether an all-reduce of `count` elements takes it (else NCCL).
+  bool takes_peer_path(size_t count) const;
 
   // Blocks until `event` completed, polling NCCL's asynchronous errors;
   // marks the communicator failed and throws NcclError on an error or after
@@ -91,6 +93,7 @@ class Communicator {
 
  private:
   [[noreturn]] void fail(const std::string& message) const;
+  void refuse_if_failed() const;  // NcclError once the communicator failed or was aborted
   void release() noexcept;  // what the constructor acquired, for its failure path and the destructor
 
   ncclComm_t comm_ = nullptr;

@@ -64,7 +64,7 @@ def run(args) -> int:
             if name == "peer" and not c.uses_peer_all_reduce:
                 continue
             us = _time_path(torch, comm, c, x, stream, args.calls, args.reps)
-            kernel = "peer" if name == "peer" and count * 2 <= C.PEER_ALL_REDUCE_MAX_BYTES else "nccl"
+            kernel = "peer" if c.takes_peer_path(count) else "nccl"
             records.append(dict(path=name, kernel=kernel, count=count, bytes=count * 2, us=round(us, 2),
                                 bus_gbps=round(2 * (world - 1) / world * count * 2 / (us * 1e-6) / 1e9, 1)))
             if rank == 0:
