@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "kernels/attention/kv_cache.h"
 #include "kernels/rope/rope.h"
 #include "sparsellm/device.h"
 #include "sparsellm/error.h"
@@ -209,6 +211,91 @@ TEST_P(RopeKernel, MatchesReference) {
   if (k_heads > 0) check(k0, k.download(), k_stride, k_heads, "k");
 }
 
+// The cache append in the rope kernel against rope, then kv_cache_write: the
+// same q and k rows and the same caches, bit for bit. Caches start poisoned
+// (NaN) so that a stray or missing write shows; the last token's slot is out
+// of range, which both must skip.
+TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
+  SKIP_WITHOUT_GPU();
+  const auto [q_heads, k_heads, head_dim, tokens, dtype] = GetParam();
+  if (k_heads == 0) GTEST_SKIP() << "no keys to append";
+  const int64_t q_stride = int64_t(q_heads) * head_dim + 8, kv_stride = int64_t(k_heads) * head_dim + 8;
+  const int32_t slots = 3, max_seq = 6007;
+  std::mt19937 rng(uint32_t(7 + q_heads * 1000 + k_heads * 100 + head_dim + tokens));
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_int_distribution<int32_t> pos_dist(0, 5999), slot_dist(0, slots - 1);
+  std::vector<int32_t> pos(static_cast<size_t>(tokens)), slot(static_cast<size_t>(tokens));
+  for (int t = 0; t < tokens; ++t) pos[size_t(t)] = pos_dist(rng), slot[size_t(t)] = slot_dist(rng);
+  if (tokens > 1) slot[size_t(tokens - 1)] = slots;  // outside the cache: not appended
+  auto random_rows = [&](int64_t stride) {
+    std::vector<uint16_t> bits(size_t(tokens * stride));
+    for (uint16_t& b : bits) b = to_bits(normal(rng), dtype);
+    return bits;
+  };
+  const std::vector<uint16_t> q0 = random_rows(q_stride), k0 = random_rows(kv_stride), v0 = random_rows(kv_stride);
+  const std::vector<uint16_t> poison(size_t(slots) * k_heads * max_seq * head_dim, kNaNBits);
+  RopeConfig cfg;
+  const std::vector<float> inv = rope_inverse_frequencies(cfg, head_dim);
+  DeviceArray<int32_t> d_pos(pos), d_slot(slot);
+  DeviceArray<float> d_inv(inv);
+  DeviceArray<uint16_t> v(v0);
+
+  struct Result {
+    std::vector<uint16_t> q, k, cache_k, cache_v;
+  };
+  auto run = [&](bool fused) {
+    DeviceArray<uint16_t> q(q0), k(k0), cache_k(poison), cache_v(poison);
+    KvCacheView cache;
+    cache.k = cache_k.ptr;
+    cache.v = cache_v.ptr;
+    cache.slots = slots;
+    cache.kv_heads = k_heads;
+    cache.max_seq = max_seq;
+    cache.head_dim = head_dim;
+    RopeParams p;
+    p.q = q.ptr;
+    p.k = k.ptr;
+    p.q_stride = q_stride;
+    p.k_stride = kv_stride;
+    p.q_heads = q_heads;
+    p.k_heads = k_heads;
+    p.head_dim = head_dim;
+    p.position = d_pos.ptr;
+    p.inv_freq = d_inv.ptr;
+    p.tokens = tokens;
+    p.dtype = dtype;
+    if (fused) {
+      p.cache = cache;
+      p.v = v.ptr;
+      p.v_stride = kv_stride;
+      p.slot = d_slot.ptr;
+    }
+    rope(p, nullptr);
+    if (!fused) {
+      KvCacheWriteParams w;
+      w.k = k.ptr;
+      w.v = v.ptr;
+      w.k_stride = w.v_stride = kv_stride;
+      w.cache = cache;
+      w.place.slot = d_slot.ptr;
+      w.place.position = d_pos.ptr;
+      w.tokens = tokens;
+      w.dtype = dtype;
+      kv_cache_write(w, nullptr);
+    }
+    SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+    return Result{q.download(), k.download(), cache_k.download(), cache_v.download()};
+  };
+  const Result fused = run(true), separate = run(false);
+  EXPECT_TRUE(fused.q == separate.q) << "q";
+  EXPECT_TRUE(fused.k == separate.k) << "k";
+  EXPECT_TRUE(fused.cache_k == separate.cache_k) << "cache k";
+  EXPECT_TRUE(fused.cache_v == separate.cache_v) << "cache v";
+  const size_t written = size_t(std::count_if(fused.cache_v.begin(), fused.cache_v.end(),
+                                               [](uint16_t b) { return b != kNaNBits; }));
+  EXPECT_GE(written, size_t(tokens - 1) * k_heads * head_dim - size_t(head_dim)) << "values appended";
+}
+
 std::string rope_case_name(const ::testing::TestParamInfo<RopeCase>& info) {
   const auto [qh, kh, d, t, dt] = info.param;
   return "q" + std::to_string(qh) + "_k" + std::to_string(kh) + "_d" + std::to_string(d) + "_t" + std::to_string(t) +
@@ -240,6 +327,26 @@ TEST(RopeValidation, RejectsBadArguments) {
   EXPECT_THROW(rope(p, nullptr), InvalidArgument);  // null position / inv_freq
   p.tokens = 0;
   EXPECT_NO_THROW(rope(p, nullptr));  // nothing to do
+  // The cache append: a cache whose heads do not match, or no values.
+  float inv = 1.f;
+  int32_t position = 0;
+  p.tokens = 1;
+  p.position = &position;
+  p.inv_freq = &inv;
+  p.k = &dummy;
+  p.k_heads = 1;
+  p.k_stride = 8;
+  p.cache.k = p.cache.v = &dummy;
+  p.cache.slots = p.cache.max_seq = 1;
+  p.cache.kv_heads = 2;
+  p.cache.head_dim = 8;
+  p.v = &dummy;
+  p.v_stride = 8;
+  p.slot = &position;
+  EXPECT_THROW(rope(p, nullptr), InvalidArgument);  // kv_heads 2 ≠ k_heads 1
+  p.cache.kv_heads = 1;
+  p.v = nullptr;
+  EXPECT_THROW(rope(p, nullptr), InvalidArgument);  // no values
 }
 
 }  // namespace

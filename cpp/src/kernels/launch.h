@@ -8,7 +8,9 @@
 // which hides the gap between the small kernels of a decode step. Contract of
 // a kernel launched this way: it calls wait_for_prerequisite_grids() before it
 // reads or writes any memory an earlier kernel may touch (the transformer
-// kernels first thing; the SpMM kernels once their weights are streaming),
+// kernels first thing, the norm after reading its gamma and beta; the SpMM
+// kernels once their weights are streaming: no kernel writes a weight once the
+// model is loaded),
 // and allow_dependent_launch() as early as it likes (every kernel here at its
 // start, so up to three grids overlap: an SpMM ending, the small kernel after
 // it waiting, and the next SpMM streaming weights). Errors become exceptions

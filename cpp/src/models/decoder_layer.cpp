@@ -57,7 +57,7 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
     }
   }
   if (s.inv_freq) {
-    NvtxRange r("rope");
+    NvtxRange r("rope, kv cache write");
     RopeParams rp;
     rp.q = q;
     rp.k = k;
@@ -70,6 +70,10 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
     rp.inv_freq = s.inv_freq;
     rp.tokens = t;
     rp.dtype = s.dtype;
+    rp.cache = cache;  // the rotated keys and the values go into the cache in the same kernel
+    rp.v = v;
+    rp.v_stride = kv_stride;
+    rp.slot = b.place.slot;
     rope(rp, stream);
   }
   {
@@ -84,6 +88,7 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
     ca.head_dim = head_dim_;
     ca.workspace = s.ws->attention.data();
     ca.workspace_bytes = s.ws->attention_bytes;
+    ca.appended = s.inv_freq != nullptr;
     cached_attention(ca, cache, b, s.dtype, stream);
   }
   {

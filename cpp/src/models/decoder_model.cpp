@@ -74,7 +74,7 @@ std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& ckpt, const s
 
 void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
                       cudaStream_t stream) {
-  {
+  if (!a.appended) {
     NvtxRange r("kv cache write");
     KvCacheWriteParams kw;
     kw.k = a.k;

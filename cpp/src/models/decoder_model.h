@@ -120,7 +120,8 @@ struct ActivationAllocator {
 };
 
 // The attention step of every family: the T tokens' keys and values go into one
-// layer's cache at their (slot, position), then each query attends to its
+// layer's cache at their (slot, position) — unless `appended` says the rotary
+// embedding's kernel put them there — then each query attends to its
 // sequence's cached keys 0 … position with scale 1/√head_dim.
 struct CachedAttention {
   const void* q = nullptr;  // [T, heads · head_dim], row stride q_stride
@@ -131,6 +132,7 @@ struct CachedAttention {
   int32_t heads = 0, head_dim = 0;
   void* workspace = nullptr;  // attention_workspace_bytes(...) bytes
   size_t workspace_bytes = 0;
+  bool appended = false;      // k and v are in the cache already
 };
 void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
                       cudaStream_t stream);

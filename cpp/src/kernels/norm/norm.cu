@@ -15,9 +15,15 @@
 // Every element is read and written by one and the same thread, so out may
 // alias x or residual (no __restrict__, no non-coherent loads). Vectors are
 // 8 elements (16 bytes) when width and every pointer allow it, else 1.
+//
+// gamma and beta are weights, which no kernel writes once the model is loaded
+// (kernels/launch.h): their cached vectors are read before the wait for the
+// previous kernel, so their DRAM latency overlaps its end rather than
+// following the reduction.
 #include "kernels/norm/norm.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "common/check.h"
 #include "kernels/device_math.cuh"
@@ -42,20 +48,41 @@ struct NormArgs {
   bool rms;
 };
 
+// VEC elements as stored: one 16-byte vector, or one element.
+template <typename T, int VEC>
+using StoredVec = std::conditional_t<VEC == 8, uint4, T>;
+
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
-  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   constexpr int kIters = kCachedFloats / VEC;  // vectors per thread held in registers
   __shared__ float shared[32];
   const int64_t row = blockIdx.x;
   const int64_t vectors = a.width / VEC;
   const int64_t step = blockDim.x;
+
+  // Chained launch (kernels/launch.h): the weights of the cached 16-byte
+  // vectors first (single elements would take 64 more registers), then the wait.
+  kernels::allow_dependent_launch();
+  using Stored = StoredVec<T, VEC>;
+  constexpr int kHeld = VEC == 8 ? kIters : 1;
+  const Stored* gamma_vec = static_cast<const Stored*>(a.gamma);
+  const Stored* beta_vec = static_cast<const Stored*>(a.beta);
+  Stored gamma_held[kHeld] = {}, beta_held[kHeld] = {};
+  if constexpr (VEC == 8) {
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int64_t c = threadIdx.x + it * step;
+      if (c < vectors) {
+        gamma_held[it] = gamma_vec[c];
+        if (beta_vec) beta_held[it] = beta_vec[c];
+      }
+    }
+  }
+  kernels::wait_for_prerequisite_grids();
   const T* x = a.x ? static_cast<const T*>(a.x) + row * a.width : nullptr;
   T* res = a.residual ? static_cast<T*>(a.residual) + row * a.width : nullptr;
   const T* src = res ? res : x;  // where v lives once pass 1 is done
   T* out = static_cast<T*>(a.out) + row * a.width;
-  const T* gamma = static_cast<const T*>(a.gamma);
-  const T* beta = static_cast<const T*>(a.beta);
 
   // Pass 1: v (with the residual add), cached; Σv or Σv².
   float cache[kIters][VEC];
@@ -112,11 +139,11 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
   }
 
   // Pass 2: out = (v − mean) · rstd · gamma (+ beta).
-  auto write = [&](int64_t c, const float (&v)[VEC]) {
+  auto write = [&](int64_t c, const float (&v)[VEC], const Stored& gamma_c, const Stored& beta_c) {
     float g[VEC], b[VEC], y[VEC];
-    load_vec<T, VEC>(gamma + c * VEC, g);
-    if (beta) {
-      load_vec<T, VEC>(beta + c * VEC, b);
+    load_vec<T, VEC>(reinterpret_cast<const T*>(&gamma_c), g);
+    if (beta_vec) {
+      load_vec<T, VEC>(reinterpret_cast<const T*>(&beta_c), b);
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) b[e] = 0.f;
@@ -128,12 +155,17 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
     const int64_t c = threadIdx.x + it * step;
-    if (c < vectors) write(c, cache[it]);
+    if (c >= vectors) continue;
+    if constexpr (VEC == 8) {
+      write(c, cache[it], gamma_held[it], beta_held[it]);
+    } else {
+      write(c, cache[it], gamma_vec[c], beta_vec ? beta_vec[c] : Stored{});
+    }
   }
   for (int64_t c = threadIdx.x + kIters * step; c < vectors; c += step) {
     float v[VEC];
     load_vec<T, VEC>(src + c * VEC, v);
-    write(c, v);
+    write(c, v, gamma_vec[c], beta_vec ? beta_vec[c] : Stored{});
   }
 }
 

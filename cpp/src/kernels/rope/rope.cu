@@ -4,7 +4,9 @@
 // (q_heads + k_heads) · head_dim/2 rotation pairs are spread over its blocks,
 // pair j is head j / half, index i = j % half, touching elements i and
 // i + half of that head. Each element is read and written by exactly one
-// thread, so the update is in place without synchronization. The op is tiny
+// thread, so the update is in place without synchronization. With the cache
+// append, k_heads more "heads" follow: the value heads, whose pairs are
+// copied, not rotated; a key pair is stored rotated in place and in the cache. The op is tiny
 // next to the projections around it (2 · (q_heads + k_heads) · head_dim
 // elements per token); it is written for clarity, scalar loads, no shared
 // memory. At decode one block per token would walk its 4,096 pairs (Llama-2-7B)
@@ -29,30 +31,55 @@ constexpr int kMaxBlocksPerToken = 64;  // 8,192 pairs in one pass (Llama-2-70B 
 struct RopeArgs {
   void* q;                 // [tokens, q_heads · head_dim], row stride q_stride
   void* k;                 // [tokens, k_heads · head_dim], row stride k_stride
-  int64_t q_stride, k_stride;
+  const void* v;           // [tokens, k_heads · head_dim], row stride v_stride (append only)
+  int64_t q_stride, k_stride, v_stride;
   int32_t q_heads, k_heads, half;  // half = head_dim / 2
   const int32_t* position; // [tokens]
   const float* inv_freq;   // [half]
+  KvCacheView cache;       // cache.k null: no append
+  const int32_t* slot;     // [tokens] (append only)
 };
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
   kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   const int64_t t = blockIdx.x;
-  const float pos = float(a.position[t]);
-  const int32_t pairs = (a.q_heads + a.k_heads) * a.half;
+  const int32_t position = a.position[t];
+  const float pos = float(position);
+  const bool append = a.cache.k != nullptr;
+  const int32_t slot = append ? a.slot[t] : 0;
+  const bool in_cache = append && slot >= 0 && slot < a.cache.slots && position >= 0 && position < a.cache.max_seq;
+  const int32_t pairs = (a.q_heads + (append ? 2 : 1) * a.k_heads) * a.half;
   for (int32_t j = blockIdx.y * blockDim.x + threadIdx.x; j < pairs; j += gridDim.y * blockDim.x) {
     const int32_t head = j / a.half, i = j % a.half;
-    T* x = head < a.q_heads
-               ? static_cast<T*>(a.q) + t * a.q_stride + int64_t(head) * 2 * a.half
-               : static_cast<T*>(a.k) + t * a.k_stride + int64_t(head - a.q_heads) * 2 * a.half;
+    const int32_t kv_head = head - a.q_heads;  // ≥ k_heads: a value head
+    // The cache row of (slot, kv head, position) for key or value head kv_head.
+    auto cache_row = [&](void* base, int32_t g) {
+      return static_cast<T*>(base) + ((int64_t(slot) * a.cache.kv_heads + g) * a.cache.max_seq + position) * 2 * a.half;
+    };
+    if (kv_head >= a.k_heads) {  // value pair: copied to the cache
+      if (!in_cache) continue;
+      const T* x = static_cast<const T*>(a.v) + t * a.v_stride + int64_t(kv_head - a.k_heads) * 2 * a.half;
+      T* row = cache_row(a.cache.v, kv_head - a.k_heads);
+      row[i] = x[i];
+      row[i + a.half] = x[i + a.half];
+      continue;
+    }
+    T* x = kv_head < 0 ? static_cast<T*>(a.q) + t * a.q_stride + int64_t(head) * 2 * a.half
+                       : static_cast<T*>(a.k) + t * a.k_stride + int64_t(kv_head) * 2 * a.half;
     // fp32 angle as transformers forms it (inv_freq · position in fp32), then accurate sincos.
     const float angle = pos * a.inv_freq[i];
     float s, c;
     sincosf(angle, &s, &c);
     const float x0 = to_float(x[i]), x1 = to_float(x[i + a.half]);
-    x[i] = from_float<T>(x0 * c - x1 * s);
-    x[i + a.half] = from_float<T>(x1 * c + x0 * s);
+    const T y0 = from_float<T>(x0 * c - x1 * s), y1 = from_float<T>(x1 * c + x0 * s);
+    x[i] = y0;
+    x[i + a.half] = y1;
+    if (kv_head >= 0 && in_cache) {
+      T* row = cache_row(a.cache.k, kv_head);
+      row[i] = y0;
+      row[i + a.half] = y1;
+    }
   }
 }
 
@@ -118,8 +145,20 @@ void rope(const RopeParams& p, cudaStream_t stream) {
                       "rope: k is null or k_stride ", p.k_stride, " < k_heads · head_dim");
   if (p.tokens == 0 || p.q_heads + p.k_heads == 0) return;
   SPARSELLM_CHECK_ARG(p.position && p.inv_freq, "rope: position or inv_freq is null");
-  RopeArgs a{p.q, p.k, p.q_stride, p.k_stride, p.q_heads, p.k_heads, p.head_dim / 2, p.position, p.inv_freq};
-  const int64_t pairs = (int64_t(p.q_heads) + p.k_heads) * (p.head_dim / 2);
+  const KvCacheView& c = p.cache;
+  const bool append = c.k != nullptr;
+  if (append) {
+    SPARSELLM_CHECK_ARG(c.v != nullptr && p.v != nullptr && p.slot != nullptr,
+                        "rope: the cache append needs cache.v, v and slot");
+    SPARSELLM_CHECK_ARG(c.kv_heads == p.k_heads && c.head_dim == p.head_dim && c.slots > 0 && c.max_seq > 0,
+                        "rope: the cache (kv_heads ", c.kv_heads, ", head_dim ", c.head_dim, ", slots ", c.slots,
+                        ", max_seq ", c.max_seq, ") does not hold k_heads=", p.k_heads, " heads of ", p.head_dim);
+    SPARSELLM_CHECK_ARG(p.v_stride >= int64_t(p.k_heads) * p.head_dim, "rope: v_stride ", p.v_stride,
+                        " < k_heads · head_dim");
+  }
+  RopeArgs a{p.q,        p.k,          p.v,          p.q_stride, p.k_stride, p.v_stride, p.q_heads, p.k_heads,
+             p.head_dim / 2, p.position, p.inv_freq, c,          p.slot};
+  const int64_t pairs = (int64_t(p.q_heads) + (append ? 2 : 1) * int64_t(p.k_heads)) * (p.head_dim / 2);
   const dim3 grid(static_cast<unsigned>(p.tokens),
                   static_cast<unsigned>(std::min<int64_t>(kernels::ceil_div(pairs, kThreads), kMaxBlocksPerToken)));
   kernels::dispatch_dtype(p.dtype, [&](auto storage) {

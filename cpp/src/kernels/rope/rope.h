@@ -15,6 +15,10 @@
 // cosine and sine are fp32 (accurate sincosf, not the intrinsic: positions
 // reach thousands of radians); the rotated values are rounded once to the
 // storage dtype.
+//
+// Optionally the same kernel appends the token's keys, as rotated, and its
+// values to a layer's KV cache (what kv_cache_write does, one kernel fewer
+// per layer): RopeParams::cache.k set, v and slot given.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention/kv_cache.h"
 #include "sparsellm/types.h"
 
 namespace sparsellm {
@@ -54,6 +59,13 @@ struct RopeParams {
   const float* inv_freq = nullptr;    // [head_dim / 2] device, fp32
   int64_t tokens = 0;
   DType dtype = DType::kFloat16;
+  // The append (cache.k == nullptr: none). cache.kv_heads == k_heads and cache.head_dim == head_dim;
+  // cache.k[slot[t], g, position[t], :] = k[t, g, :] after the rotation, the same for v unrotated.
+  // A token whose slot or position lies outside the cache is not appended.
+  KvCacheView cache;
+  const void* v = nullptr;        // [tokens, k_heads · head_dim], row stride v_stride elements
+  int64_t v_stride = 0;
+  const int32_t* slot = nullptr;  // [tokens] device
 };
 
 void rope(const RopeParams& params, cudaStream_t stream);
