@@ -214,7 +214,7 @@ TEST_P(RopeKernel, MatchesReference) {
 // The cache append in the rope kernel against rope, then kv_cache_write: the
 // same q and k rows and the same caches, bit for bit. Caches start poisoned
 // (NaN) so that a stray or missing write shows; the last token's slot is out
-// of range, which both must skip.
+// of range, which both must skip, and the values written are counted.
 TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
   SKIP_WITHOUT_GPU();
   const auto [q_heads, k_heads, head_dim, tokens, dtype] = GetParam();
@@ -225,7 +225,13 @@ TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int32_t> pos_dist(0, 5999), slot_dist(0, slots - 1);
   std::vector<int32_t> pos(static_cast<size_t>(tokens)), slot(static_cast<size_t>(tokens));
-  for (int t = 0; t < tokens; ++t) pos[size_t(t)] = pos_dist(rng), slot[size_t(t)] = slot_dist(rng);
+  // Distinct positions (4099 is prime to 6000), so no two tokens share a cache row.
+  const int32_t base = pos_dist(rng);
+  for (int t = 0; t < tokens; ++t) {
+    pos[size_t(t)] = int32_t((int64_t(t) * 4099 + base) % 6000);
+    slot[size_t(t)] = slot_dist(rng);
+  }
+  const int appended = tokens > 1 ? tokens - 1 : tokens;
   if (tokens > 1) slot[size_t(tokens - 1)] = slots;  // outside the cache: not appended
   auto random_rows = [&](int64_t stride) {
     std::vector<uint16_t> bits(size_t(tokens * stride));
@@ -293,7 +299,7 @@ TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
   EXPECT_TRUE(fused.cache_v == separate.cache_v) << "cache v";
   const size_t written = size_t(std::count_if(fused.cache_v.begin(), fused.cache_v.end(),
                                                [](uint16_t b) { return b != kNaNBits; }));
-  EXPECT_GE(written, size_t(tokens - 1) * k_heads * head_dim - size_t(head_dim)) << "values appended";
+  EXPECT_EQ(written, size_t(appended) * k_heads * head_dim) << "values appended";
 }
 
 std::string rope_case_name(const ::testing::TestParamInfo<RopeCase>& info) {
