@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -72,9 +73,10 @@ std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat form
 
 // Y of the SpMM of a random weight in `format` against cuBLAS on the same masked weight, twice (the
 // second call checks the workspace was left reusable). The plan is spmm_plan's of `blocks` blocks or,
-// given `ranges` (range starts and the tile count), those ranges'.
+// given `ranges` (range starts and the tile count), those ranges'. With relu both apply it in their
+// epilogues, and cuBLAS's result is checked against max(·, 0) of its plain product as well.
 void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
-                           const std::vector<int32_t>& ranges = {}) {
+                           const std::vector<int32_t>& ranges = {}, bool relu = false) {
   const auto [m, k, n, sparsity, dtype] = shape;
   std::mt19937 rng(uint32_t(m * 131 + k * 7 + n) ^ uint32_t(sparsity * 1000 + 5000));
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -93,7 +95,7 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
   blocks = int(plan.size());
   DeviceBuffer<uint32_t> d_words(words), d_offsets(tile_offsets);
   DeviceBuffer<StreamKBlock> d_plan(plan);
-  DeviceBuffer<uint16_t> d_w(w), d_x(x), d_bias(bias), d_y(n * m), d_ref(n * m);
+  DeviceBuffer<uint16_t> d_w(w), d_x(x), d_bias(bias), d_y(n * m), d_ref(n * m), d_plain(n * m);
   const size_t ws_bytes = spmm_workspace_bytes(m, n, blocks);
   DeviceBuffer<char> ws(ws_bytes), gemm_ws(kDenseGemmWorkspaceBytes);
   SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
@@ -109,6 +111,7 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
   p.plan_blocks = blocks;
   p.workspace = ws.ptr;
   p.workspace_bytes = ws_bytes;
+  p.relu = relu;
   DenseGemmParams g;
   g.x = d_x.ptr;
   g.w = d_w.ptr;
@@ -120,11 +123,31 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
   g.dtype = dtype;
   g.workspace = gemm_ws.ptr;
   g.workspace_bytes = kDenseGemmWorkspaceBytes;
+  DenseGemmParams plain = g;
+  plain.y = d_plain.ptr;
+  g.relu = relu;
   for (int rep = 0; rep < 2; ++rep) {
     spmm(p, nullptr);
     dense_gemm(g, nullptr);
+    if (relu) dense_gemm(plain, nullptr);
     SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
     const auto y = d_y.download(n * m), ref = d_ref.download(n * m);
+    const double tol = dtype == DType::kFloat16 ? 2e-3 : 1.5e-2;
+    if (relu) {  // cuBLAS's relu epilogue against its plain product (its algorithm may differ: a tolerance)
+      const auto unclipped = d_plain.download(n * m);
+      size_t clipped = 0;
+      double num = 0, den = 0;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const double r = from_bits(ref[i], dtype), u = from_bits(unclipped[i], dtype), want = std::max(u, 0.0);
+        ASSERT_GE(from_bits(y[i], dtype), 0.0f) << "element " << i;
+        ASSERT_GE(r, 0.0) << "cuBLAS element " << i;
+        num += (r - want) * (r - want);
+        den += want * want;
+        clipped += u < 0.0;
+      }
+      EXPECT_LT(std::sqrt(num / den), tol) << "cuBLAS's relu epilogue";
+      EXPECT_GT(clipped, y.size() / 4) << "too few negative products to test the clipping";
+    }
     double num = 0, den = 0;
     for (size_t i = 0; i < y.size(); ++i) {
       const double a = from_bits(y[i], dtype), b = from_bits(ref[i], dtype);
@@ -132,7 +155,6 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
       num += (a - b) * (a - b);
       den += b * b;
     }
-    const double tol = dtype == DType::kFloat16 ? 2e-3 : 1.5e-2;
     EXPECT_LT(std::sqrt(num / den), tol);
     SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
   }
@@ -174,6 +196,19 @@ TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
         const std::vector<int32_t> ranges = {0, lead_tiles, int32_t(tiles_k) + 5, int32_t(units)};
         expect_matches_cublas(format, Shape{m, k, n, 0.6, DType::kFloat16}, 0, ranges);
       }
+}
+
+// ReLU in the epilogue (OPT's fc1), over the paths that store Y: one block per
+// row and shared rows summed through the partials, mma.sync and wgmma widths.
+TEST(SpmmRelu, MatchesCublasWithTheReluEpilogue) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (const Shape& shape : {Shape{1000, 3000, 1, 0.5, DType::kFloat16}, Shape{384, 2000, 16, 0.8, DType::kBFloat16},
+                               Shape{1000, 3000, 100, 0.6, DType::kFloat16}}) {
+      SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(std::get<2>(shape)));
+      expect_matches_cublas(format, shape, spmm_plan_blocks(), {}, true);
+      expect_matches_cublas(format, shape, 3, {}, true);
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(

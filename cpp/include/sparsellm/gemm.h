@@ -21,6 +21,7 @@ struct DenseGemmParams {
   const void* w = nullptr;     // [m, k]
   const void* bias = nullptr;  // [m] or nullptr
   void* y = nullptr;           // [n, m]
+  bool relu = false;           // y = max(x · wᵀ + bias, 0): the activation in the GEMM's epilogue
   int64_t n = 0, m = 0, k = 0;
   DType dtype = DType::kFloat16;
   void* workspace = nullptr;   // device scratch for cuBLASLt, may be nullptr

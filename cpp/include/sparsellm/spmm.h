@@ -58,6 +58,7 @@ struct SpmmParams {
   const void* x = nullptr;       // [n, k]
   const void* bias = nullptr;    // [m] or nullptr
   void* y = nullptr;             // [n, m]
+  bool relu = false;             // y = max(x · Wᵀ + bias, 0): the activation where Y is stored
   int64_t n = 0;
   SparseMatrixView weight;
   const StreamKBlock* plan = nullptr;  // device copy of spmm_plan()'s result

@@ -213,7 +213,8 @@ size_t Linear::spmm_workspace_bytes(int64_t max_n) const {
   return sparsellm::spmm_workspace_bytes(out_, max_n, plan_blocks_);
 }
 
-void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream) const {
+void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
+                     bool relu) const {
   SPARSELLM_CHECK_ARG(n > 0, "Linear ", name_, ": n must be positive, got ", n);
   SPARSELLM_CHECK_ARG(x != nullptr && y != nullptr, "Linear ", name_, ": x and y must be device pointers, not null");
   if (!sparse_) {
@@ -222,6 +223,7 @@ void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& w
     p.w = weight_ptr_;
     p.bias = bias_;
     p.y = y;
+    p.relu = relu;
     p.n = n;
     p.m = out_;
     p.k = in_;
@@ -235,6 +237,7 @@ void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& w
   p.x = x;
   p.bias = bias_;
   p.y = y;
+  p.relu = relu;
   p.n = n;
   p.weight = *sparse_;
   p.plan = static_cast<const StreamKBlock*>(plan_);

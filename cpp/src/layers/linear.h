@@ -56,7 +56,9 @@ class Linear {
   // Workspace this layer needs for inputs of up to max_n rows.
   size_t spmm_workspace_bytes(int64_t max_n) const;
 
-  void forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream) const;
+  // y = x · Wᵀ (+ b); with relu, max(·, 0) in the same GEMM or SpMM (its epilogue).
+  void forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
+               bool relu = false) const;
 
  private:
   Linear() = default;

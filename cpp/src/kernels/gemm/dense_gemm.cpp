@@ -41,12 +41,12 @@ struct GemmPlan {
   std::unique_ptr<std::mutex> enqueue = std::make_unique<std::mutex>();
 };
 
-using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, bool, size_t>;
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, bool, bool, size_t>;
 
 GemmPlan& plan_for(cublasLtHandle_t handle, const DenseGemmParams& p) {
   static std::mutex mutex;
   static std::map<PlanKey, GemmPlan> plans;
-  const PlanKey key{current_device().id, p.n, p.m, p.k, static_cast<int>(p.dtype), p.bias != nullptr,
+  const PlanKey key{current_device().id, p.n, p.m, p.k, static_cast<int>(p.dtype), p.bias != nullptr, p.relu,
                     p.workspace_bytes};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = plans.find(key);
@@ -60,10 +60,14 @@ GemmPlan& plan_for(cublasLtHandle_t handle, const DenseGemmParams& p) {
       cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof(transa)));
   SPARSELLM_CHECK_CUBLAS(
       cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof(transb)));
-  if (p.bias != nullptr) {
-    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  if (p.bias != nullptr || p.relu) {
+    const cublasLtEpilogue_t epilogue = p.bias == nullptr ? CUBLASLT_EPILOGUE_RELU
+                                        : p.relu          ? CUBLASLT_EPILOGUE_RELU_BIAS
+                                                          : CUBLASLT_EPILOGUE_BIAS;
     SPARSELLM_CHECK_CUBLAS(
         cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  }
+  if (p.bias != nullptr) {
     SPARSELLM_CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &type,
                                                           sizeof(type)));
   }

@@ -192,7 +192,7 @@ __device__ __forceinline__ void wgmma_tile(const uint32_t (&a)[4][4], uint32_t x
 }
 #endif
 
-// Y[n, m] = acc (+ bias) for this consumer thread's fragments of tile row `row`.
+// Y[n, m] = acc (+ bias), then max(·, 0) where asked, for this consumer thread's fragments of tile row `row`.
 template <typename T, int BN>
 __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int row, int n0,
                                         const Accumulators<BN>& acc) {
@@ -207,7 +207,8 @@ __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int ro
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
-        if (n < a.n) a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(acc[nt][h * 2 + e] + b);
+        const float v = acc[nt][h * 2 + e] + b;
+        if (n < a.n) a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(a.relu ? fmaxf(v, 0.0f) : v);
       }
   }
 }

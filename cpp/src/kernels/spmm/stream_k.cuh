@@ -37,6 +37,7 @@ struct KernelArgs {
   const T* x;      // [n, k]
   const T* bias;   // [m] or null
   T* y;            // [n, m]
+  bool relu;       // Y = max(acc + bias, 0)
   float* slots;    // [passes][2 · blocks][kTileM · BN] partials
   int* counters;   // [passes][tiles_m] arrival counters, zero between launches
   int m, k, n, tiles_m, tiles_k, blocks;
@@ -96,6 +97,7 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   a.x = static_cast<const T*>(p.x);
   a.bias = static_cast<const T*>(p.bias);
   a.y = static_cast<T*>(p.y);
+  a.relu = p.relu;
   a.m = int(w.m);
   a.k = int(w.k);
   a.n = int(p.n);

@@ -168,13 +168,17 @@ class OptDecoderLayer {
     }
     {
       NvtxRange r("ffn");
-      fc1_->forward(ffn_in, m.ffn_.data(), t, m.ws_.linear, stream);
-      ActivationParams act;
-      act.x = m.ffn_.data();
-      act.n = t * m.local_ffn_;
-      act.kind = cfg.activation;
-      act.dtype = dt;
-      activation(act, stream);
+      // ReLU (every OPT checkpoint's) in fc1's epilogue; others by their own kernel.
+      const bool relu = cfg.activation == Activation::kRelu;
+      fc1_->forward(ffn_in, m.ffn_.data(), t, m.ws_.linear, stream, relu);
+      if (!relu) {
+        ActivationParams act;
+        act.x = m.ffn_.data();
+        act.n = t * m.local_ffn_;
+        act.kind = cfg.activation;
+        act.dtype = dt;
+        activation(act, stream);
+      }
       fc2_->forward(m.ffn_.data(), m.fc2_out_.data(), t, m.ws_.linear, stream);
       if (m.comm_) m.comm_->all_reduce_sum(m.fc2_out_.data(), size_t(t * h), dt, stream);  // sum of the ranks' units
     }
