@@ -6,15 +6,15 @@
 // failure path — a peer that never joins the collective makes the waiting rank
 // give up after its timeout (NcclError, failed()) instead of hanging, and
 // abort() releases the stuck kernel. Skips with fewer than 2 GPUs.
-#include <gtest/gtest.h>
-
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <cstdlib>
 #include <functional>
@@ -32,39 +32,13 @@
 namespace sparsellm {
 namespace {
 
-uint16_t to_bits(float v, DType dt) {  // exact for the small integers used here
-  uint32_t f;
-  std::memcpy(&f, &v, 4);
-  if (dt == DType::kBFloat16) return uint16_t(f >> 16);
-  if (v == 0.0f) return 0;
-  const uint32_t sign = (f >> 16) & 0x8000u;
-  const int exp = int((f >> 23) & 0xFF) - 127 + 15;
-  return uint16_t(sign | uint32_t(exp) << 10 | ((f >> 13) & 0x3FF));
+// Storage bits of v rounded to nearest even, and back (CUDA's host conversions).
+uint16_t to_bits(float v, DType dt) {
+  return dt == DType::kFloat16 ? __half_as_ushort(__float2half_rn(v)) : __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
 float from_bits(uint16_t b, DType dt) {
-  if (dt == DType::kBFloat16) {
-    const uint32_t f = uint32_t(b) << 16;
-    float v;
-    std::memcpy(&v, &f, 4);
-    return v;
-  }
-  const uint32_t sign = b >> 15, exp = (b >> 10) & 0x1F, mant = b & 0x3FF;
-  const float mag = exp == 0 ? std::ldexp(float(mant), -24) : std::ldexp(float(mant | 0x400), int(exp) - 25);
-  return sign ? -mag : mag;
-}
-
-// fp16 bits of v rounded to nearest even (v normal in fp16, or zero).
-uint16_t round_to_half(float v) {
-  uint32_t f;
-  std::memcpy(&f, &v, 4);
-  const uint32_t sign = (f >> 16) & 0x8000u;
-  if ((f & 0x7FFFFFFFu) == 0) return uint16_t(sign);
-  uint32_t exp = ((f >> 23) & 0xFF) - 127 + 15, keep = (f & 0x7FFFFF) >> 13;
-  const uint32_t dropped = f & 0x1FFF;
-  if (dropped > 0x1000 || (dropped == 0x1000 && (keep & 1)))
-    if (++keep == 0x400) keep = 0, ++exp;
-  return uint16_t(sign | exp << 10 | keep);
+  return dt == DType::kFloat16 ? __half2float(__ushort_as_half(b)) : __bfloat162float(__ushort_as_bfloat16(b));
 }
 
 // Runs body(rank) on `world` threads, rank r on device r; rethrows the first failure.
@@ -151,8 +125,9 @@ TEST_P(CommunicatorTest, AllReduceSumMatchesTheHostSum) {
 }
 
 // Many calls (both buffer parities, epochs that keep counting, every other call on a
-// buffer one element off 16-byte alignment) and a captured graph replayed with new inputs: every result equals the fp32 sum in rank order rounded
-// once, the same bits on every rank.
+// buffer one element off 16-byte alignment) and a captured graph replayed with new
+// inputs: every result equals the fp32 sum in rank order rounded once, the same bits
+// on every rank.
 TEST_P(CommunicatorTest, PeerAllReduceStaysInStepOverCallsAndGraphReplays) {
   const int world = GetParam();
   if (device_count() < world) GTEST_SKIP() << "needs " << world << " GPUs";
@@ -211,7 +186,7 @@ TEST_P(CommunicatorTest, PeerAllReduceStaysInStepOverCallsAndGraphReplays) {
     for (size_t i = 0; i < n; ++i) {
       float sum = 0.0f;  // values of 1/512 steps in [-2, 2]: every partial sum exact in fp32, the result rounded
       for (int r = 0; r < world; ++r) sum += from_bits(inputs[c][size_t(r)][i], DType::kFloat16);
-      const uint16_t want = round_to_half(sum);
+      const uint16_t want = to_bits(sum, DType::kFloat16);
       for (int r = 0; r < world; ++r)
         if (results[c][size_t(r)][i] != want && bad++ < 3)
           ADD_FAILURE() << "call " << c << ", rank " << r << ", i " << i << ": "

@@ -131,6 +131,20 @@ TEST(RopeInverseFrequencies, RejectsBadSettings) {
 // q_heads, k_heads, head_dim, tokens, dtype
 using RopeCase = std::tuple<int, int, int, int, DType>;
 
+// The rotation of q [tokens, q_stride] and k [tokens, k_stride] (k may be null) by the given tables.
+RopeParams rotation(const RopeCase& c, void* q, int64_t q_stride, void* k, int64_t k_stride, const int32_t* position,
+                    const float* inv_freq) {
+  RopeParams p;
+  std::tie(p.q_heads, p.k_heads, p.head_dim, p.tokens, p.dtype) = c;
+  p.q = q;
+  p.k = k;
+  p.q_stride = q_stride;
+  p.k_stride = k_stride;
+  p.position = position;
+  p.inv_freq = inv_freq;
+  return p;
+}
+
 class RopeKernel : public ::testing::TestWithParam<RopeCase> {};
 
 TEST_P(RopeKernel, MatchesReference) {
@@ -165,19 +179,7 @@ TEST_P(RopeKernel, MatchesReference) {
   DeviceArray<int32_t> d_pos(pos);
   DeviceArray<float> d_inv(inv);
 
-  RopeParams p;
-  p.q = q.ptr;
-  p.k = k_heads > 0 ? k.ptr : nullptr;
-  p.q_stride = q_stride;
-  p.k_stride = k_stride;
-  p.q_heads = q_heads;
-  p.k_heads = k_heads;
-  p.head_dim = head_dim;
-  p.position = d_pos.ptr;
-  p.inv_freq = d_inv.ptr;
-  p.tokens = tokens;
-  p.dtype = dtype;
-  rope(p, nullptr);
+  rope(rotation(GetParam(), q.ptr, q_stride, k_heads > 0 ? k.ptr : nullptr, k_stride, d_pos.ptr, d_inv.ptr), nullptr);
   SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
 
   const float tol = dtype == DType::kFloat16 ? 2e-3f : 1.6e-2f;
@@ -258,18 +260,7 @@ TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
     cache.kv_heads = k_heads;
     cache.max_seq = max_seq;
     cache.head_dim = head_dim;
-    RopeParams p;
-    p.q = q.ptr;
-    p.k = k.ptr;
-    p.q_stride = q_stride;
-    p.k_stride = kv_stride;
-    p.q_heads = q_heads;
-    p.k_heads = k_heads;
-    p.head_dim = head_dim;
-    p.position = d_pos.ptr;
-    p.inv_freq = d_inv.ptr;
-    p.tokens = tokens;
-    p.dtype = dtype;
+    RopeParams p = rotation(GetParam(), q.ptr, q_stride, k.ptr, kv_stride, d_pos.ptr, d_inv.ptr);
     if (fused) {
       p.cache = cache;
       p.v = v.ptr;

@@ -53,9 +53,10 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
   const int world = comm.world(), rank = comm.rank();
   if (world < 2) return nullptr;
   std::unique_ptr<PeerAllReduce> self(new PeerAllReduce());
-  self->rank_ = rank;
-  self->world_ = world;
-  self->timeout_ns_ = uint64_t((comm.timeout_s() + 1.0) * 1e9);
+  Params& p = self->params_;
+  p.rank = rank;
+  p.world = world;
+  p.timeout_ns = uint64_t((comm.timeout_s() + 1.0) * 1e9);
 
   // 1. Allocate and export this rank's region (every step may fail: then NCCL does the work).
   PeerInfo mine{};
@@ -64,11 +65,12 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
   bool ok = world <= kMaxRanks && !disabled_by_environment();
   ok = ok && succeeded(cudaMalloc(reinterpret_cast<void**>(&self->region_), kRegionBytes));
   ok = ok && succeeded(cudaMemset(self->region_ + 2 * kMaxBytes, 0, kFlagBytes));
-  ok = ok && succeeded(cudaMalloc(reinterpret_cast<void**>(&self->epochs_), (kBlocks + 1) * sizeof(uint32_t)));
-  ok = ok && succeeded(cudaMemset(self->epochs_, 0, (kBlocks + 1) * sizeof(uint32_t)));
-  ok = ok && succeeded(cudaHostAlloc(reinterpret_cast<void**>(&self->control_host_), 2 * sizeof(int32_t),
-                                     cudaHostAllocMapped));
-  if (ok) self->control_host_[0] = self->control_host_[1] = 0;
+  ok = ok && succeeded(cudaMalloc(reinterpret_cast<void**>(&p.epochs), (kBlocks + 1) * sizeof(uint32_t)));
+  ok = ok && succeeded(cudaMemset(p.epochs, 0, (kBlocks + 1) * sizeof(uint32_t)));
+  int32_t* control = nullptr;  // mapped pinned memory: the same address on the device (unified addressing)
+  ok = ok && succeeded(cudaHostAlloc(reinterpret_cast<void**>(&control), 2 * sizeof(int32_t), cudaHostAllocMapped));
+  p.control = control;
+  if (ok) control[0] = control[1] = 0;
   ok = ok && succeeded(cudaIpcGetMemHandle(&mine.handle, self->region_));
   ok = ok && succeeded(cudaDeviceGetPCIBusId(mine.bus_id, sizeof(mine.bus_id), device));
   ok = ok && succeeded(cudaDeviceSynchronize());  // the memsets, before a peer signals into the flags
@@ -96,14 +98,14 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
   for (int q = 0; q < world && mapped; ++q) {
     const PeerInfo& peer = all[size_t(q)];
     if (q == rank) {
-      self->peer_regions_[q] = self->region_;
+      p.regions[q] = self->region_;
     } else if (peer.pid == mine.pid) {
       const cudaError_t status = cudaDeviceEnablePeerAccess(devices[size_t(q)], 0);
       mapped = status == cudaSuccess || status == cudaErrorPeerAccessAlreadyEnabled;
       cudaGetLastError();
-      self->peer_regions_[q] = reinterpret_cast<char*>(uintptr_t(peer.region));
+      p.regions[q] = reinterpret_cast<char*>(uintptr_t(peer.region));
     } else {
-      mapped = succeeded(cudaIpcOpenMemHandle(reinterpret_cast<void**>(&self->peer_regions_[q]), peer.handle,
+      mapped = succeeded(cudaIpcOpenMemHandle(reinterpret_cast<void**>(&p.regions[q]), peer.handle,
                                               cudaIpcMemLazyEnablePeerAccess));
       self->opened_by_ipc_[q] = mapped;
     }
@@ -119,24 +121,16 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
 bool PeerAllReduce::takes(size_t count) const { return count * sizeof(uint16_t) <= kMaxBytes; }
 
 void PeerAllReduce::all_reduce_sum(void* data, size_t count, DType dtype, cudaStream_t stream) const {
-  PeerAllReduceParams p = {};
+  Params p = params_;
   p.data = data;
   p.count = int64_t(count);
-  for (int q = 0; q < world_; ++q) p.regions[q] = peer_regions_[q];
-  p.epochs = epochs_;
-  p.control = control_host_;  // mapped pinned memory: the same address on the device (unified addressing)
-  p.timeout_ns = timeout_ns_;
-  p.rank = rank_;
-  p.world = world_;
   launch_peer_all_reduce(p, dtype, stream);
 }
 
-int PeerAllReduce::missing_rank_plus_one() const {
-  return control_host_ ? static_cast<volatile int32_t*>(control_host_)[0] : 0;
-}
+int PeerAllReduce::missing_rank_plus_one() const { return params_.control ? params_.control[0] : 0; }
 
 void PeerAllReduce::cancel() const noexcept {
-  if (control_host_) static_cast<volatile int32_t*>(control_host_)[1] = 1;
+  if (params_.control) params_.control[1] = 1;
 }
 
 void PeerAllReduce::close(const Communicator& comm, cudaStream_t stream) {
@@ -147,17 +141,17 @@ void PeerAllReduce::close(const Communicator& comm, cudaStream_t stream) {
 
 void PeerAllReduce::unmap_peers() noexcept {
   for (int q = 0; q < kMaxRanks; ++q) {
-    if (opened_by_ipc_[q]) cudaIpcCloseMemHandle(peer_regions_[q]);
+    if (opened_by_ipc_[q]) cudaIpcCloseMemHandle(params_.regions[q]);
     opened_by_ipc_[q] = false;
-    peer_regions_[q] = nullptr;
+    params_.regions[q] = nullptr;
   }
 }
 
 PeerAllReduce::~PeerAllReduce() {
   unmap_peers();
   if (region_) cudaFree(region_);
-  if (epochs_) cudaFree(epochs_);
-  if (control_host_) cudaFreeHost(control_host_);
+  if (params_.epochs) cudaFree(params_.epochs);
+  if (params_.control) cudaFreeHost(const_cast<int32_t*>(params_.control));
 }
 
 }  // namespace sparsellm

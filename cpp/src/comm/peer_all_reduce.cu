@@ -87,9 +87,8 @@ __device__ __forceinline__ void store_vector(T* data, int64_t v, uint4 value, bo
 
 // p.epochs[kBlocks] is the give-up marker (device memory: read by every call, cheaply).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) peer_all_reduce_kernel(const __grid_constant__ PeerAllReduceParams p) {
-  kernels::allow_dependent_launch();
-  kernels::wait_for_prerequisite_grids();
+__global__ void __launch_bounds__(kThreads) peer_all_reduce_kernel(const __grid_constant__ PeerAllReduce::Params p) {
+  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   __shared__ uint32_t epoch;
   __shared__ int gave_up;
   const int b = blockIdx.x;
@@ -156,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) peer_all_reduce_kernel(const __grid_
 
 }  // namespace
 
-void launch_peer_all_reduce(const PeerAllReduceParams& p, DType dtype, cudaStream_t stream) {
+void launch_peer_all_reduce(const PeerAllReduce::Params& p, DType dtype, cudaStream_t stream) {
   if (dtype == DType::kFloat16)
     kernels::launch_chained("peer_all_reduce_kernel", peer_all_reduce_kernel<__half>, kBlocks, kThreads, 0, stream, p);
   else

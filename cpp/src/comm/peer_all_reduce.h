@@ -46,6 +46,17 @@ class PeerAllReduce {
   static constexpr size_t kMaxBytes = size_t(256) << 10;  // per parity: decode at batch ≤ 16 × hidden 8,192;
   // above it NCCL is faster (4 × H200 over NVLink: equal at 256 KiB, 1.8× faster at 1 MiB)
 
+  // The kernel's argument.
+  struct Params {
+    void* data;                  // [count] in and out
+    int64_t count;
+    char* regions[kMaxRanks];    // every rank's region as mapped here (own included)
+    uint32_t* epochs;            // this rank's, not shared: [kBlocks] calls so far per block, then the give-up marker
+    volatile int32_t* control;   // host-mapped [2]: missing rank + 1, cancel (the host uses the same address)
+    uint64_t timeout_ns;
+    int rank, world;
+  };
+
   // Collective over `comm` (every rank calls it, with `stream` for the setup's
   // collectives): sets the buffers up when every rank is on this host, sees
   // every other rank's GPU and reaches it peer to peer, and
@@ -75,25 +86,12 @@ class PeerAllReduce {
   PeerAllReduce() = default;
   void unmap_peers() noexcept;
 
-  int rank_ = 0, world_ = 1;
-  uint64_t timeout_ns_ = 0;
+  Params params_ = {};                  // set up once; each call adds its data and count
   char* region_ = nullptr;              // own: [2][kMaxBytes] buffers, then [kMaxRanks][kBlocks] flags
-  uint32_t* epochs_ = nullptr;          // own, not shared: [kBlocks] calls so far per block, then the give-up marker
-  char* peer_regions_[kMaxRanks] = {};  // every rank's region as mapped here (own included)
   bool opened_by_ipc_[kMaxRanks] = {};  // to cudaIpcCloseMemHandle
-  int32_t* control_host_ = nullptr;     // host-mapped [2]: missing rank + 1, cancel (the kernel uses the same address)
 };
 
 // The kernel's launcher (peer_all_reduce.cu): POD parameters, no framework types.
-struct PeerAllReduceParams {
-  void* data;                                          // [count] in and out
-  int64_t count;
-  char* regions[PeerAllReduce::kMaxRanks];             // every rank's region, mapped here
-  uint32_t* epochs;                                    // [kBlocks + 1]
-  volatile int32_t* control;                           // [2] host-mapped
-  uint64_t timeout_ns;
-  int rank, world;
-};
-void launch_peer_all_reduce(const PeerAllReduceParams& p, DType dtype, cudaStream_t stream);
+void launch_peer_all_reduce(const PeerAllReduce::Params& p, DType dtype, cudaStream_t stream);
 
 }  // namespace sparsellm

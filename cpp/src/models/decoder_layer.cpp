@@ -1,7 +1,10 @@
 // What the families' decoder layers share (decoder_layer.h).
 #include "models/decoder_layer.h"
 
+#include <cmath>
+
 #include "comm/communicator.h"
+#include "kernels/attention/attention.h"
 #include "kernels/rope/rope.h"
 #include "models/model_loading.h"
 #include "runtime/nvtx_range.h"
@@ -56,6 +59,7 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
       v_->forward(s.x, v, t, s.ws->linear, stream);
     }
   }
+  // The keys and values into the cache: by the rotary kernel where the family has one, else on their own.
   if (s.inv_freq) {
     NvtxRange r("rope, kv cache write");
     RopeParams rp;
@@ -75,21 +79,34 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
     rp.v_stride = kv_stride;
     rp.slot = b.place.slot;
     rope(rp, stream);
+  } else {
+    NvtxRange r("kv cache write");
+    KvCacheWriteParams kw;
+    kw.k = k;
+    kw.v = v;
+    kw.k_stride = kw.v_stride = kv_stride;
+    kw.cache = cache;
+    kw.place = b.place;
+    kw.tokens = t;
+    kw.dtype = s.dtype;
+    kv_cache_write(kw, stream);
   }
   {
-    CachedAttention ca;
-    ca.q = q;
-    ca.k = k;
-    ca.v = v;
-    ca.q_stride = q_stride;
-    ca.kv_stride = kv_stride;
-    ca.out = s.attn;
-    ca.heads = heads_;
-    ca.head_dim = head_dim_;
-    ca.workspace = s.ws->attention.data();
-    ca.workspace_bytes = s.ws->attention_bytes;
-    ca.appended = s.inv_freq != nullptr;
-    cached_attention(ca, cache, b, s.dtype, stream);
+    NvtxRange r("attention");
+    AttentionParams ap;
+    ap.q = q;
+    ap.q_stride = q_stride;
+    ap.cache = cache;
+    ap.place = b.place;
+    ap.out = s.attn;
+    ap.tokens = t;
+    ap.heads = heads_;
+    ap.max_positions = b.max_positions;
+    ap.scale = 1.0f / std::sqrt(float(head_dim_));
+    ap.workspace = s.ws->attention.data();
+    ap.workspace_bytes = s.ws->attention_bytes;
+    ap.dtype = s.dtype;
+    attention(ap, stream);
   }
   {
     NvtxRange r(o_name_.c_str());

@@ -44,7 +44,8 @@ struct SelfAttentionStep {
 //     (one GEMM / SpMM when the three stack, rows [q | k | v] in `qkv`;
 //      else three, q, k, v one after another in `qkv`)
 //   q, k = rope(q, k)            (families with rotary positions only)
-//   cache ← k, v;  a = attention(q) [T, heads · d]   (CachedAttention; GQA when kv_heads < heads)
+//   cache ← k, v                 (by the rope kernel where there is one, else kv_cache_write)
+//   a = attention(q) [T, heads · d]   (against the cache; GQA when kv_heads < heads)
 //   out = o_proj(a) [T, H]
 // Under tensor parallelism heads and kv_heads are this rank's shares (rows of
 // q/k/v, the matching input columns of o_proj): o_proj gives partial sums that

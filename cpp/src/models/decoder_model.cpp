@@ -4,7 +4,6 @@
 #include "models/decoder_model.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "comm/communicator.h"
 #include "common/check.h"
@@ -70,40 +69,6 @@ std::unique_ptr<DecoderModel> load_decoder_model(const Checkpoint& ckpt, const s
                                         max_outputs, max_seq, stream, comm);
   throw InvalidArgument(detail::concat(where, ": architecture '", ckpt.architecture(),
                                        "' is not supported by the runtime (supported: opt, llama)"));
-}
-
-void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
-                      cudaStream_t stream) {
-  if (!a.appended) {
-    NvtxRange r("kv cache write");
-    KvCacheWriteParams kw;
-    kw.k = a.k;
-    kw.v = a.v;
-    kw.k_stride = a.kv_stride;
-    kw.v_stride = a.kv_stride;
-    kw.cache = cache;
-    kw.place = batch.place;
-    kw.tokens = batch.tokens_count;
-    kw.dtype = dtype;
-    kv_cache_write(kw, stream);
-  }
-  {
-    NvtxRange r("attention");
-    AttentionParams ap;
-    ap.q = a.q;
-    ap.q_stride = a.q_stride;
-    ap.cache = cache;
-    ap.place = batch.place;
-    ap.out = a.out;
-    ap.tokens = batch.tokens_count;
-    ap.heads = a.heads;
-    ap.max_positions = batch.max_positions;
-    ap.scale = 1.0f / std::sqrt(float(a.head_dim));
-    ap.workspace = a.workspace;
-    ap.workspace_bytes = a.workspace_bytes;
-    ap.dtype = dtype;
-    attention(ap, stream);
-  }
 }
 
 size_t ForwardWorkspaces::allocate(int64_t max_tokens, int32_t heads, int32_t head_dim, int32_t max_seq,

@@ -119,22 +119,4 @@ struct ActivationAllocator {
   void operator()(DeviceBuffer& buf, int64_t rows, int64_t width, const char* what);
 };
 
-// The attention step of every family: the T tokens' keys and values go into one
-// layer's cache at their (slot, position) — unless `appended` says the rotary
-// embedding's kernel put them there — then each query attends to its
-// sequence's cached keys 0 … position with scale 1/√head_dim.
-struct CachedAttention {
-  const void* q = nullptr;  // [T, heads · head_dim], row stride q_stride
-  const void* k = nullptr;  // [T, kv_heads · head_dim], row stride kv_stride
-  const void* v = nullptr;  // [T, kv_heads · head_dim], row stride kv_stride
-  int64_t q_stride = 0, kv_stride = 0;
-  void* out = nullptr;      // [T, heads · head_dim]
-  int32_t heads = 0, head_dim = 0;
-  void* workspace = nullptr;  // attention_workspace_bytes(...) bytes
-  size_t workspace_bytes = 0;
-  bool appended = false;      // k and v are in the cache already
-};
-void cached_attention(const CachedAttention& a, const KvCacheView& cache, const ForwardBatch& batch, DType dtype,
-                      cudaStream_t stream);
-
 }  // namespace sparsellm

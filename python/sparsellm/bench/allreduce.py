@@ -34,6 +34,7 @@ def run(args) -> int:
     from mpi4py import MPI
 
     from sparsellm._native import native, require_gpu
+    from sparsellm.bench.spmm import _commit
     from sparsellm.format_choice import gpu_tag
 
     comm = MPI.COMM_WORLD
@@ -106,12 +107,6 @@ def _time_path(torch, comm, c, x, stream, calls: int, reps: int) -> float:
             c.synchronize(stream.cuda_stream)
             times.append(start.elapsed_time(end) * 1e3 / calls)
     return statistics.median(times)
-
-
-def _commit() -> str:
-    from sparsellm.bench.spmm import _commit as commit
-
-    return commit()
 
 
 def summary_markdown(doc) -> str:
