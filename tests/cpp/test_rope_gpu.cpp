@@ -253,13 +253,7 @@ TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
   };
   auto run = [&](bool fused) {
     DeviceArray<uint16_t> q(q0), k(k0), cache_k(poison), cache_v(poison);
-    KvCacheView cache;
-    cache.k = cache_k.ptr;
-    cache.v = cache_v.ptr;
-    cache.slots = slots;
-    cache.kv_heads = k_heads;
-    cache.max_seq = max_seq;
-    cache.head_dim = head_dim;
+    const KvCacheView cache{cache_k.ptr, cache_v.ptr, slots, k_heads, max_seq, head_dim};
     RopeParams p = rotation(GetParam(), q.ptr, q_stride, k.ptr, kv_stride, d_pos.ptr, d_inv.ptr);
     if (fused) {
       p.cache = cache;
@@ -274,8 +268,7 @@ TEST_P(RopeKernel, AppendMatchesKvCacheWrite) {
       w.v = v.ptr;
       w.k_stride = w.v_stride = kv_stride;
       w.cache = cache;
-      w.place.slot = d_slot.ptr;
-      w.place.position = d_pos.ptr;
+      w.place = TokenPlacement{d_slot.ptr, d_pos.ptr};
       w.tokens = tokens;
       w.dtype = dtype;
       kv_cache_write(w, nullptr);

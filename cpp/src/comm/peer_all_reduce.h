@@ -2,10 +2,10 @@
 // a tensor-parallel decode step (a few tokens × hidden, 16 KB at batch 1).
 //
 // NCCL's all-reduce of such a message costs ≈ 10.5 µs on 4 H200s over NVLink,
-// most of it latency; this kernel ≈ 7.4 µs (docs/kernel-notes.md). Here every rank owns one buffer
-// that all ranks map (CUDA IPC between processes; the raw pointer with peer
-// access between threads of one process), and one kernel does the whole
-// collective:
+// most of it latency; this kernel ≈ 7.4 µs (docs/kernel-notes.md). Here every
+// rank owns one buffer that all ranks map (CUDA IPC between processes; the raw
+// pointer with peer access between threads of one process), and one kernel does
+// the whole collective:
 //
 //   block b of rank r:  copy slice b of x_r into buffer_r[e mod 2]
 //                       signal slice b of epoch e to every rank (flag store, system scope)

@@ -5,11 +5,11 @@
 // pair j is head j / half, index i = j % half, touching elements i and
 // i + half of that head. Each element is read and written by exactly one
 // thread, so the update is in place without synchronization. With the cache
-// append, k_heads more "heads" follow: the value heads, whose pairs are
-// copied, not rotated; a key pair is stored rotated in place and in the
-// cache. The op is tiny next to the projections around it (2 · (q_heads +
-// k_heads) · head_dim elements per token); it is written for clarity, scalar
-// loads, no shared memory. At decode one block per token would walk its 4,096 pairs (Llama-2-7B)
+// append, k_heads more "heads" follow: the value heads, whose pairs are copied,
+// not rotated; a key pair is stored rotated in place and in the cache. The op
+// is tiny next to the projections around it (2 · (q_heads + k_heads) · head_dim
+// elements per token); it is written for clarity, scalar loads, no shared
+// memory. At decode one block per token would walk its 4,096 pairs (Llama-2-7B)
 // 32 at a time, each a dependent load, sincos and store: latency, not work.
 #include "kernels/rope/rope.h"
 
