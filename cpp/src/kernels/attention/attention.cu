@@ -79,7 +79,7 @@ struct AttentionArgs {
 };
 
 __device__ __forceinline__ bool placed(const AttentionArgs& a, int32_t slot, int32_t pos) {
-  return slot >= 0 && slot < a.slots && pos >= 0 && pos < a.max_seq;
+  return kv_cache_holds(slot, pos, a.slots, a.max_seq);
 }
 
 template <typename T>

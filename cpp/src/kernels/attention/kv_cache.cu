@@ -40,9 +40,9 @@ __global__ void __launch_bounds__(kThreads) kv_cache_write_kernel(KvWriteArgs a)
   const int64_t e = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;  // element in the token's row
   if (e >= int64_t(a.kv_heads) * a.head_dim) return;
   const int32_t slot = a.slot[t], pos = a.position[t];
-  if (slot < 0 || slot >= a.slots || pos < 0 || pos >= a.max_seq) return;
+  if (!kv_cache_holds(slot, pos, a.slots, a.max_seq)) return;
   const int64_t g = e / a.head_dim, d = e % a.head_dim;  // VEC divides head_dim: a vector stays in one head
-  const int64_t dst = ((int64_t(slot) * a.kv_heads + g) * a.max_seq + pos) * a.head_dim + d;
+  const int64_t dst = kv_cache_row(slot, g, pos, a.kv_heads, a.max_seq, a.head_dim) + d;
   float buf[VEC];
   load_vec<T, VEC>(static_cast<const T*>(a.k) + t * a.k_stride + e, buf);
   store_vec<T, VEC>(static_cast<T*>(a.cache_k) + dst, buf);

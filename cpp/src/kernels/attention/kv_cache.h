@@ -23,6 +23,19 @@ struct KvCacheView {
   int32_t slots = 0, kv_heads = 0, max_seq = 0, head_dim = 0;
 };
 
+// The layout's two rules for the kernels that use the cache: whether a token's
+// (slot, position) lies inside it (kv_cache_write, the rotary kernel's append
+// and attention skip the tokens outside), and the element offset of row
+// (slot, kv head g, position) in k or v (the two writers).
+__host__ __device__ __forceinline__ bool kv_cache_holds(int32_t slot, int32_t position, int32_t slots,
+                                                        int32_t max_seq) {
+  return slot >= 0 && slot < slots && position >= 0 && position < max_seq;
+}
+__host__ __device__ __forceinline__ int64_t kv_cache_row(int32_t slot, int64_t g, int32_t position, int32_t kv_heads,
+                                                         int32_t max_seq, int32_t head_dim) {
+  return ((int64_t(slot) * kv_heads + g) * max_seq + position) * head_dim;
+}
+
 // Where each token of a batch goes: both [tokens], device memory.
 struct TokenPlacement {
   const int32_t* slot = nullptr;

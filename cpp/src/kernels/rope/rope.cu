@@ -48,14 +48,14 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
   const float pos = float(position);
   const bool append = a.cache.k != nullptr;
   const int32_t slot = append ? a.slot[t] : 0;
-  const bool in_cache = append && slot >= 0 && slot < a.cache.slots && position >= 0 && position < a.cache.max_seq;
+  const bool in_cache = append && kv_cache_holds(slot, position, a.cache.slots, a.cache.max_seq);
   const int32_t pairs = (a.q_heads + (append ? 2 : 1) * a.k_heads) * a.half;
   for (int32_t j = blockIdx.y * blockDim.x + threadIdx.x; j < pairs; j += gridDim.y * blockDim.x) {
     const int32_t head = j / a.half, i = j % a.half;
     const int32_t kv_head = head - a.q_heads;  // ≥ k_heads: a value head
     // The cache row of (slot, kv head, position) for key or value head kv_head.
     auto cache_row = [&](void* base, int32_t g) {
-      return static_cast<T*>(base) + ((int64_t(slot) * a.cache.kv_heads + g) * a.cache.max_seq + position) * 2 * a.half;
+      return static_cast<T*>(base) + kv_cache_row(slot, g, position, a.cache.kv_heads, a.cache.max_seq, 2 * a.half);
     };
     if (kv_head >= a.k_heads) {  // value pair: copied to the cache
       if (!in_cache) continue;
