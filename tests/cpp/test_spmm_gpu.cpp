@@ -174,7 +174,7 @@ TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
   for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
     for (int64_t m : {384, 1000})
       for (int blocks : {2, 3, 7})
-        for (int64_t n : {3, 16, 32, 64}) {
+        for (int64_t n : {3, 16, 32, 64, 128}) {
           SCOPED_TRACE(std::string(sparse_format_name(format)) + " m " +
                        std::to_string(m) + " blocks " + std::to_string(blocks) + " n " + std::to_string(n));
           expect_matches_cublas(format, Shape{m, 3000, n, 0.6, DType::kFloat16}, blocks);
@@ -190,7 +190,7 @@ TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
   const int64_t m = 384, k = 3000, tiles_k = (k + 63) / 64, units = 3 * tiles_k;
   for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
     for (int32_t lead_tiles : {1, int32_t(tiles_k) - 1})
-      for (int64_t n : {3, 16, 32}) {
+      for (int64_t n : {3, 16, 32, 128}) {
         SCOPED_TRACE(std::string(sparse_format_name(format)) + " lead tiles " +
                      std::to_string(lead_tiles) + " n " + std::to_string(n));
         const std::vector<int32_t> ranges = {0, lead_tiles, int32_t(tiles_k) + 5, int32_t(units)};
@@ -221,44 +221,45 @@ INSTANTIATE_TEST_SUITE_P(
                           Shape{2048, 2048, 16, 0.8, DType::kBFloat16}, Shape{1000, 3000, 3, 0.3, DType::kFloat16},
                           Shape{640, 1000, 31, kUneven, DType::kBFloat16}, Shape{300, 520, 2, 0.5, DType::kBFloat16},
                           Shape{1000, 3000, 128, 0.5, DType::kFloat16}, Shape{129, 77, 8, 0.7, DType::kFloat16},
-                          Shape{1000, 3000, 256, 0.9, DType::kBFloat16})),
+                          Shape{1000, 3000, 256, 0.9, DType::kBFloat16}, Shape{640, 1000, 130, kUneven, DType::kFloat16})),
     case_name);
 
 // A matrix without nonzeros still writes Y = bias (every tile empty).
 TEST(SpmmEmptyWeight, WritesTheBias) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap}) {
-    const int64_t m = 300, k = 200, n = 5;
-    std::vector<uint16_t> w(m * k, 0), x(n * k, to_bits(1.0f, DType::kFloat16)), bias(m);
-    for (int64_t i = 0; i < m; ++i) bias[i] = to_bits(float(i % 7) - 3.0f, DType::kFloat16);
-    const auto [tile_offsets, words] = encode(format, w, m, k, DType::kFloat16);
-    const int blocks = spmm_plan_blocks();
-    const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
-    DeviceBuffer<uint32_t> d_words(std::vector<uint32_t>(4, 0)), d_offsets(tile_offsets);
-    DeviceBuffer<StreamKBlock> d_plan(plan);
-    DeviceBuffer<uint16_t> d_x(x), d_bias(bias), d_y(n * m);
-    const size_t ws_bytes = spmm_workspace_bytes(m, n, blocks);
-    DeviceBuffer<char> ws(ws_bytes);
-    SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
-    SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
-    SpmmParams p;
-    p.x = d_x.ptr;
-    p.bias = d_bias.ptr;
-    p.y = d_y.ptr;
-    p.n = n;
-    p.weight = {d_words.ptr, d_offsets.ptr, m, k, DType::kFloat16, format};
-    p.plan = d_plan.ptr;
-    p.plan_blocks = blocks;
-    p.workspace = ws.ptr;
-    p.workspace_bytes = ws_bytes;
-    spmm(p, nullptr);
-    SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
-    EXPECT_EQ(d_y.download(n * m), [&] {
-      std::vector<uint16_t> want(n * m);
-      for (int64_t i = 0; i < n * m; ++i) want[i] = bias[i % m];
-      return want;
-    }());
-  }
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (int64_t n : {5, 128}) {
+      const int64_t m = 300, k = 200;
+      std::vector<uint16_t> w(m * k, 0), x(n * k, to_bits(1.0f, DType::kFloat16)), bias(m);
+      for (int64_t i = 0; i < m; ++i) bias[i] = to_bits(float(i % 7) - 3.0f, DType::kFloat16);
+      const auto [tile_offsets, words] = encode(format, w, m, k, DType::kFloat16);
+      const int blocks = spmm_plan_blocks();
+      const std::vector<StreamKBlock> plan = spmm_plan(tile_offsets.data(), m, k, blocks);
+      DeviceBuffer<uint32_t> d_words(std::vector<uint32_t>(4, 0)), d_offsets(tile_offsets);
+      DeviceBuffer<StreamKBlock> d_plan(plan);
+      DeviceBuffer<uint16_t> d_x(x), d_bias(bias), d_y(n * m);
+      const size_t ws_bytes = spmm_workspace_bytes(m, n, blocks);
+      DeviceBuffer<char> ws(ws_bytes);
+      SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
+      SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
+      SpmmParams p;
+      p.x = d_x.ptr;
+      p.bias = d_bias.ptr;
+      p.y = d_y.ptr;
+      p.n = n;
+      p.weight = {d_words.ptr, d_offsets.ptr, m, k, DType::kFloat16, format};
+      p.plan = d_plan.ptr;
+      p.plan_blocks = blocks;
+      p.workspace = ws.ptr;
+      p.workspace_bytes = ws_bytes;
+      spmm(p, nullptr);
+      SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+      EXPECT_EQ(d_y.download(n * m), [&] {
+        std::vector<uint16_t> want(n * m);
+        for (int64_t i = 0; i < n * m; ++i) want[i] = bias[i % m];
+        return want;
+      }());
+    }
 }
 
 TEST(SpmmArguments, RejectsTooSmallWorkspace) {

@@ -248,6 +248,32 @@ __device__ __forceinline__ void init_stage_barriers(const stream_k::KernelArgs<T
 #endif
 }
 
+// The consumer warps' loop over the block's range: wait full(s), consume(u,
+// s, acc), release(u, s) once the warp is done with stage s; a finished tile
+// row (or the range's end) is flushed.
+template <typename T, int BN, int kStages, typename Consume, typename Release>
+__device__ __forceinline__ void consume_range(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk,
+                                              uint32_t bars, int* last_flag, Consume consume, Release release) {
+  const int n0 = blockIdx.y * BN;
+  const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
+  int kt = blk.unit_begin - first_row * a.tiles_k;
+  Accumulators<BN> acc = {};
+  for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
+    const int s = i % kStages;
+    ptx::mbarrier_wait(bars + 8 * s, uint32_t((i / kStages) & 1));
+    consume(u, s, acc);
+    __syncwarp();
+    release(u, s);
+    if (kt + 1 == a.tiles_k || u + 1 == blk.unit_end) {
+      flush_row<T, BN>(a, blk, row, first_row, last_row, n0, acc, last_flag);
+      kt = 0;
+      ++row;
+    } else {
+      ++kt;
+    }
+  }
+}
+
 // The block's loops over its stream-K range [blk.unit_begin, blk.unit_end).
 //   producer warp p: for tile u, the i-th of the block, i ≡ p (mod
 //                    kProducerWarps), into stage s = i mod kStages, once the
@@ -272,7 +298,6 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
   // this grid to finish before it reads Y. Without this its launch would start only when the grid ends.
   kernels::allow_dependent_launch();
   const int n0 = blockIdx.y * BN;
-  const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
   const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);  // warp-uniform for the compiler
   if (warp >= kConsumerWarps) {
     const int p = warp - kConsumerWarps;
@@ -293,22 +318,53 @@ __device__ __forceinline__ void run_block(const stream_k::KernelArgs<T>& a, cons
     return;
   }
   kernels::wait_for_prerequisite_grids();  // before the workspace and Y
-  int kt = blk.unit_begin - first_row * a.tiles_k;
-  Accumulators<BN> acc = {};
-  for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
-    const int s = i % kStages;
-    ptx::mbarrier_wait(bars + 8 * s, uint32_t((i / kStages) & 1));
-    consume(u, s, acc);
-    __syncwarp();
+  consume_range<T, BN, kStages>(a, blk, bars, last_flag, consume, [&](int, int s) {
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bars + 8 * (kStages + s));
-    if (kt + 1 == a.tiles_k || u + 1 == blk.unit_end) {
-      flush_row<T, BN>(a, blk, row, first_row, last_row, n0, acc, last_flag);
-      kt = 0;
-      ++row;
-    } else {
-      ++kt;
+  });
+}
+
+// run_block for a block of consumer warps only (kConsumers threads): they
+// fill the ring themselves, so that two blocks of 8 warps a SM keep 128
+// registers a thread (kernel-notes: "Consumers that fill their own ring").
+// Warp 0 brings the first kStages tiles (the format's data before the wait for
+// the previous kernel, X after). Afterwards the warp whose release of stage s
+// is the tile's last (counted in released[s], an acquire-release add on shared
+// memory; no warp ever waits for a release) brings tile i + kStages into s:
+// produce(u, s), then the X tile. ahead(u) is called by every warp, in order,
+// for every tile it may produce, before produce(u, ·) and well before, so that
+// a format's lookahead loads (the bitmap's TileEnds) are in flight meanwhile.
+template <typename T, int BN, int kStages, typename XStage, typename Ahead, typename Produce, typename Consume>
+__device__ __forceinline__ void run_block_self_fed(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk,
+                                                   uint32_t bars, uint32_t released, int* last_flag, XStage x_stage,
+                                                   Ahead ahead, Produce produce, Consume consume) {
+  kernels::allow_dependent_launch();  // as in run_block
+  const int n0 = blockIdx.y * BN;
+  const int warp = __shfl_sync(0xFFFFFFFFu, int(threadIdx.x >> 5), 0);
+  const int filled = min(kStages, blk.unit_end - blk.unit_begin);
+  if (warp == 0)
+    for (int i = 0; i < filled; ++i) {
+      ahead(blk.unit_begin + i);
+      produce(blk.unit_begin + i, i);
     }
-  }
+  kernels::wait_for_prerequisite_grids();  // X, the workspace and Y
+  if (warp == 0)
+    for (int i = 0; i < filled; ++i) load_x_tile<T, BN>(a, (blk.unit_begin + i) % a.tiles_k, n0, x_stage(i), bars + 8 * i);
+  consume_range<T, BN, kStages>(
+      a, blk, bars, last_flag,
+      [&](int u, int s, Accumulators<BN>& acc) {
+        if (u + kStages < blk.unit_end) ahead(u + kStages);
+        consume(u, s, acc);
+      },
+      [&](int u, int s) {
+        uint32_t before = 0;
+        if ((threadIdx.x & 31) == 0) before = ptx::atom_inc_acq_rel_shared(released + 4 * s);
+        before = __shfl_sync(0xFFFFFFFFu, before, 0);
+        const int next = u + kStages;
+        if (before % kConsumerWarps == kConsumerWarps - 1 && next < blk.unit_end) {
+          produce(next, s);
+          load_x_tile<T, BN>(a, next % a.tiles_k, n0, x_stage(s), bars + 8 * s);
+        }
+      });
 }
 
 }  // namespace sparsellm::consumer_warps

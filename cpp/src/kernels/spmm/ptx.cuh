@@ -75,6 +75,14 @@ __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
                : "r"(addr));
   return v;
 }
+// Adds 1 to the 32-bit shared counter at `addr`, returning its old value; acquire-release at block scope,
+// so the accesses before it (a warp's, after __syncwarp) happen before those that follow the add that
+// reads its result.
+__device__ __forceinline__ uint32_t atom_inc_acq_rel_shared(uint32_t addr) {
+  uint32_t old;
+  asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;\n" : "=r"(old) : "r"(addr) : "memory");
+  return old;
+}
 __device__ __forceinline__ void st_shared_zero_v4(uint32_t addr) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(addr), "r"(0));
 }

@@ -119,18 +119,24 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
 #endif
 }
 
-// BN = 128 runs one block per SM: the registers of four wgmma accumulator
-// sets without ptxas serializing them (C7512 at two blocks' 96), and a deeper
-// ring in the whole shared memory.
+// BN = 128 runs blocks of the 8 consumer warps alone, which fill their own
+// ring (consumer_warps.cuh: run_block_self_fed): two such blocks a SM get 128
+// registers a thread, enough for the wgmma accumulators of 128 columns without
+// ptxas serializing them (C7512 at the 96 of two 10-warp blocks), and four
+// consumer warps a scheduler instead of two (kernel-notes: "Consumers that fill
+// their own ring").
 template <int BN>
 struct Config {
-  static constexpr int kBlocksPerSm = BN >= 128 ? 1 : 2;
-  static constexpr int kStages = BN >= 128 ? 6 : 4;  // ring depth
+  static constexpr bool kSelfFed = BN >= 128;
+  static constexpr int kThreads = kSelfFed ? kConsumers : consumer_warps::kThreads;
+  static constexpr int kBlocksPerSm = 2;
+  static constexpr int kStages = kSelfFed ? 3 : 4;  // ring depth
   static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
-  static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
-  static_assert(kSmemBytes <= (kBlocksPerSm == 2 ? 113 : 227) * 1024, "shared memory over budget");
+  static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + 16;  // after the last-block flag
+  static constexpr int kSmemBytes = kReleasedOffset + kStages * 4;
+  static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
 };
 
 // Producer: a tile's words [w0, w1) into `stage` (bulk copy on sm_90,
@@ -158,7 +164,7 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
 }
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
+__global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -170,24 +176,30 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_bitma
   const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
   const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
   int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
+  const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
   if (threadIdx.x == 0) {
     init_stage_barriers<C::kStages>(a, bars);
+    for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
   }
   __syncthreads();
 
   const uint32_t first_word = a.offsets[blk.unit_begin];
-  TileEnds ends;  // producers
-  run_block<T, BN, C::kStages, C::kStages>(
-      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
-      [&](int u, int s) {
-        const int j = u - blk.unit_begin;
-        ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
-        produce_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
-                        stages + C::kMetaOffset + 4 * s);
-      },
-      [&](int, int s, Accumulators<BN>& acc) {
-        if (meta[s] > 0) consume<T, BN>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc);
-      });
+  TileEnds ends;  // of the warp that produces
+  auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
+  auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
+  auto produce = [&](int u, int s) {
+    const int j = u - blk.unit_begin;
+    advance(u);
+    produce_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
+                    stages + C::kMetaOffset + 4 * s);
+  };
+  auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
+    if (meta[s] > 0) consume<T, BN>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc);
+  };
+  if constexpr (C::kSelfFed)
+    run_block_self_fed<T, BN, C::kStages>(a, blk, bars, released, last_flag, x_stage, advance, produce, consume_tile);
+  else
+    run_block<T, BN, C::kStages, C::kStages>(a, blk, bars, last_flag, x_stage, produce, consume_tile);
 }
 
 }  // namespace
@@ -202,7 +214,7 @@ void spmm_bitmap(const SpmmParams& p, cudaStream_t stream) {
     using T = decltype(storage);
     stream_k::with_block_columns(p.n, [&](auto columns) {
       constexpr int BN = decltype(columns)::value;
-      stream_k::launch<T, BN, spmm_bitmap_kernel<T, BN>>(p, device, kThreads, Config<BN>::kSmemBytes, "spmm_bitmap_kernel",
+      stream_k::launch<T, BN, spmm_bitmap_kernel<T, BN>>(p, device, Config<BN>::kThreads, Config<BN>::kSmemBytes, "spmm_bitmap_kernel",
                                                          stream);
     });
   });
