@@ -15,7 +15,8 @@
 // with the tensor copy's bytes, or all 32 lanes' once their pieces land. Two
 // producers because one producer's turn per tile, a chain of ~200 dependent
 // instructions, bounded the kernels at 80–90 % sparsity and at wide N
-// (docs/kernel-notes.md, "v7").
+// (docs/kernel-notes.md, "v7"). A block may also run without producer warps
+// (run_block_self_fed): its consumers then refill the ring themselves.
 #pragma once
 
 #include <cuda_bf16.h>

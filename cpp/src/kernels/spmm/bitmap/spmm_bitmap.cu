@@ -16,6 +16,9 @@
 //                         → full[s] completes when every byte has landed
 //   warps 0..7 (consumers) warp w owns the tile's row block w (rows 16 w ..) × all BN
 //                         columns; wait full[s], decode + MMA, arrive on empty[s]
+// At BN = 128 the block is the 8 consumer warps alone: the warp that releases
+// stage s last brings the tile kStages later into it, as a producer would
+// (Config, consumer_warps.cuh: run_block_self_fed).
 //
 // Decode of row block w (per lane l, quad q = l >> 2):
 //   one 16-byte load: word q of the four blocks' masks (mw[j], j = 0..3)
