@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   __syncthreads();
 
   const uint32_t first_word = a.offsets[blk.unit_begin];
-  TileEnds ends;  // of the warp that produces
+  TileEnds ends;  // producer warps; at BN = 128 every warp, which may refill any stage
   auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
   auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
   auto produce = [&](int u, int s) {
