@@ -126,6 +126,7 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
   DenseGemmParams plain = g;
   plain.y = d_plain.ptr;
   g.relu = relu;
+  std::vector<uint16_t> first_y;
   for (int rep = 0; rep < 2; ++rep) {
     spmm(p, nullptr);
     dense_gemm(g, nullptr);
@@ -156,6 +157,9 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
       den += b * b;
     }
     EXPECT_LT(std::sqrt(num / den), tol);
+    // The shared rows are summed in block order whoever sums them: the same bits every call.
+    if (rep == 0) first_y = y;
+    else EXPECT_TRUE(y == first_y) << "two calls gave different results";
     SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
   }
 }
@@ -196,6 +200,37 @@ TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
         const std::vector<int32_t> ranges = {0, lead_tiles, int32_t(tiles_k) + 5, int32_t(units)};
         expect_matches_cublas(format, Shape{m, k, n, 0.6, DType::kFloat16}, 0, ranges);
       }
+}
+
+// A plan of four times the blocks the GPU holds at once, two tiles each, so
+// that each of the two tile rows has hundreds of owners, most of them not
+// resident together: a row's sum must not depend on its owners running at
+// the same time (stream_k.cuh: reduce_row).
+TEST(SpmmFewBlocks, PlanLargerThanTheGpuHolds) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  const int blocks = 4 * spmm_plan_blocks();
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (int64_t n : {16, 128}) {
+      SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(n));
+      expect_matches_cublas(format, Shape{256, 64 * int64_t(blocks), n, 0.9, DType::kFloat16}, blocks);
+    }
+}
+
+// One tile row: a tile for each block the GPU holds at once, then 256 tiles for
+// one more block, which starts only when another block has left and then
+// streams its share alone, long after the other owners are done.
+TEST(SpmmFewBlocks, AnOwnerThatStartsLateAndEndsLast) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  const int resident = spmm_plan_blocks(), slow_tiles = 256;
+  std::vector<int32_t> ranges;
+  for (int32_t b = 0; b <= resident; ++b) ranges.push_back(b);
+  ranges.push_back(resident + slow_tiles);
+  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+    for (int64_t n : {16, 128}) {
+      SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(n));
+      expect_matches_cublas(format, Shape{128, 64 * int64_t(resident + slow_tiles), n, 0.5, DType::kFloat16}, 0,
+                            ranges);
+    }
 }
 
 // ReLU in the epilogue (OPT's fc1), over the paths that store Y: one block per
