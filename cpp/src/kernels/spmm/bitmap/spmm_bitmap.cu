@@ -138,7 +138,7 @@ struct Config {
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
   static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + 16;  // after the last-block flag
-  static constexpr int kSmemBytes = kReleasedOffset + kStages * 4;
+  static constexpr int kSmemBytes = kReleasedOffset + (kSelfFed ? kStages * 4 : 0);
   static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
 };
 
@@ -182,7 +182,8 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
   if (threadIdx.x == 0) {
     init_stage_barriers<C::kStages>(a, bars);
-    for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
+    if constexpr (C::kSelfFed)
+      for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
   }
   __syncthreads();
 
@@ -190,9 +191,8 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   TileEnds ends;  // producer warps; at BN = 128 every warp, which may refill any stage
   auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
   auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
-  auto produce = [&](int u, int s) {
+  auto produce = [&](int u, int s) {  // after advance(u)
     const int j = u - blk.unit_begin;
-    advance(u);
     produce_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
                     stages + C::kMetaOffset + 4 * s);
   };
@@ -202,7 +202,13 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   if constexpr (C::kSelfFed)
     run_block_self_fed<T, BN, C::kStages>(a, blk, bars, released, last_flag, x_stage, advance, produce, consume_tile);
   else
-    run_block<T, BN, C::kStages, C::kStages>(a, blk, bars, last_flag, x_stage, produce, consume_tile);
+    run_block<T, BN, C::kStages, C::kStages>(
+        a, blk, bars, last_flag, x_stage,
+        [&](int u, int s) {
+          advance(u);
+          produce(u, s);
+        },
+        consume_tile);
 }
 
 }  // namespace
