@@ -6,6 +6,8 @@
 #   scripts/gpu_check.sh OUTDIR [--bench full|quick|none] [--deps-prefix DIR] [--multigpu]
 #                        [--skip ctest,sanitizers,pytest]
 #
+# The benchmark (unless --bench none) is the SpMM benchmark and the weight-stream
+# microbenchmark (cpp/bench/copy_pipeline.cu, sm_90 only).
 # --skip leaves the named steps out (to split one check over several runs).
 # PYTEST_WORKERS=N runs pytest in N processes (pytest-xdist); PYTEST_DIST picks
 # how tests are shared out (default loadfile: one test file per process).
@@ -118,6 +120,10 @@ case $bench in
            --dtypes float16 --formats tiled_csl,bitmap --no-baselines --reps 30 ;;
   none) ;;
 esac
+compute_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1)
+if [ "$bench" != none ] && [ -x "$build/cpp/bench/copy_pipeline" ] && [ "${compute_cap%%.*}" -ge 9 ] 2>/dev/null; then
+  step bench_copy_pipeline "$build/cpp/bench/copy_pipeline" "$out/bench"
+fi
 echo >>"$summary"
 [ $status -eq 0 ] && echo "All steps passed." >>"$summary" || echo "SOME STEPS FAILED." >>"$summary"
 cat "$summary"
