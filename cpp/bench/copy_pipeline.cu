@@ -30,6 +30,7 @@
 #include "common/check.h"
 #include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/x_tensor_map.h"
+#include "runtime/device_buffer.h"
 
 namespace sparsellm {
 namespace {
@@ -48,6 +49,21 @@ struct RingParams {
   CUtensorMap x_map;
   const char* w;
   int tile_bytes, stages, producers, consumers;
+};
+
+// A ring stage: the tile's bytes, padded to 1024 for the X tile's 128-byte swizzle, then the X tile.
+__host__ __device__ constexpr int ring_x_offset(int tile_bytes) { return (tile_bytes + 1023) / 1024 * 1024; }
+__host__ __device__ constexpr int ring_stage_bytes(int tile_bytes) { return ring_x_offset(tile_bytes) + kXBytes; }
+
+// The rings timed for each tile size: warps, and the stage counts they run at.
+struct RingRoles {
+  int producers, consumers;
+  bool only_8_stages;
+};
+constexpr RingRoles kRingRoles[] = {
+    {1, 0, false},  // the copies alone: the producer waits for a slot's previous copy to land
+    {2, 8, false},  // the kernels' roles: consumers release each stage
+    {1, 8, true},   // one producer, for comparison
 };
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
@@ -84,7 +100,7 @@ __global__ void stream_kernel(const StreamParams p) {
 __global__ void ring_kernel(const __grid_constant__ RingParams p) {
 #if __CUDA_ARCH__ >= 900
   extern __shared__ __align__(1024) unsigned char smem[];
-  const int x_offset = (p.tile_bytes + 1023) / 1024 * 1024, stage_bytes = x_offset + kXBytes;
+  const int x_offset = ring_x_offset(p.tile_bytes), stage_bytes = ring_stage_bytes(p.tile_bytes);
   const uint32_t base = ptx::smem_addr(smem), bars = base + p.stages * stage_bytes;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
@@ -126,6 +142,8 @@ __global__ void ring_kernel(const __grid_constant__ RingParams p) {
 #endif
 }
 
+__global__ void empty_kernel() {}
+
 // Reads `words` int4 (an L2 flush that leaves no dirty lines); `sink` is never written in practice.
 __global__ void read_kernel(const int4* src, size_t words, int* sink) {
   int acc = 0;
@@ -136,12 +154,22 @@ __global__ void read_kernel(const int4* src, size_t words, int* sink) {
   if (acc == 0x7FFFFFFF) *sink = acc;
 }
 
-// Median time (µs) of `launch` over 10 runs after 2, each after L2 is flushed by reading.
+// Median time (µs) of `launch` over 10 runs after 2, each after L2 is flushed by reading `flush`.
 template <typename Launch>
-float median_us(Launch launch, void* flush, size_t flush_bytes, cudaEvent_t start, cudaEvent_t stop) {
+float median_us(Launch launch, const DeviceBuffer& flush) {
+  struct Events {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    ~Events() {
+      if (start) cudaEventDestroy(start);
+      if (stop) cudaEventDestroy(stop);
+    }
+  } events;
+  SPARSELLM_CHECK_CUDA(cudaEventCreate(&events.start));
+  SPARSELLM_CHECK_CUDA(cudaEventCreate(&events.stop));
+  const cudaEvent_t start = events.start, stop = events.stop;
   std::vector<float> times;
   for (int run = 0; run < 12; ++run) {
-    read_kernel<<<1024, 512>>>(static_cast<const int4*>(flush), flush_bytes / 16, static_cast<int*>(flush));
+    read_kernel<<<1024, 512>>>(flush.as<const int4>(), flush.bytes() / 16, flush.as<int>());
     SPARSELLM_CHECK_CUDA(cudaEventRecord(start));
     launch();
     SPARSELLM_CHECK_CUDA(cudaGetLastError());
@@ -176,29 +204,27 @@ int run(const std::string& out_dir) {
   const int sms = prop.multiProcessorCount;
   const size_t stream_bytes = size_t(512) << 20, flush_bytes = size_t(256) << 20;
   const size_t ring_max = size_t(2 * sms) * kRingTiles * 9232;
-  char *src, *x, *flush;
-  SPARSELLM_CHECK_CUDA(cudaMalloc(&src, std::max(stream_bytes, ring_max)));
-  SPARSELLM_CHECK_CUDA(cudaMalloc(&x, size_t(16) * kXColumns * 2));
-  SPARSELLM_CHECK_CUDA(cudaMalloc(&flush, flush_bytes));
-  SPARSELLM_CHECK_CUDA(cudaMemset(src, 0x3C, std::max(stream_bytes, ring_max)));
-  SPARSELLM_CHECK_CUDA(cudaMemset(flush, 0x3C, flush_bytes));
-  SPARSELLM_CHECK_CUDA(cudaMemset(x, 0x3C, size_t(16) * kXColumns * 2));
+  DeviceBuffer src_buffer(std::max(stream_bytes, ring_max), "the streamed bytes"),
+      x_buffer(size_t(16) * kXColumns * 2, "the X tensor"), flush_buffer(flush_bytes, "the L2 flush");
+  for (const DeviceBuffer* b : {&src_buffer, &x_buffer, &flush_buffer})
+    SPARSELLM_CHECK_CUDA(cudaMemset(b->data(), 0x3C, b->bytes()));
+  char* src = src_buffer.as<char>();
   for (auto kernel : {reinterpret_cast<const void*>(stream_kernel), reinterpret_cast<const void*>(ring_kernel)})
     SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 113 * 1024));
-  cudaEvent_t start, stop;
-  SPARSELLM_CHECK_CUDA(cudaEventCreate(&start));
-  SPARSELLM_CHECK_CUDA(cudaEventCreate(&stop));
   nlohmann::json records = nlohmann::json::array();
 
-  const float copy_us = median_us([&] { SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(src + stream_bytes / 2, src, stream_bytes / 2,
-                                                                              cudaMemcpyDeviceToDevice)); },
-                                  flush, flush_bytes, start, stop);
+  const float copy_us = median_us(
+      [&] {
+        SPARSELLM_CHECK_CUDA(cudaMemcpyAsync(src + stream_bytes / 2, src, stream_bytes / 2, cudaMemcpyDeviceToDevice));
+      },
+      flush_buffer);
   const double copy_gbps = double(stream_bytes) / copy_us / 1e3;  // read + write
-  std::string md = detail::concat("# Weight-stream pipeline on ", prop.name, "\n\nCopy bandwidth (cudaMemcpy, read + write): ",
-                                  int(copy_gbps), " GB/s. Source: `cpp/bench/copy_pipeline.cu` (what each part measures).\n\n",
-                                  "## Bulk copies streamed by one thread a block\n\n",
-                                  "| bytes a copy | blocks a SM | copies in flight a block | KiB in flight a SM | GB/s | % of copy |\n",
-                                  "|---|---|---|---|---|---|\n");
+  std::string md = detail::concat(
+      "# Weight-stream pipeline on ", prop.name, "\n\nCopy bandwidth (cudaMemcpy, read + write): ", int(copy_gbps),
+      " GB/s. Source: `cpp/bench/copy_pipeline.cu` (what each part measures).\n\n",
+      "## Bulk copies streamed by one thread a block\n\n",
+      "| bytes a copy | blocks a SM | copies in flight a block | KiB in flight a SM | GB/s | % of copy |\n",
+      "|---|---|---|---|---|---|\n");
   for (int blocks_per_sm : {1, 2})
     for (int copy_bytes : {1024, 2048, 3072, 4096, 6144, 8192, 16384})
       for (int kib_per_sm : {32, 64, 96}) {
@@ -207,23 +233,22 @@ int run(const std::string& out_dir) {
         const int blocks = sms * blocks_per_sm;
         StreamParams p{src, stream_bytes / blocks / copy_bytes * copy_bytes, copy_bytes, stages};
         const int smem = stages * copy_bytes + 8 * stages;
-        const float us = median_us([&] { stream_kernel<<<blocks, 32, smem>>>(p); }, flush, flush_bytes, start, stop);
+        const float us = median_us([&] { stream_kernel<<<blocks, 32, smem>>>(p); }, flush_buffer);
         const double gbps = double(p.block_bytes) * blocks / us / 1e3;
         records.push_back({{"experiment", "stream"}, {"copy_bytes", copy_bytes}, {"blocks_per_sm", blocks_per_sm},
                            {"stages", stages}, {"kib_in_flight_per_sm", stages * copy_bytes * blocks_per_sm / 1024},
                            {"us", us}, {"gbps", gbps}});
         md += detail::concat("| ", copy_bytes, " | ", blocks_per_sm, " | ", stages, " | ",
-                             stages * copy_bytes * blocks_per_sm / 1024, " | ", int(gbps), " | ", int(100 * gbps / copy_gbps),
-                             "% |\n");
+                             stages * copy_bytes * blocks_per_sm / 1024, " | ", int(gbps), " | ",
+                             int(100 * gbps / copy_gbps), "% |\n");
       }
 
   const int blocks = 2 * sms;
-  const float empty_us = median_us([&] { stream_kernel<<<blocks, 32, 0>>>(StreamParams{src, 0, 1024, 0}); }, flush,
-                                   flush_bytes, start, stop);
+  const float empty_us = median_us([&] { empty_kernel<<<blocks, 32>>>(); }, flush_buffer);
   records.push_back({{"experiment", "empty"}, {"blocks", blocks}, {"us", empty_us}});
 
   RingParams r{};
-  r.x_map = stream_k::x_tile_map(x, 16, kXColumns, DType::kFloat16, 16);
+  r.x_map = stream_k::x_tile_map(x_buffer.data(), 16, kXColumns, DType::kFloat16, 16);
   r.w = src;
   md += detail::concat("\n## A ring of stages: per tile a weight copy and an X tile by TMA, ", kRingTiles,
                        " tiles a block, 2 blocks a SM\n\n",
@@ -234,17 +259,16 @@ int run(const std::string& out_dir) {
                        "GB/s (weights) | % of copy |\n|---|---|---|---|---|---|---|---|\n");
   for (int tile_bytes : {9232, 6576, 4320, 3296, 2688})
     for (int stages : {4, 8, 16})
-      for (int mode = 0; mode < 3; ++mode) {
+      for (const RingRoles& roles : kRingRoles) {
         r.tile_bytes = tile_bytes;
         r.stages = stages;
-        r.producers = mode == 0 ? 1 : 2;
-        r.consumers = mode == 0 ? 0 : 8;
-        const int stage_bytes = (tile_bytes + 1023) / 1024 * 1024 + kXBytes;
+        r.producers = roles.producers;
+        r.consumers = roles.consumers;
+        const int stage_bytes = ring_stage_bytes(tile_bytes);
         const int smem = stages * stage_bytes + 16 * stages;
-        if (smem > 113 * 1024 || (mode == 2 && stages != 8)) continue;
-        if (mode == 2) r.producers = 1;  // one producer, for comparison at 8 stages
-        const float us = median_us([&] { ring_kernel<<<blocks, 32 * (r.consumers + r.producers), smem>>>(r); }, flush,
-                                   flush_bytes, start, stop);
+        if (smem > 113 * 1024 || (roles.only_8_stages && stages != 8)) continue;
+        const int threads = 32 * (r.consumers + r.producers);
+        const float us = median_us([&] { ring_kernel<<<blocks, threads, smem>>>(r); }, flush_buffer);
         const double bytes = double(blocks) * kRingTiles * tile_bytes, gbps = bytes / us / 1e3;
         records.push_back({{"experiment", "ring"}, {"tile_bytes", tile_bytes}, {"stages", stages},
                            {"producers", r.producers}, {"consumers", r.consumers},
@@ -264,8 +288,6 @@ int run(const std::string& out_dir) {
     if (!file.flush()) throw Error("copy_pipeline: cannot write " + path);
   }
   std::printf("%s", md.c_str());
-  for (void* p : {static_cast<void*>(src), static_cast<void*>(x), static_cast<void*>(flush)})
-    SPARSELLM_CHECK_CUDA(cudaFree(p));
   return 0;
 }
 
