@@ -29,7 +29,7 @@
 //   then per A register r (slots 2r, 2r + 1): the values before it,
 //   q_r = popc(byte & (4^r − 1)), and two predicated 16-bit shared loads at
 //   q_r and q_{r+1} − 1 — no branch, no scatter, no dense tile.
-// MMA: mma.m16n8k16 per block and 8 columns; for BN ≥ 64 on sm_90a, once
+// MMA: mma.m16n8k16 per block and 8 columns; for BN ≥ 32 on sm_90a, once
 //   the row block's four fragments are decoded, wgmma.m64nBNk16 per block
 //   with the fragments as A registers (each warpgroup: 64 rows; wgmma.cuh).
 //

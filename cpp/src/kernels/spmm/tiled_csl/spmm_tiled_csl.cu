@@ -19,12 +19,14 @@
 //                       rows [16 w, 16 w + 16) of the dense tile
 //                       (bank-conflict free by the encoder's word order);
 //                       __syncwarp; ldmatrix + mma over the 4 k16 steps;
-//                       __syncwarp; zeroes its 2 KiB of the dense tile.
+//                       __syncwarp; zeroes what it wrote (the words it
+//                       still holds, at BN ≤ 32 and ≤ 2 vectors a lane) or
+//                       else its 2 KiB of the dense tile.
 // No block-wide barrier per tile: a warp only waits for bytes and for itself.
 //
 // Cost per tile and consumer lane: ⌈words / 128⌉ vector loads and
 // words / 32 × (shift + store) for the expansion, 4 ldmatrix + BN / 8 × 4 mma,
-// 4 zeroing stores, and the waits and bookkeeping — per nonzero, not per
+// words / 32 (held) or 4 (16-byte) zeroing stores, and the waits and bookkeeping — per nonzero, not per
 // element, so the time falls with the density until the bytes bound it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -49,6 +51,12 @@ static_assert(kGroups == kConsumerWarps, "one row-block group per consumer warp"
 constexpr uint32_t kRingWords = 16384;  // 64 KiB
 static_assert((kRingWords & (kRingWords - 1)) == 0 && kRingWords >= kMaxTileWords, "a whole tile must fit");
 constexpr int kDenseBytes = kTileBytes + 128;  // + the padding words' scratch row
+
+// Vectors of words a consumer lane holds through the MMA to undo its scatter
+// (2: groups of ≤ 256 words, every group from ≈ 75% sparsity). Wider blocks
+// have no registers to spare at two blocks a SM (BN = 64 sits at 96).
+template <int BN>
+constexpr int kHeldVectors = BN <= 32 ? 2 : 0;
 
 template <int BN>
 struct Config {
@@ -108,14 +116,29 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
     ptx::st_shared_u16(dense + (v.w >> 16), v.w);
   };
   __syncwarp();  // the previous tile's zeroing, by every lane, is done
+  // A group of at most kHeldVectors vectors a lane keeps its words in registers
+  // through the MMA and then zeroes only the positions it wrote (4 stores a
+  // vector instead of 16 wavefronts clearing 2 KiB); any other clears its rows.
+  constexpr int kHeld = kHeldVectors<BN>;
+  const bool held = end - begin <= 128u * kHeld;  // warp-uniform
+  uint4 v[kHeld > 0 ? kHeld : 1];
   uint32_t i = begin + 4 * lane;
-  for (; i + 128 < end; i += 256) {  // two vectors in flight per lane
-    const uint4 v0 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i));
-    const uint4 v1 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i + 128));
-    scatter(v0);
-    scatter(v1);
+  if (held) {
+#pragma unroll
+    for (int h = 0; h < kHeld; ++h)
+      if (i + 128 * h < end) v[h] = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i + 128 * h));
+#pragma unroll
+    for (int h = 0; h < kHeld; ++h)
+      if (i + 128 * h < end) scatter(v[h]);
+  } else {
+    for (; i + 128 < end; i += 256) {  // two vectors in flight per lane
+      const uint4 v0 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i));
+      const uint4 v1 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i + 128));
+      scatter(v0);
+      scatter(v1);
+    }
+    if (i < end) scatter(ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i)));
   }
-  if (i < end) scatter(ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i)));
   __syncwarp();
 
   // Rows [16 w, 16 w + 16) of the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
@@ -130,10 +153,18 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
 #if SPARSELLM_HAS_WGMMA
   if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
 #endif
-  __syncwarp();
-  const uint32_t mine = dense + 2048 * warp + 16 * lane;
+  __syncwarp();  // every lane's ldmatrix has read the rows
+  if (held) {
+    i = begin + 4 * lane;
 #pragma unroll
-  for (int z = 0; z < 4; ++z) ptx::st_shared_zero_v4(mine + 512 * z);
+    for (int h = 0; h < kHeld; ++h)
+      if (i + 128 * h < end) scatter(make_uint4(v[h].x & 0xFFFF0000u, v[h].y & 0xFFFF0000u, v[h].z & 0xFFFF0000u,
+                                                v[h].w & 0xFFFF0000u));  // value 0, same position
+  } else {
+    const uint32_t mine = dense + 2048 * warp + 16 * lane;
+#pragma unroll
+    for (int z = 0; z < 4; ++z) ptx::st_shared_zero_v4(mine + 512 * z);
+  }
 }
 
 template <typename T, int BN>
