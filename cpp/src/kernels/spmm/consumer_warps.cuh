@@ -163,7 +163,8 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int
 
 // Widths multiplied by wgmma on sm_90a (mma.sync otherwise): from 32 columns,
 // where the warpgroup's one read of the X tile beats eight warps' ldmatrix;
-// at 16 the mma.sync path is faster (kernel-notes: "wgmma from 32 columns").
+// at 16 the mma.sync path is faster (kernel-notes: "The Tiled-CSL consumers'
+// chain").
 // SPARSELLM_WGMMA_MIN_COLUMNS moves the threshold (any of 8 … 128) for
 // measurements of the two paths against each other.
 #ifndef SPARSELLM_WGMMA_MIN_COLUMNS

@@ -26,8 +26,9 @@
 //
 // Cost per tile and consumer lane: ⌈words / 128⌉ vector loads and
 // words / 32 × (shift + store) for the expansion, 4 ldmatrix + BN / 8 × 4 mma,
-// words / 32 (held) or 4 (16-byte) zeroing stores, and the waits and bookkeeping — per nonzero, not per
-// element, so the time falls with the density until the bytes bound it.
+// words / 32 (held) or 4 (16-byte) zeroing stores, and the waits and
+// bookkeeping — per nonzero, not per element, so the time falls with the
+// density until the bytes bound it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
