@@ -123,15 +123,17 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
   constexpr int kHeld = kHeldVectors<BN>;
   const bool held = end - begin <= 128u * kHeld;  // warp-uniform
   uint4 v[kHeld > 0 ? kHeld : 1];
-  uint32_t i = begin + 4 * lane;
+  const uint32_t first = begin + 4 * lane;  // the lane's first word of the group
+  auto in_group = [&](int h) { return first + 128 * h < end; };  // held vector h has words
   if (held) {
 #pragma unroll
     for (int h = 0; h < kHeld; ++h)
-      if (i + 128 * h < end) v[h] = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i + 128 * h));
+      if (in_group(h)) v[h] = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + first + 128 * h));
 #pragma unroll
     for (int h = 0; h < kHeld; ++h)
-      if (i + 128 * h < end) scatter(v[h]);
+      if (in_group(h)) scatter(v[h]);
   } else {
+    uint32_t i = first;
     for (; i + 128 < end; i += 256) {  // two vectors in flight per lane
       const uint4 v0 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i));
       const uint4 v1 = ptx::ld_shared_v4(ring_word(ring, tb + kHeaderWords + i + 128));
@@ -156,10 +158,9 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
 #endif
   __syncwarp();  // every lane's ldmatrix has read the rows
   if (held) {
-    i = begin + 4 * lane;
 #pragma unroll
     for (int h = 0; h < kHeld; ++h)
-      if (i + 128 * h < end) scatter(make_uint4(v[h].x & 0xFFFF0000u, v[h].y & 0xFFFF0000u, v[h].z & 0xFFFF0000u,
+      if (in_group(h)) scatter(make_uint4(v[h].x & 0xFFFF0000u, v[h].y & 0xFFFF0000u, v[h].z & 0xFFFF0000u,
                                                 v[h].w & 0xFFFF0000u));  // value 0, same position
   } else {
     const uint32_t mine = dense + 2048 * warp + 16 * lane;
