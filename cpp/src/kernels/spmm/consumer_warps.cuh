@@ -139,22 +139,36 @@ __device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, in
   }
 }
 
-// acc += A (this lane's registers of one 16 × 16 fragment, k16 step ks of the
-// tile) · the X stage's columns [16 ks, 16 ks + 16)ᵀ.
-template <typename T, int BN>
-__device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xs, int ks, Accumulators<BN>& acc) {
+// ldmatrix rows of 128 bytes whose 16-byte chunk j sits at j ^ (row & 7)
+// (X stages, Tiled-CSL's dense tile): a lane reads chunk 2 ks + h (h = 0, 1)
+// of its row at k16 step ks, at chunk (2 ks + h) ^ (row & 7) = (h ^ (row &
+// 7)) ^ 2 ks. From a 128-byte aligned row the address of step ks is therefore
+// step 0's with bits 5–6 flipped by ks: one XOR a step.
+__device__ __forceinline__ uint32_t swizzled_k16_step(uint32_t step0, int ks) { return step0 ^ (ks << 5); }
+
+// The lane's ldmatrix address of the B fragments of k16 step 0 in the X stage
+// at xs (1024-byte aligned): its row (n) and its swizzled chunk.
+template <int BN>
+__device__ __forceinline__ uint32_t x_fragment_step0(uint32_t xs) {
   const int lane = threadIdx.x & 31;
   const uint32_t b_row = ((lane & 7) + (BN == 8 ? 0 : (lane >> 4) * 8)) * 128;
-  const uint32_t b_chunk = ((2 * ks + ((lane >> 3) & 1)) ^ (lane & 7)) << 4;
+  return xs + b_row + ((((lane >> 3) & 1) ^ (lane & 7)) << 4);
+}
+
+// acc += A (this lane's registers of one 16 × 16 fragment of k16 step ks) ·
+// the X stage's columns [16 ks, 16 ks + 16)ᵀ, whose fragments the lane reads
+// at xb = swizzled_k16_step(x_fragment_step0<BN>(stage), ks).
+template <typename T, int BN>
+__device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xb, Accumulators<BN>& acc) {
   if constexpr (BN == 8) {
     uint32_t b[2];
-    ptx::ldmatrix_x2(xs + b_row + b_chunk, b);
+    ptx::ldmatrix_x2(xb, b);
     ptx::mma_m16n8k16<T>(acc[0], a, b[0], b[1]);
   } else {
 #pragma unroll
     for (int np = 0; np < BN / 16; ++np) {
       uint32_t b[4];
-      ptx::ldmatrix_x4(xs + b_row + np * 2048 + b_chunk, b);
+      ptx::ldmatrix_x4(xb + np * 2048, b);
       ptx::mma_m16n8k16<T>(acc[2 * np], a, b[0], b[1]);
       ptx::mma_m16n8k16<T>(acc[2 * np + 1], a, b[2], b[3]);
     }

@@ -115,7 +115,7 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
       const uint32_t hi = byte >> (2 * r + 1) & 1 ? uint32_t(pair[r + 1][-1]) : 0u;
       a[j][r] = __byte_perm(lo, hi, 0x5410);
     }
-    if constexpr (!use_wgmma) mma_k16<T, BN>(a[j], xs, j, acc);
+    if constexpr (!use_wgmma) mma_k16<T, BN>(a[j], swizzled_k16_step(x_fragment_step0<BN>(xs), j), acc);
   }
 #if SPARSELLM_HAS_WGMMA
   if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN

@@ -62,13 +62,14 @@ constexpr int kHeldVectors = BN <= 32 ? 2 : 0;
 template <int BN>
 struct Config {
   static constexpr int kStages = BN <= 16 ? 8 : (BN == 32 ? 6 : 3);  // X stages (tiles in flight)
-  static constexpr int kDenseOffset = kRingWords * 4;
+  static constexpr int kDenseOffset = kRingWords * 4;  // 1024-byte aligned, as X stages (swizzled_k16_step)
   static constexpr int kXOffset = (kDenseOffset + kDenseBytes + 1023) / 1024 * 1024;  // check_x_alignment
   static constexpr int kBarOffset = kXOffset + kStages * kXStageBytes<BN>;  // stage barriers
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;         // tile word end per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
   static constexpr int kBlocksPerSm = BN >= 128 ? 1 : 2;
   static_assert(kSmemBytes <= (kBlocksPerSm == 2 ? 113 : 227) * 1024, "shared memory over budget");
+  static_assert(kDenseOffset % 1024 == 0, "the dense tile's rows are stepped by XOR from 128-byte aligned starts");
 };
 
 __device__ __forceinline__ uint32_t lds_u16(uint32_t addr) {
@@ -101,10 +102,24 @@ __device__ __forceinline__ void copy_tile(const KernelArgs<T>& a, uint32_t ring,
 #endif
 }
 
+// A consumer lane's ldmatrix addresses of k16 step 0 (swizzled_k16_step
+// steps them): in its warp's rows [16 w, 16 w + 16) of the dense tile,
+// swizzled as X stages are, and relative to an X stage. Set once and kept in
+// registers; ptxas would otherwise recompute them for every tile.
+struct LaneAddresses {
+  uint32_t a_step0, x_offset;
+};
+template <int BN>
+__device__ __forceinline__ LaneAddresses lane_addresses(uint32_t dense) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+  return {ptx::opaque(a_row + (((lane >> 4) ^ (lane & 7)) << 4)), ptx::opaque(x_fragment_step0<BN>(0))};
+}
+
 // Consumer warp w, one non-empty tile whose words start at word tb of the block's stream.
 template <typename T, int BN>
 __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint32_t xs, uint32_t tb,
-                                             Accumulators<BN>& acc) {
+                                             const LaneAddresses& la, Accumulators<BN>& acc) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // Header: group_end[8] (uint16, in words after the header). Group w: [begin, end).
   const uint32_t header = ring_word(ring, tb);
@@ -144,14 +159,13 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
   }
   __syncwarp();
 
-  // Rows [16 w, 16 w + 16) of the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
-  const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+  const uint32_t a_step0 = la.a_step0, x_step0 = xs + la.x_offset;
   constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
   uint32_t a[kTileK / 16][4];
 #pragma unroll
   for (int ks = 0; ks < kTileK / 16; ++ks) {
-    ptx::ldmatrix_x4(a_row + (((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4), a[ks]);
-    if constexpr (!use_wgmma) mma_k16<T, BN>(a[ks], xs, ks, acc);
+    ptx::ldmatrix_x4(swizzled_k16_step(a_step0, ks), a[ks]);
+    if constexpr (!use_wgmma) mma_k16<T, BN>(a[ks], swizzled_k16_step(x_step0, ks), acc);
   }
 #if SPARSELLM_HAS_WGMMA
   if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
@@ -198,6 +212,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
   TileEnds ends;            // producers
   int freed = 0;            // producers: tiles before it are known consumed
   uint32_t tile_begin = 0;  // consumers: the current tile's first word
+  const LaneAddresses la = lane_addresses<BN>(dense);  // consumers
   run_block<T, BN, C::kStages, kProducerWarps>(
       a, blk, bars, last_flag, [&](int s) { return x0 + s * kXStageBytes<BN>; },
       [&](int u, int s) {
@@ -219,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
       [&](int, int s, Accumulators<BN>& acc) {
         const uint32_t tile_end = tile_ends[s];
         if (tile_end > tile_begin)
-          consume_tile<T, BN>(ring, dense, x0 + s * kXStageBytes<BN>, tile_begin, acc);
+          consume_tile<T, BN>(ring, dense, x0 + s * kXStageBytes<BN>, tile_begin, la, acc);
         tile_begin = tile_end;
       });
 }
