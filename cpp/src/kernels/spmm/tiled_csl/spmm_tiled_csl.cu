@@ -102,15 +102,23 @@ __device__ __forceinline__ void copy_tile(const KernelArgs<T>& a, uint32_t ring,
 #endif
 }
 
+// Widths whose consumers multiply by mma.sync (the others by wgmma, from
+// registers: kWgmmaColumns).
+template <int BN>
+constexpr bool kMmaSync = !(SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>);
+
 // A consumer lane's ldmatrix addresses of k16 step 0 (swizzled_k16_step
 // steps them): in its warp's rows [16 w, 16 w + 16) of the dense tile,
-// swizzled as X stages are, and relative to an X stage. Set once and kept in
-// registers; ptxas would otherwise recompute them for every tile.
+// swizzled as X stages are, and relative to an X stage. At mma.sync widths
+// they are set once and kept in registers (ptxas would otherwise recompute
+// them for every tile: 1–2% at 90%); at wgmma widths keeping them made 128
+// columns 1–2.5% slower at 50–70%, so there the tile computes its rows itself.
 struct LaneAddresses {
   uint32_t a_step0, x_offset;
 };
 template <int BN>
 __device__ __forceinline__ LaneAddresses lane_addresses(uint32_t dense) {
+  if constexpr (!kMmaSync<BN>) return {};
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
   return {ptx::opaque(a_row + (((lane >> 4) ^ (lane & 7)) << 4)), ptx::opaque(x_fragment_step0<BN>(0))};
@@ -159,17 +167,24 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
   }
   __syncwarp();
 
-  const uint32_t a_step0 = la.a_step0, x_step0 = xs + la.x_offset;
-  constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
   uint32_t a[kTileK / 16][4];
+  if constexpr (kMmaSync<BN>) {
+    const uint32_t x_step0 = xs + la.x_offset;
 #pragma unroll
-  for (int ks = 0; ks < kTileK / 16; ++ks) {
-    ptx::ldmatrix_x4(swizzled_k16_step(a_step0, ks), a[ks]);
-    if constexpr (!use_wgmma) mma_k16<T, BN>(a[ks], swizzled_k16_step(x_step0, ks), acc);
-  }
+    for (int ks = 0; ks < kTileK / 16; ++ks) {
+      ptx::ldmatrix_x4(swizzled_k16_step(la.a_step0, ks), a[ks]);
+      mma_k16<T, BN>(a[ks], swizzled_k16_step(x_step0, ks), acc);
+    }
+  } else {
+    // Rows [16 w, 16 w + 16) of the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
+    const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+#pragma unroll
+    for (int ks = 0; ks < kTileK / 16; ++ks)
+      ptx::ldmatrix_x4(a_row + (((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4), a[ks]);
 #if SPARSELLM_HAS_WGMMA
-  if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
+    wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
 #endif
+  }
   __syncwarp();  // every lane's ldmatrix has read the rows
   if (held) {
 #pragma unroll
