@@ -186,6 +186,10 @@ __device__ __forceinline__ void mma_k16(const uint32_t (&a)[4], uint32_t xb, Acc
 #endif
 template <int BN>
 constexpr bool kWgmmaColumns = BN >= SPARSELLM_WGMMA_MIN_COLUMNS;
+// Whether this compilation multiplies BN columns by wgmma (sm_90a and a wgmma
+// width); mma.sync otherwise.
+template <int BN>
+constexpr bool kUseWgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
 
 // Every X stage is 1024-byte aligned: the 128-byte swizzle that TMA writes
 // and wgmma reads is taken from address bits, so a stage off that alignment

@@ -97,7 +97,6 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
 
   const unsigned short* values = reinterpret_cast<const unsigned short*>(stage_ptr + kHeaderWords * 4);
   const uint32_t xs = stage + kStageTileBytes;
-  constexpr bool use_wgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
   uint32_t a[kBlocksK][4];
 #pragma unroll
   for (int j = 0; j < kBlocksK; ++j) {
@@ -115,10 +114,10 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
       const uint32_t hi = byte >> (2 * r + 1) & 1 ? uint32_t(pair[r + 1][-1]) : 0u;
       a[j][r] = __byte_perm(lo, hi, 0x5410);
     }
-    if constexpr (!use_wgmma) mma_k16<T, BN>(a[j], swizzled_k16_step(x_fragment_step0<BN>(xs), j), acc);
+    if constexpr (!kUseWgmma<BN>) mma_k16<T, BN>(a[j], swizzled_k16_step(x_fragment_step0<BN>(xs), j), acc);
   }
 #if SPARSELLM_HAS_WGMMA
-  if constexpr (use_wgmma) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
+  if constexpr (kUseWgmma<BN>) wgmma_tile<T, BN>(a, xs, acc);  // the warpgroup's 64 rows × BN
 #endif
 }
 

@@ -102,26 +102,27 @@ __device__ __forceinline__ void copy_tile(const KernelArgs<T>& a, uint32_t ring,
 #endif
 }
 
-// Widths whose consumers multiply by mma.sync (the others by wgmma, from
-// registers: kWgmmaColumns).
-template <int BN>
-constexpr bool kMmaSync = !(SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>);
+// The start of the lane's ldmatrix row in its warp's rows [16 w, 16 w + 16) of
+// the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
+__device__ __forceinline__ uint32_t dense_row(uint32_t dense) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  return dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+}
 
 // A consumer lane's ldmatrix addresses of k16 step 0 (swizzled_k16_step
-// steps them): in its warp's rows [16 w, 16 w + 16) of the dense tile,
-// swizzled as X stages are, and relative to an X stage. At mma.sync widths
-// they are set once and kept in registers (ptxas would otherwise recompute
-// them for every tile: 1–2% at 90%); at wgmma widths keeping them made 128
-// columns 1–2.5% slower at 50–70%, so there the tile computes its rows itself.
+// steps them): in the dense tile (dense_row) and relative to an X stage. At
+// mma.sync widths (not kUseWgmma) they are set once and kept in registers
+// (ptxas would otherwise recompute them for every tile: 1–2% at 90%); at
+// wgmma widths keeping them made 128 columns 1–2.5% slower at 50–70%, so
+// there the tile computes its rows itself.
 struct LaneAddresses {
   uint32_t a_step0, x_offset;
 };
 template <int BN>
 __device__ __forceinline__ LaneAddresses lane_addresses(uint32_t dense) {
-  if constexpr (!kMmaSync<BN>) return {};
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
-  return {ptx::opaque(a_row + (((lane >> 4) ^ (lane & 7)) << 4)), ptx::opaque(x_fragment_step0<BN>(0))};
+  if constexpr (kUseWgmma<BN>) return {};
+  const int lane = threadIdx.x & 31;
+  return {ptx::opaque(dense_row(dense) + (((lane >> 4) ^ (lane & 7)) << 4)), ptx::opaque(x_fragment_step0<BN>(0))};
 }
 
 // Consumer warp w, one non-empty tile whose words start at word tb of the block's stream.
@@ -168,7 +169,7 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
   __syncwarp();
 
   uint32_t a[kTileK / 16][4];
-  if constexpr (kMmaSync<BN>) {
+  if constexpr (!kUseWgmma<BN>) {
     const uint32_t x_step0 = xs + la.x_offset;
 #pragma unroll
     for (int ks = 0; ks < kTileK / 16; ++ks) {
@@ -176,8 +177,7 @@ __device__ __forceinline__ void consume_tile(uint32_t ring, uint32_t dense, uint
       mma_k16<T, BN>(a[ks], swizzled_k16_step(x_step0, ks), acc);
     }
   } else {
-    // Rows [16 w, 16 w + 16) of the dense tile: 128-byte rows, chunk j of row i at j ^ (i & 7).
-    const uint32_t a_row = dense + (16 * warp + (lane & 7) + ((lane >> 3) & 1) * 8) * 128;
+    const uint32_t a_row = dense_row(dense);
 #pragma unroll
     for (int ks = 0; ks < kTileK / 16; ++ks)
       ptx::ldmatrix_x4(a_row + (((2 * ks + (lane >> 4)) ^ (lane & 7)) << 4), a[ks]);
