@@ -489,7 +489,7 @@ void self_test(cublasHandle_t handle) {
         std::vector<uint16_t> w(m * k, 0);
         for (int64_t r = 0; r < m; ++r)
           for (int64_t g = 0; g < k / 4; ++g) {
-            const int want = kind == 0 ? int(u(rng) * 3) : kind == 1 ? 3 + int(u(rng) * 2) : -1;
+            const int want = kind == 0 ? int(u(rng) * 3) : kind == 1 ? (u(rng) < 0.3f ? 3 + int(u(rng) * 2) : int(u(rng) * 3)) : -1;
             int placed = 0;
             for (int e = 0; e < 4; ++e) {
               const bool on = want < 0 ? u(rng) < 0.3f : (4 - e) <= (want - placed) || (placed < want && u(rng) < 0.5f);
@@ -531,7 +531,7 @@ void self_test(cublasHandle_t handle) {
             }
           }
           std::printf("self-test kind %d (%s) m %ld k %ld n %d: residual %ld of %ld, max abs err slots %.2e dense %.2e\n",
-                      kind, kind == 0 ? "<=2 a group" : kind == 1 ? "3-4 a group" : "random 70%", long(m), long(k), n,
+                      kind, kind == 0 ? "<=2 a group" : kind == 1 ? "30% of groups 3-4" : "random 70%", long(m), long(k), n,
                       long(es.residual), long(es.nnz), err[0], err[1]);
         }
       }
