@@ -55,12 +55,21 @@ namespace {
 using stream_k::KernelArgs;
 using namespace consumer_warps;
 
-// Header words. kDense: every slot stored (no slot masks, no value starts):
-// lane l's four A registers of row block i, k32 block j at value words
-// 4 (32 (2 i + j) + l) .. + 3, one 16-byte load.
-template <bool kDense>
+// Three layouts of the slots (V):
+//   kSlots:      a slot mask, the occupied slots' values (the bitmap decode);
+//   kDenseSlots: every slot stored: lane l's four A registers of row block i,
+//                k32 block j at value words 4 (32 (2 i + j) + l) .. + 3, one
+//                16-byte load;
+//   kGroupMask:  a register (group) mask and the non-empty registers' 32-bit
+//                words packed. Lanes 8 w .. 8 w + 7 of row block i, block j:
+//                words kGroupMaskWord + 16 i + 4 w + 2 j (mask: bit 4 (l % 8) + r
+//                for lane l's register r) and + 1 (the value word of their
+//                first register): one 16-byte load serves both blocks.
+enum Variant { kSlots = 0, kDenseSlots = 1, kGroupMask = 2 };
+template <int V>
 struct Layout {
-  static constexpr int kSlotMaskWord = 0, kMetaWord = kDense ? 0 : 128, kValueStartWord = kMetaWord + 256,
+  static constexpr int kSlotMaskWord = 0, kMetaWord = V == kSlots ? 128 : 0, kGroupMaskWord = 256,
+                       kValueStartWord = kMetaWord + 256 + (V == kGroupMask ? 128 : 0),
                        kResStartWord = kValueStartWord + 4, kResBaseWord = kResStartWord + 4,
                        kResCountWord = kResBaseWord + 1, kHeaderWords = kResBaseWord + 4;
 };
@@ -73,7 +82,7 @@ struct Encoded {
   int64_t residual = 0, nnz = 0;
 };
 
-template <bool kDense>
+template <int V>
 void encode_tile(const uint16_t* w, int64_t m, int64_t k, int64_t r0, int64_t c0, std::vector<uint32_t>& out,
                  int64_t& residual, int64_t& nnz) {
   auto at = [&](int row, int col) -> uint16_t {
@@ -121,22 +130,36 @@ void encode_tile(const uint16_t* w, int64_t m, int64_t k, int64_t r0, int64_t c0
     }
   if (tile_nnz == 0) return;
   nnz += tile_nnz;
-  using L = Layout<kDense>;
+  using L = Layout<V>;
   constexpr int kSlotMaskWord = L::kSlotMaskWord, kMetaWord = L::kMetaWord, kValueStartWord = L::kValueStartWord,
                 kResStartWord = L::kResStartWord, kResBaseWord = L::kResBaseWord, kResCountWord = L::kResCountWord,
                 kHeaderWords = L::kHeaderWords;
+  constexpr bool kDense = V == kDenseSlots;
   std::vector<uint32_t> header(kHeaderWords, 0);
   std::vector<uint16_t> values;
   uint16_t* value_start = reinterpret_cast<uint16_t*>(&header[kValueStartWord]);
   uint16_t* res_start = reinterpret_cast<uint16_t*>(&header[kResStartWord]);
   uint32_t res_count = 0;
   for (int i = 0; i < 8; ++i) {
-    value_start[i] = uint16_t(values.size());
+    if (V != kGroupMask) value_start[i] = uint16_t(values.size());
     res_start[i] = uint16_t(res_count);
     res_count += uint32_t(res[i].size());
     for (int j = 0; j < 2; ++j) {
+      if (V == kGroupMask) {
+        for (int b = 0; b < 256; b += 2) {  // register r = (b % 8) / 2 of lane l = b / 8: slots b, b + 1
+          const int row = 16 * i + bitmap::bit_row(0, b), c = bitmap::bit_col(0, b);
+          const int g = 8 * j + c / 2;  // both slots of a register are one group's
+          const int l = b / 8, r = (b % 8) / 2;
+          if (b % 64 == 0) header[L::kGroupMaskWord + 16 * i + 4 * (l / 8) + 2 * j + 1] = uint32_t(values.size() / 2);
+          if (slot_used[row][g][0] || slot_used[row][g][1]) {
+            header[L::kGroupMaskWord + 16 * i + 4 * (l / 8) + 2 * j] |= 1u << (4 * (l % 8) + r);
+            values.push_back(slot_value[row][g][0]);
+            values.push_back(slot_value[row][g][1]);
+          }
+        }
+      }
       uint32_t mask[8] = {};
-      for (int b = 0; b < 256; ++b) {  // slot (row, column c of the 16 × 16 slot matrix)
+      for (int b = 0; b < 256 && V != kGroupMask; ++b) {  // slot (row, column c of the 16 × 16 slot matrix)
         const int row = 16 * i + bitmap::bit_row(0, b), c = bitmap::bit_col(0, b);
         const int g = 8 * j + c / 2, s = c % 2;
         if (kDense) {
@@ -146,7 +169,7 @@ void encode_tile(const uint16_t* w, int64_t m, int64_t k, int64_t r0, int64_t c0
           values.push_back(slot_value[row][g][s]);
         }
       }
-      if (!kDense)
+      if (V == kSlots)
         for (int q = 0; q < 8; ++q) header[kSlotMaskWord + 16 * i + 2 * q + j] = mask[q];
       for (int g = 0; g < 8; ++g)
         for (int p = 0; p < 2; ++p) {
@@ -172,7 +195,7 @@ void encode_tile(const uint16_t* w, int64_t m, int64_t k, int64_t r0, int64_t c0
                   " words does not fit a stage");
 }
 
-template <bool kDense>
+template <int V>
 Encoded encode(const std::vector<uint16_t>& w, int64_t m, int64_t k) {
   const int64_t tm = (m + 127) / 128, tk = (k + 63) / 64;
   const int threads = std::max(1u, std::thread::hardware_concurrency());
@@ -182,7 +205,7 @@ Encoded encode(const std::vector<uint16_t>& w, int64_t m, int64_t k) {
   for (int t = 0; t < threads; ++t)
     pool.emplace_back([&, t] {
       for (int64_t r = t; r < tm; r += threads)
-        for (int64_t c = 0; c < tk; ++c) encode_tile<kDense>(w.data(), m, k, 128 * r, 64 * c, rows[r][c], res[t], nnz[t]);
+        for (int64_t c = 0; c < tk; ++c) encode_tile<V>(w.data(), m, k, 128 * r, 64 * c, rows[r][c], res[t], nnz[t]);
     });
   for (auto& th : pool) th.join();
   Encoded e;
@@ -232,10 +255,10 @@ __device__ __forceinline__ uint32_t ld_shared_u16(uint32_t addr) {
 
 // acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ; `staging`: the
 // warp's 16 × 64 dense tile (128-byte rows, chunks swizzled by row & 7), zero.
-template <typename T, int BN, bool kDense>
+template <typename T, int BN, int V>
 __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t stage, int warp,
                                         Accumulators<BN>& acc, uint32_t staging) {
-  using L = Layout<kDense>;
+  using L = Layout<V>;
   constexpr int kSlotMaskWord = L::kSlotMaskWord, kMetaWord = L::kMetaWord, kValueStartWord = L::kValueStartWord,
                 kResStartWord = L::kResStartWord, kResBaseWord = L::kResBaseWord, kResCountWord = L::kResCountWord,
                 kHeaderWords = L::kHeaderWords;
@@ -245,11 +268,26 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
   const uint32_t xb0 = stage + kStageTileBytes + xrow * 128 + ((((lane >> 3) & 3) ^ xrow) << 4);
   uint32_t b[BN / 8][2][4];
   uint32_t a[2][4];
-  if constexpr (kDense) {
+  if constexpr (V == kDenseSlots) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const uint4 v = ptx::ld_shared_v4(stage + 4 * kHeaderWords + 16 * (32 * (2 * warp + j) + lane));
       a[j][0] = v.x, a[j][1] = v.y, a[j][2] = v.z, a[j][3] = v.w;
+    }
+  } else if constexpr (V == kGroupMask) {
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(stage_ptr + kHeaderWords * 4);
+    const int shift = 4 * (lane & 7);
+    const uint32_t below = (1u << shift) - 1;
+    const uint4 gm = ptx::ld_shared_v4(stage + 4 * (L::kGroupMaskWord + 16 * warp + 4 * (lane >> 3)));
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const uint32_t own = j == 0 ? gm.x : gm.z;
+      const uint32_t nib = (own >> shift) & 0xF;
+      const uint32_t* p = words + (j == 0 ? gm.y : gm.w) + __popc(own & below);
+      a[j][0] = nib & 1 ? p[0] : 0u;
+      a[j][1] = nib & 2 ? p[nib & 1] : 0u;
+      a[j][2] = nib & 4 ? p[__popc(nib & 3)] : 0u;
+      a[j][3] = nib & 8 ? p[__popc(nib & 7)] : 0u;
     }
   } else {
   const int shift = 8 * (lane & 3);
@@ -357,7 +395,7 @@ __device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0
 #endif
 }
 
-template <typename T, int BN, bool kDense>
+template <typename T, int BN, int V>
 __global__ void __launch_bounds__(Config<BN>::kThreads, 2) sparse_tc_kernel(const __grid_constant__ KernelArgs<T> a) {
 #if __CUDA_ARCH__ >= 900
   using C = Config<BN>;
@@ -386,7 +424,7 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, 2) sparse_tc_kernel(cons
                         stages + C::kMetaOffset + 4 * s);
       },
       [&](int, int s, Accumulators<BN>& acc) {
-        if (meta[s] > 0) consume<T, BN, kDense>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc, staging);
+        if (meta[s] > 0) consume<T, BN, V>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc, staging);
       });
 #endif
 }
@@ -465,13 +503,13 @@ Weight upload(const std::vector<uint32_t>& offsets, const std::vector<uint32_t>&
   return w;
 }
 
-template <bool kDense>
+template <int V>
 void run_sparse_tc(const SpmmParams& p) {
   const DeviceInfo& device = stream_k::check_params(p);
   stream_k::with_block_columns(p.n, [&](auto columns) {
     constexpr int BN = decltype(columns)::value;
     if constexpr (BN <= 32)
-      stream_k::launch<__half, BN, sparse_tc_kernel<__half, BN, kDense>>(p, device, Config<BN>::kThreads,
+      stream_k::launch<__half, BN, sparse_tc_kernel<__half, BN, V>>(p, device, Config<BN>::kThreads,
                                                                  Config<BN>::kSmemBytes, "sparse_tc_kernel", nullptr);
     else
       SPARSELLM_CHECK_ARG(false, "sparse_tc: N <= 32 only");
@@ -504,8 +542,9 @@ void self_test(cublasHandle_t handle) {
         DeviceBuffer x(xh.size() * 2, "x"), y(16 * m * 2, "y"), yr(16 * m * 2, "yr"), wd(m * k * 2, "w");
         x.upload(xh.data(), xh.size() * 2, nullptr);
         wd.upload(w.data(), w.size() * 2, nullptr);
-        const Encoded es = encode<false>(w, m, k), ed = encode<true>(w, m, k);
-        const Weight ws = upload(es.offsets, es.data, m, k), wdn = upload(ed.offsets, ed.data, m, k);
+        const Encoded es = encode<kSlots>(w, m, k), ed = encode<kDenseSlots>(w, m, k), eg = encode<kGroupMask>(w, m, k);
+        const Weight ws = upload(es.offsets, es.data, m, k), wdn = upload(ed.offsets, ed.data, m, k),
+                     wg = upload(eg.offsets, eg.data, m, k);
         for (int n : {8, 16}) {
           const float one = 1.f, zero = 0.f;
           SPARSELLM_CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(m), n, int(k), &one, wd.data(),
@@ -513,11 +552,12 @@ void self_test(cublasHandle_t handle) {
                                               CUDA_R_16F, int(m), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
           std::vector<uint16_t> got(n * m), ref(n * m);
           SPARSELLM_CHECK_CUDA(cudaMemcpy(ref.data(), yr.data(), ref.size() * 2, cudaMemcpyDeviceToHost));
-          double err[2];
-          for (int d = 0; d < 2; ++d) {
+          double err[3];
+          for (int d = 0; d < 3; ++d) {
             SPARSELLM_CHECK_CUDA(cudaMemset(y.data(), 0xFF, n * m * 2));
-            if (d) run_sparse_tc<true>(wdn.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap));
-            else run_sparse_tc<false>(ws.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap));
+            if (d == 0) run_sparse_tc<kSlots>(ws.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap));
+            if (d == 1) run_sparse_tc<kDenseSlots>(wdn.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap));
+            if (d == 2) run_sparse_tc<kGroupMask>(wg.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap));
             SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
             SPARSELLM_CHECK_CUDA(cudaMemcpy(got.data(), y.data(), got.size() * 2, cudaMemcpyDeviceToHost));
             err[d] = 0;
@@ -527,12 +567,12 @@ void self_test(cublasHandle_t handle) {
               const double e = std::isnan(g) ? 1e9 : std::fabs(double(g) - r);
               err[d] = std::max(err[d], e);
               if (e > 0.05 && shown++ < 3)
-                std::printf("    %s n=%zu m=%zu got %g want %g\n", d ? "dense" : "slots", i / m, i % m, g, r);
+                std::printf("    variant %d n=%zu m=%zu got %g want %g\n", d, i / m, i % m, g, r);
             }
           }
-          std::printf("self-test kind %d (%s) m %ld k %ld n %d: residual %ld of %ld, max abs err slots %.2e dense %.2e\n",
+          std::printf("self-test kind %d (%s) m %ld k %ld n %d: residual %ld of %ld, max abs err slots %.2e dense %.2e group %.2e\n",
                       kind, kind == 0 ? "<=2 a group" : kind == 1 ? "30% of groups 3-4" : "random 70%", long(m), long(k), n,
-                      long(es.residual), long(es.nnz), err[0], err[1]);
+                      long(es.residual), long(es.nnz), err[0], err[1], err[2]);
         }
       }
 }
@@ -555,8 +595,8 @@ int main_(int argc, char** argv) {
   if (argc > 2 && std::string(argv[2]) == "--self-test") return 0;
   Timer timer;
   std::ofstream json(out + "/sparse-tc.jsonl");
-  std::printf("shape spars N | us: cublas bitmap slots dense_slots | speedup: bitmap slots dense_slots | residual%% | MB: "
-              "bitmap slots dense_slots | max err: bitmap slots dense_slots\n");
+  std::printf("shape spars N | us: cublas bitmap slots dense_slots group_mask | speedup: the same | residual%% | MB: "
+              "bitmap slots dense_slots group_mask | max err: the same\n");
   std::mt19937_64 rng(12345);
   for (const Shape& sh : shapes) {
     const int64_t m = sh.m, k = sh.k;
@@ -583,9 +623,10 @@ int main_(int argc, char** argv) {
         for (auto& th : pool) th.join();
       }
       wd.upload(w.data(), w.size() * 2, nullptr);
-      const Encoded es = encode<false>(w, m, k), ed = encode<true>(w, m, k);
+      const Encoded es = encode<kSlots>(w, m, k), ed = encode<kDenseSlots>(w, m, k), eg = encode<kGroupMask>(w, m, k);
       const BitmapHost bm = encode_bitmap(w.data(), m, k, DType::kFloat16);
-      const Weight ws = upload(es.offsets, es.data, m, k), wdn = upload(ed.offsets, ed.data, m, k);
+      const Weight ws = upload(es.offsets, es.data, m, k), wdn = upload(ed.offsets, ed.data, m, k),
+                   wg = upload(eg.offsets, eg.data, m, k);
       const Weight bmw = upload(bm.tile_offsets, bm.data, m, k);
       for (int n : ns) {
         const float one = 1.f, zero = 0.f;
@@ -611,26 +652,32 @@ int main_(int argc, char** argv) {
         };
         const SpmmParams ps = ws.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap);
         const SpmmParams pd = wdn.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap);
+        const SpmmParams pg = wg.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap);
         const SpmmParams pb = bmw.params(x.data(), y.data(), n, m, k, SparseFormat::kBitmap);
-        const double err_s = max_err([&] { run_sparse_tc<false>(ps); });
-        const double err_d = max_err([&] { run_sparse_tc<true>(pd); });
+        const double err_s = max_err([&] { run_sparse_tc<kSlots>(ps); });
+        const double err_d = max_err([&] { run_sparse_tc<kDenseSlots>(pd); });
+        const double err_g = max_err([&] { run_sparse_tc<kGroupMask>(pg); });
         const double err_b = max_err([&] { spmm_bitmap(pb, nullptr); });
         const double t_cublas = timer.median_us([&] { cublas(y.data()); });
         const double t_bitmap = timer.median_us([&] { spmm_bitmap(pb, nullptr); });
-        const double t_s = timer.median_us([&] { run_sparse_tc<false>(ps); });
-        const double t_d = timer.median_us([&] { run_sparse_tc<true>(pd); });
+        const double t_s = timer.median_us([&] { run_sparse_tc<kSlots>(ps); });
+        const double t_d = timer.median_us([&] { run_sparse_tc<kDenseSlots>(pd); });
+        const double t_g = timer.median_us([&] { run_sparse_tc<kGroupMask>(pg); });
         const double res_pct = 100.0 * es.residual / std::max<int64_t>(1, es.nnz);
-        std::printf("%-18s %5.2f %4d %8.1f %8.1f %8.1f %8.1f | %6.2f %6.2f %6.2f | %5.2f | %6.1f %6.1f %6.1f | %.1e %.1e %.1e\n",
-                    sh.name, s, n, t_cublas, t_bitmap, t_s, t_d, t_cublas / t_bitmap, t_cublas / t_s,
-                    t_cublas / t_d, res_pct, bm.data.size() * 4e-6, es.data.size() * 4e-6, ed.data.size() * 4e-6,
-                    err_b, err_s, err_d);
+        std::printf(
+            "%-18s %5.2f %4d %7.1f %7.1f %7.1f %7.1f %7.1f | %5.2f %5.2f %5.2f %5.2f | %5.2f | %6.1f %6.1f %6.1f %6.1f | "
+            "%.1e %.1e %.1e %.1e\n",
+            sh.name, s, n, t_cublas, t_bitmap, t_s, t_d, t_g, t_cublas / t_bitmap, t_cublas / t_s, t_cublas / t_d,
+            t_cublas / t_g, res_pct, bm.data.size() * 4e-6, es.data.size() * 4e-6, ed.data.size() * 4e-6,
+            eg.data.size() * 4e-6, err_b, err_s, err_d, err_g);
         std::fflush(stdout);
         json << "{\"shape\":\"" << sh.name << "\",\"M\":" << m << ",\"K\":" << k << ",\"sparsity\":" << s
              << ",\"N\":" << n << ",\"cublas_us\":" << t_cublas << ",\"bitmap_us\":" << t_bitmap
-             << ",\"slots_us\":" << t_s << ",\"dense_slots_us\":" << t_d << ",\"bitmap_words\":" << bm.data.size()
+             << ",\"slots_us\":" << t_s << ",\"dense_slots_us\":" << t_d << ",\"group_mask_us\":" << t_g
+             << ",\"group_mask_words\":" << eg.data.size() << ",\"bitmap_words\":" << bm.data.size()
              << ",\"slots_words\":" << es.data.size() << ",\"dense_slots_words\":" << ed.data.size()
              << ",\"residual_pct\":" << res_pct << ",\"err_bitmap\":" << err_b << ",\"err_slots\":" << err_s
-             << ",\"err_dense_slots\":" << err_d << "}\n";
+             << ",\"err_dense_slots\":" << err_d << ",\"err_group_mask\":" << err_g << "}\n";
       }
     }
   }
