@@ -1,5 +1,5 @@
 // What every binding file of sparsellm._C converts at the Python boundary:
-// integer addresses and streams to pointers, dtype names to DType, and host
+// integer addresses and streams to pointers, dtype and format names to enums, and host
 // vectors to numpy arrays that own them (no copy).
 #pragma once
 
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sparsellm/error.h"
+#include "sparsellm/spmm.h"
 #include "sparsellm/types.h"
 
 namespace sparsellm::bindings {
@@ -28,6 +29,12 @@ inline DType to_dtype(const std::string& name) {
   if (name == "float16") return DType::kFloat16;
   if (name == "bfloat16") return DType::kBFloat16;
   throw InvalidArgument("unsupported dtype '" + name + "': sparsellm computes in float16 or bfloat16");
+}
+
+inline SparseFormat to_format(const std::string& name) {
+  SparseFormat f;
+  if (sparse_format_named(name, &f)) return f;
+  throw InvalidArgument("unknown sparse format '" + name + "' (available: 'tiled_csl', 'bitmap', 'split24')");
 }
 
 template <typename T>

@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include "conversions.h"
+#include "format_bindings.h"
 #include "sparsellm/device.h"
 #include "sparsellm/error.h"
 #include "sparsellm/gemm.h"
@@ -19,6 +20,7 @@ using namespace sparsellm;
 
 void register_checkpoint(py::module_& m);  // checkpoint_bindings.cpp
 void register_bitmap(py::module_& m);      // bitmap_bindings.cpp
+void register_split24(py::module_& m);     // split24_bindings.cpp
 void register_llm(py::module_& m);         // llm_bindings.cpp
 void register_comm(py::module_& m);        // comm_bindings.cpp
 
@@ -81,6 +83,7 @@ PYBIND11_MODULE(_C, m) {
   register_errors(m);
   register_checkpoint(m);
   register_bitmap(m);
+  register_split24(m);
   register_llm(m);
   register_comm(m);
 
@@ -125,40 +128,8 @@ PYBIND11_MODULE(_C, m) {
   m.attr("TILED_CSL_VERSION") = tiled_csl::kVersion;
   m.attr("TILED_CSL_TILE_M") = tiled_csl::kTileM;
   m.attr("TILED_CSL_TILE_K") = tiled_csl::kTileK;
-  m.def(
-      "encode_tiled_csl",
-      [](py::array_t<uint16_t, py::array::c_style> dense, const std::string& dtype, int threads) {
-        if (dense.ndim() != 2) throw InvalidArgument("encode_tiled_csl: expected a 2-D array of 16-bit floats");
-        const int64_t rows = dense.shape(0), cols = dense.shape(1);
-        const DType t = to_dtype(dtype);
-        TiledCslHost enc;
-        {
-          py::gil_scoped_release release;
-          enc = encode_tiled_csl(dense.data(), rows, cols, t, threads);
-        }
-        py::dict out;
-        out["m"] = enc.m;
-        out["k"] = enc.k;
-        out["nnz"] = enc.nnz;
-        out["dtype"] = dtype;
-        out["tile_offsets"] = to_numpy(std::move(enc.tile_offsets));
-        out["words"] = to_numpy(std::move(enc.words));
-        return out;
-      },
-      py::arg("dense"), py::arg("dtype"), py::arg("threads") = 0,
-      "Encode a dense [m, k] matrix given as uint16 bits of float16/bfloat16.");
-  m.def(
-      "validate_tiled_csl",
-      [](py::array_t<uint32_t, py::array::c_style> offsets, py::array_t<uint32_t, py::array::c_style> words,
-         int64_t mm, int64_t k) {
-        const int64_t tiles = ((mm + tiled_csl::kTileM - 1) / tiled_csl::kTileM) *
-                              ((k + tiled_csl::kTileK - 1) / tiled_csl::kTileK);
-        if (mm <= 0 || k <= 0 || offsets.ndim() != 1 || offsets.shape(0) != tiles + 1)
-          throw FormatError("Tiled-CSL: tile_offsets must hold tiles + 1 entries for the shape");
-        return validate_tiled_csl(offsets.data(), words.data(), words.size(), mm, k);
-      },
-      py::arg("tile_offsets"), py::arg("words"), py::arg("m"), py::arg("k"),
-      "Check an encoded matrix; returns the nonzeros it stores. Raises FormatError naming the first violation.");
+  bindings::def_tiled_format(m, "tiled_csl", "Tiled-CSL", &TiledCslHost::words, "words", &encode_tiled_csl,
+                             &validate_tiled_csl, bindings::kNoExtra);
 
   // SpMM.
   m.def("spmm_plan_blocks", &spmm_plan_blocks, "Thread blocks of a plan on the current GPU.");
@@ -180,27 +151,29 @@ PYBIND11_MODULE(_C, m) {
       "last_row_lead, last_row_parts).");
   m.def("spmm_workspace_bytes", &spmm_workspace_bytes, py::arg("m"), py::arg("n"), py::arg("blocks"));
   m.def(
-      "spmm_tiled_csl",
-      [](uintptr_t x, uintptr_t bias, uintptr_t y, int64_t n, uintptr_t words, uintptr_t tile_offsets, int64_t mm,
-         int64_t k, const std::string& dtype, uintptr_t plan, int plan_blocks, uintptr_t workspace,
-         size_t workspace_bytes, uintptr_t stream) {
+      "spmm",
+      [](const std::string& format, uintptr_t x, uintptr_t bias, uintptr_t y, int64_t n, uintptr_t data,
+         uintptr_t tile_offsets, int64_t mm, int64_t k, const std::string& dtype, uintptr_t plan, int plan_blocks,
+         uintptr_t workspace, size_t workspace_bytes, uintptr_t stream) {
         SpmmParams p;
         p.x = ptr<const void>(x);
         p.bias = ptr<const void>(bias);
         p.y = ptr<void>(y);
         p.n = n;
-        p.weight.words = ptr<const uint32_t>(words);
+        p.weight.words = ptr<const uint32_t>(data);
         p.weight.tile_offsets = ptr<const uint32_t>(tile_offsets);
         p.weight.m = mm;
         p.weight.k = k;
         p.weight.dtype = to_dtype(dtype);
+        p.weight.format = bindings::to_format(format);
         p.plan = ptr<const StreamKBlock>(plan);
         p.plan_blocks = plan_blocks;
         p.workspace = ptr<void>(workspace);
         p.workspace_bytes = workspace_bytes;
-        spmm_tiled_csl(p, stream_of(stream));
+        spmm(p, stream_of(stream));
       },
-      py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("n"), py::arg("words"), py::arg("tile_offsets"),
-      py::arg("m"), py::arg("k"), py::arg("dtype"), py::arg("plan"), py::arg("plan_blocks"), py::arg("workspace"),
-      py::arg("workspace_bytes"), py::arg("stream"));
+      py::arg("format"), py::arg("x"), py::arg("bias"), py::arg("y"), py::arg("n"), py::arg("data"),
+      py::arg("tile_offsets"), py::arg("m"), py::arg("k"), py::arg("dtype"), py::arg("plan"), py::arg("plan_blocks"),
+      py::arg("workspace"), py::arg("workspace_bytes"), py::arg("stream"),
+      "Y = X · Wᵀ (+ bias) for W in any sparse format ('tiled_csl', 'bitmap', 'split24'), on `stream`.");
 }

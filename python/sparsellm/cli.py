@@ -60,7 +60,7 @@ def convert(argv: list[str]) -> int:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one file each)")
     parser.add_argument("--dtype", choices=("fp16", "bf16"),
                         help="stored dtype (default: the model's if fp16/bf16, else fp16; fp16 for --random)")
-    parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "bitmap", "dense"),
+    parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "bitmap", "split24", "dense"),
                         help="storage of pruned weights (auto: the fastest predicted at --decode-batch on "
                              "--target-gpu, see docs/formats.md)")
     _add_format_model_arguments(parser)
@@ -101,7 +101,9 @@ def _wrote_line(out: str, config: dict) -> str:
     """What ``convert`` wrote, in one line."""
     pruning = config["pruning"]
     stored = [t["format"] for t in config["tensors"].values()]
-    sparse = ", ".join(f"{stored.count(f)} {f}" for f in ("tiled_csl", "bitmap"))
+    from sparsellm.convert.encoding import SPARSE_DATA_COMPONENT
+
+    sparse = ", ".join(f"{stored.count(f)} {f}" for f in SPARSE_DATA_COMPONENT)
     head = f"wrote {out}: {len(config['tensors'])} tensors ({sparse}), tp {config['tp']}, {config['dtype']}"
     if config["source"]["kind"] == "generated":
         return (f"{head}, config.json alone (generated: the weights are drawn at load from seed "

@@ -55,12 +55,12 @@ logger = logging.getLogger("sparsellm.format_choice")
 
 MODEL_KIND = "sparsellm-format-model"
 MODEL_VERSION = 1
-FORMATS = ("dense", "tiled_csl", "bitmap")
+FORMATS = ("dense", "tiled_csl", "bitmap", "split24")
 COEFFICIENTS = ("fixed_us", "us_per_byte", "us_per_tile", "us_per_tile_column", "us_per_nonzero")
 DEFAULT_DECODE_BATCH = 16
 DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 # Benchmark impl names -> storage format names.
-IMPL_FORMAT = {"cublas": "dense", "tiled_csl": "tiled_csl", "bitmap": "bitmap"}
+IMPL_FORMAT = {"cublas": "dense", "tiled_csl": "tiled_csl", "bitmap": "bitmap", "split24": "split24"}
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 TILE_ROWS, TILE_COLS = 128, 64
@@ -82,7 +82,16 @@ def weight_bytes(fmt: str, m: int, k: int, sparsity: float) -> float:
         return 4.0 * nnz + 68.0 * tiles + 4.0
     if fmt == "bitmap":  # 2 B per nonzero; per tile 1040 B of masks and row starts, ~8 B padding, 4 B offset
         return 2.0 * nnz + 1052.0 * tiles + 4.0
+    if fmt == "split24":  # per tile 9248 B of header, indices and slots, 4 B per residual nonzero (or a dense tile)
+        return min(9260.0 + 4.0 * TILE_ROWS * TILE_COLS * split24_residual(sparsity), 16516.0) * tiles + 4.0
     raise InvalidArgument(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def split24_residual(sparsity: float) -> float:
+    """Expected fraction of a matrix's elements past the first two nonzeros of their group of four,
+    for nonzeros placed independently at density 1 − sparsity (split 2:4's residual)."""
+    d = 1.0 - sparsity
+    return (4 * d ** 3 * (1 - d) + 2 * d ** 4) / 4
 
 
 def features(fmt: str, m: int, k: int, n: int, sparsity: float) -> tuple[float, float, float, float]:

@@ -23,7 +23,7 @@ class SparseLinear(_nn.Module):
 
     @classmethod
     def from_dense(cls, linear, sparsity: float | None = None, format: str = "tiled_csl", device=None):
-        """Encode ``linear``'s weight in ``format`` ("tiled_csl" or "bitmap").
+        """Encode ``linear``'s weight in ``format`` ("tiled_csl", "bitmap" or "split24").
         Entries that are zero are the pruned ones; with ``sparsity`` the
         smallest-magnitude fraction of each row is pruned first (see
         sparsellm.prune for calibrated methods)."""

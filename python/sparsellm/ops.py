@@ -76,8 +76,7 @@ def spmm(x, weight: SparseWeight, bias=None, out=None):
     with torch_.cuda.device(x.device):
         nbytes = C.spmm_workspace_bytes(m, n, blocks)
         ws = scratch("spmm", nbytes, x.device, zeroed=True)
-        kernel = C.spmm_bitmap if weight.format == "bitmap" else C.spmm_tiled_csl
-        kernel(x.data_ptr(), bias_ptr, y.data_ptr(), n, weight.data.data_ptr(),
+        C.spmm(weight.format, x.data_ptr(), bias_ptr, y.data_ptr(), n, weight.data.data_ptr(),
                weight.buffers["tile_offsets"].data_ptr(), m, k, dtype_name(x.dtype),
                weight.plan.data_ptr(), blocks, ws.data_ptr(), ws.numel(),
                torch_.cuda.current_stream(x.device).cuda_stream)

@@ -8,13 +8,14 @@ import numpy as np
 from sparsellm._native import native
 from sparsellm._torch import dtype_name, torch
 from sparsellm.errors import InvalidArgument
-from sparsellm.formats import encode_bitmap, encode_tiled_csl
+from sparsellm.formats import encode_bitmap, encode_split24, encode_tiled_csl
 
 # Sparse formats: name → (encoder, name of the data array in the encoder's output
 # and in ``buffers``, validator in sparsellm._C).
 FORMATS = {
     "tiled_csl": (encode_tiled_csl, "words", "validate_tiled_csl"),
     "bitmap": (encode_bitmap, "data", "validate_bitmap"),
+    "split24": (encode_split24, "data", "validate_split24"),
 }
 
 
@@ -29,8 +30,9 @@ class SparseWeight:
     """W[M, K] encoded for the SpMM kernels.
 
     ``buffers`` holds the format's device arrays (Tiled-CSL: ``words``,
-    ``tile_offsets``; bitmap: ``data``, ``tile_offsets``) and ``plan`` the
-    stream-K plan for the GPU it lives on (both formats share the tile grid).
+    ``tile_offsets``; bitmap and split 2:4: ``data``, ``tile_offsets``) and
+    ``plan`` the stream-K plan for the GPU it lives on (every format has the
+    same tile grid).
     """
 
     format: str
@@ -80,7 +82,7 @@ class SparseWeight:
     def from_components(cls, words: np.ndarray, tile_offsets: np.ndarray, m: int, k: int, dtype, nnz: int,
                         device, format: str = "tiled_csl") -> "SparseWeight":
         """Upload encoded host arrays (validated first) and plan for the device.
-        ``words`` is the format's data array (Tiled-CSL words, bitmap tiles)."""
+        ``words`` is the format's data array (Tiled-CSL words, bitmap or split 2:4 tiles)."""
         torch_ = torch()
         C = native()
         _, data_key, validator = FORMATS[check_format(format)]

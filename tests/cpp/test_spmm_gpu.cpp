@@ -1,4 +1,4 @@
-// SpMM (Tiled-CSL and bitmap weights) against cuBLAS on the same masked
+// SpMM (Tiled-CSL, bitmap and split 2:4 weights) against cuBLAS on the same masked
 // weights. Small enough to run under compute-sanitizer (memcheck, racecheck);
 // the wide grid lives in pytest.
 #include <cuda_bf16.h>
@@ -17,6 +17,7 @@
 #include "sparsellm/bitmap.h"
 #include "sparsellm/gemm.h"
 #include "sparsellm/spmm.h"
+#include "sparsellm/split24.h"
 #include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
@@ -65,6 +66,10 @@ std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat form
                                                                int64_t m, int64_t k, DType dtype) {
   if (format == SparseFormat::kBitmap) {
     BitmapHost enc = encode_bitmap(w.data(), m, k, dtype);
+    return {std::move(enc.tile_offsets), std::move(enc.data)};
+  }
+  if (format == SparseFormat::kSplit24) {
+    Split24Host enc = encode_split24(w.data(), m, k, dtype);
     return {std::move(enc.tile_offsets), std::move(enc.data)};
   }
   TiledCslHost enc = encode_tiled_csl(w.data(), m, k, dtype);
@@ -175,7 +180,7 @@ TEST_P(SpmmVsCublas, MatchesOnTheSameMaskedWeights) {
 // the second block ends with a whole row).
 TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (int64_t m : {384, 1000})
       for (int blocks : {2, 3, 7})
         for (int64_t n : {3, 16, 32, 64, 128}) {
@@ -192,7 +197,7 @@ TEST(SpmmFewBlocks, RangesOverSeveralRowsMatchCublas) {
 TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
   const int64_t m = 384, k = 3000, tiles_k = (k + 63) / 64, units = 3 * tiles_k;
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (int32_t lead_tiles : {1, int32_t(tiles_k) - 1})
       for (int64_t n : {3, 16, 32, 128}) {
         SCOPED_TRACE(std::string(sparse_format_name(format)) + " lead tiles " +
@@ -209,7 +214,7 @@ TEST(SpmmFewBlocks, EitherOwnerArrivesLast) {
 TEST(SpmmFewBlocks, PlanLargerThanTheGpuHolds) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
   const int blocks = 4 * spmm_plan_blocks();
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (int64_t n : {16, 128}) {
       SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(n));
       expect_matches_cublas(format, Shape{256, 64 * int64_t(blocks), n, 0.9, DType::kFloat16}, blocks);
@@ -225,7 +230,7 @@ TEST(SpmmFewBlocks, AnOwnerThatStartsLateAndEndsLast) {
   std::vector<int32_t> ranges;
   for (int32_t b = 0; b <= resident; ++b) ranges.push_back(b);
   ranges.push_back(resident + slow_tiles);
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (int64_t n : {16, 128}) {
       SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(n));
       expect_matches_cublas(format, Shape{128, 64 * int64_t(resident + slow_tiles), n, 0.5, DType::kFloat16}, 0,
@@ -237,7 +242,7 @@ TEST(SpmmFewBlocks, AnOwnerThatStartsLateAndEndsLast) {
 // row and shared rows summed through the partials, mma.sync and wgmma widths.
 TEST(SpmmRelu, MatchesCublasWithTheReluEpilogue) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (const Shape& shape : {Shape{1000, 3000, 1, 0.5, DType::kFloat16}, Shape{384, 2000, 16, 0.8, DType::kBFloat16},
                                Shape{1000, 3000, 100, 0.6, DType::kFloat16}}) {
       SCOPED_TRACE(std::string(sparse_format_name(format)) + " n " + std::to_string(std::get<2>(shape)));
@@ -249,7 +254,7 @@ TEST(SpmmRelu, MatchesCublasWithTheReluEpilogue) {
 INSTANTIATE_TEST_SUITE_P(
     Grid, SpmmVsCublas,
     ::testing::Combine(
-        ::testing::Values(SparseFormat::kTiledCsl, SparseFormat::kBitmap),
+        ::testing::ValuesIn(kSparseFormats),
         ::testing::Values(Shape{64, 172, 1, 0.5, DType::kFloat16}, Shape{1000, 3000, 7, 0.7, DType::kBFloat16},
                           Shape{4097, 4095, 17, 0.9, DType::kFloat16}, Shape{512, 1024, 64, 0.0, DType::kBFloat16},
                           Shape{384, 256, 100, 0.99, DType::kFloat16}, Shape{256, 512, 200, 0.5, DType::kFloat16},
@@ -262,7 +267,7 @@ INSTANTIATE_TEST_SUITE_P(
 // A matrix without nonzeros still writes Y = bias (every tile empty).
 TEST(SpmmEmptyWeight, WritesTheBias) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
-  for (SparseFormat format : {SparseFormat::kTiledCsl, SparseFormat::kBitmap})
+  for (SparseFormat format : kSparseFormats)
     for (int64_t n : {5, 128}) {
       const int64_t m = 300, k = 200;
       std::vector<uint16_t> w(m * k, 0), x(n * k, to_bits(1.0f, DType::kFloat16)), bias(m);
@@ -310,8 +315,11 @@ TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   EXPECT_THROW(spmm_tiled_csl(p, nullptr), InvalidArgument);
   p.weight.format = SparseFormat::kBitmap;
   EXPECT_THROW(spmm(p, nullptr), InvalidArgument);
+  p.weight.format = SparseFormat::kSplit24;
+  EXPECT_THROW(spmm(p, nullptr), InvalidArgument);
   p.weight.format = SparseFormat::kTiledCsl;
   EXPECT_THROW(spmm_bitmap(p, nullptr), InvalidArgument);  // not a bitmap weight
+  EXPECT_THROW(spmm_split24(p, nullptr), InvalidArgument);  // not a split 2:4 weight
 }
 
 }  // namespace

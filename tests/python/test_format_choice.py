@@ -381,7 +381,7 @@ def test_info_shows_bytes_and_predicted_speedup(bitmap_checkpoint, capsys):
         sparsity = read_config(bitmap_checkpoint)["tensors"][name]["shards"]["0"]["sparsity"]
         assert fields[2] == "256x256" and fields[7] == f"{model.speedup('bitmap', 768, 256, 8, sparsity):.2f}"
     assert "speedup: predicted over dense at N=8 by the NVIDIA H100 80GB HBM3 model" in out
-    assert "bias" in out and "(0 tiled_csl, 6 bitmap)" in out
+    assert "bias" in out and "(0 tiled_csl, 6 bitmap, 0 split24)" in out
 
 
 def test_info_predicts_a_stacked_group_only_when_it_stacks():
@@ -440,7 +440,7 @@ def test_cli_convert_auto(tmp_path, capsys):
     out = tmp_path / "ckpt"
     assert main(["convert", "--random", str(_tiny_opt_config(tmp_path / "cfg")), "--out", str(out), "--sparsity",
                  "0.2", "--target-gpu", DEFAULT_GPU, "--decode-batch", "32"]) == 0
-    assert "(0 tiled_csl, 0 bitmap)" in capsys.readouterr().err  # 20 %: below the measured range
+    assert "(0 tiled_csl, 0 bitmap, 0 split24)" in capsys.readouterr().err  # 20 %: below the measured range
     assert all(t["format"] == "dense" for t in read_config(out)["tensors"].values())
 
 

@@ -116,7 +116,7 @@ def test_describes_the_model_as_convert_random_stores_it(tmp_path):
     assert generated["source"] == {**stored["source"], "kind": "generated"}
 
 
-@pytest.mark.parametrize("requested", ["auto", "dense", "bitmap", "tiled_csl"])
+@pytest.mark.parametrize("requested", ["auto", "dense", "bitmap", "tiled_csl", "split24"])
 def test_formats(tmp_path, requested):
     config = write_generated("opt-125m", tmp_path / "ckpt", sparsity=0.8, tp=2, format=requested, dtype="bf16")
     assert config["dtype"] == "bfloat16"
@@ -281,7 +281,7 @@ def test_convert_generated_and_info(tmp_path, capsys):
     assert main(["convert", "--random", "opt-125m", "--generated", "--out", str(out), "--sparsity", "0.6",
                  "--tp", "2", "--format", "bitmap", "--seed", "9"]) == 0
     err = capsys.readouterr().err
-    assert f"wrote {out}: 196 tensors (0 tiled_csl, 72 bitmap), tp 2, float16, config.json alone" in err
+    assert f"wrote {out}: 196 tensors (0 tiled_csl, 72 bitmap, 0 split24), tp 2, float16, config.json alone" in err
     assert "seed 9" in err and "target sparsity 0.6000" in err
     config = read_config(out)
     assert config["source"]["kind"] == "generated" and config["source"]["seed"] == 9

@@ -41,8 +41,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("generated")
     config = opt_config(root)
     made = {}
-    for name, fmt, seed in (("bitmap", "bitmap", 5), ("tiled_csl", "tiled_csl", 5), ("dense", "dense", 5),
-                            ("reseeded", "bitmap", 6)):
+    for name, fmt, seed in (("bitmap", "bitmap", 5), ("tiled_csl", "tiled_csl", 5), ("split24", "split24", 5),
+                            ("dense", "dense", 5), ("reseeded", "bitmap", 6)):
         write_generated(config, root / name, sparsity=SPARSITY, format=fmt, seed=seed)
         made[name] = root / name
     return made
@@ -53,7 +53,7 @@ def pruned_formats(ckpt: Path) -> set:
 
 
 @gpu
-@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl"])
+@pytest.mark.parametrize("fmt", ["bitmap", "tiled_csl", "split24"])
 def test_sparse_and_dense_forms_are_the_same_model(models, fmt):
     assert pruned_formats(models[fmt]) == {fmt} and pruned_formats(models["dense"]) == {"dense"}
     prompts = make_prompts(1000, [5, 17, 40, 2])

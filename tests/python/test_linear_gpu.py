@@ -35,6 +35,10 @@ CASES = [  # (format, sparsity, dtype, tp)
     ("bitmap", 0.6, "fp16", 1),
     ("bitmap", 0.9, "bf16", 1),
     ("bitmap", 0.5, "fp16", 2),
+    ("split24", 0.0, "fp16", 1),
+    ("split24", 0.6, "fp16", 1),
+    ("split24", 0.8, "bf16", 1),
+    ("split24", 0.7, "fp16", 2),
 ]
 TORCH_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -1,4 +1,4 @@
-"""SpMM (Tiled-CSL and bitmap weights) against cuBLAS and an fp32 reference on the
+"""SpMM (Tiled-CSL, bitmap and split 2:4 weights) against cuBLAS and an fp32 reference on the
 same masked weights.
 
 Bounds: ‖y − ref32‖/‖ref32‖ below TOLERANCE[dtype] (fp32 accumulation, one
@@ -20,7 +20,7 @@ NS = [1, 2, 3, 7, 8, 16, 17, 31, 64, 100, 128, 256]
 SPARSITIES = [0.0, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
 SHAPES = [(64, 172), (1000, 3000), (4097, 4095)]
 DTYPES = [torch.float16, torch.bfloat16]
-FORMATS = ["tiled_csl", "bitmap"]
+FORMATS = ["tiled_csl", "bitmap", "split24"]
 
 
 def check_case(w, sw, n, gen, with_bias=True):

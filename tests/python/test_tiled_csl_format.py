@@ -42,14 +42,14 @@ def test_uneven_rows_half_dense_half_empty():
     np.testing.assert_array_equal(decode_tiled_csl(enc["tile_offsets"], enc["words"], 512, 256), bits)
 
 
-@pytest.mark.parametrize("fmt", ["tiled_csl", "bitmap"])
+@pytest.mark.parametrize("fmt", ["tiled_csl", "bitmap", "split24"])
 def test_encoder_speed_on_a_large_matrix(fmt):
-    """A 36864×9216 matrix encodes in seconds, in either format (the measured time is printed)."""
+    """A 36864×9216 matrix encodes in seconds, in every format (the measured time is printed)."""
     import time
 
-    from sparsellm.formats import encode_bitmap
+    from sparsellm.formats import encode_bitmap, encode_split24
 
-    encode = {"tiled_csl": encode_tiled_csl, "bitmap": encode_bitmap}[fmt]
+    encode = {"tiled_csl": encode_tiled_csl, "bitmap": encode_bitmap, "split24": encode_split24}[fmt]
 
     rng = np.random.default_rng(0)
     m, k = 36864, 9216

@@ -3,9 +3,9 @@
 //
 //   Y[N, M] = X[N, K] · W[M, K]ᵀ (+ bias[M])
 //
-// W is encoded offline in Tiled-CSL (sparsellm/tiled_csl.h) or bitmap
-// (sparsellm/bitmap.h) — the format is a property of the encoded weight, and
-// both cut W into the same 128 × 64 tiles; X and Y are row-major and
+// W is encoded offline in Tiled-CSL (sparsellm/tiled_csl.h), bitmap
+// (sparsellm/bitmap.h) or split 2:4 (sparsellm/split24.h) — the format is a
+// property of the encoded weight, and all cut W into the same 128 × 64 tiles; X and Y are row-major and
 // contiguous; fp16 or bf16 values, fp32 accumulation. Any N ≥ 1, M, K ≥ 1.
 //
 // Work split (stream-K). The weight's tiles, in storage order, form one byte
@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "sparsellm/types.h"
@@ -37,11 +38,19 @@ struct StreamKBlock {
   int32_t last_row_parts = 1;
 };
 
-enum class SparseFormat : int { kTiledCsl = 0, kBitmap = 1 };
+enum class SparseFormat : int { kTiledCsl = 0, kBitmap = 1, kSplit24 = 2 };
 
-// The format's name in checkpoints and in Python: "tiled_csl" or "bitmap".
+// The format's name in checkpoints and in Python: "tiled_csl", "bitmap" or "split24".
 inline constexpr const char* sparse_format_name(SparseFormat f) {
-  return f == SparseFormat::kBitmap ? "bitmap" : "tiled_csl";
+  return f == SparseFormat::kBitmap ? "bitmap" : f == SparseFormat::kSplit24 ? "split24" : "tiled_csl";
+}
+inline constexpr SparseFormat kSparseFormats[] = {SparseFormat::kTiledCsl, SparseFormat::kBitmap,
+                                                  SparseFormat::kSplit24};
+// The format whose name is `name`; false when none is.
+inline bool sparse_format_named(const std::string& name, SparseFormat* format) {
+  for (SparseFormat f : kSparseFormats)
+    if (name == sparse_format_name(f)) return *format = f, true;
+  return false;
 }
 
 // Encoded weight as the kernel sees it: device pointers and shape. Both
@@ -92,6 +101,8 @@ size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks);
 void spmm_tiled_csl(const SpmmParams& params, cudaStream_t stream);
 // The same for a bitmap weight (params.weight.format == SparseFormat::kBitmap).
 void spmm_bitmap(const SpmmParams& params, cudaStream_t stream);
+// The same for a split 2:4 weight (params.weight.format == SparseFormat::kSplit24).
+void spmm_split24(const SpmmParams& params, cudaStream_t stream);
 // Dispatches on params.weight.format.
 void spmm(const SpmmParams& params, cudaStream_t stream);
 

@@ -4,6 +4,7 @@
 //   dense      W [out, in] uploaded (or drawn) as is       → dense_gemm (cuBLASLt)
 //   tiled_csl  tile_offsets [tiles + 1] and the data array
 //   bitmap     (words / tiles) uploaded (or drawn,
+//   split24
 //              runtime/weights.h); the stream-K plan
 //              computed on the host from the offsets
 //              for this GPU's block count and uploaded     → spmm (dispatches on
@@ -29,6 +30,7 @@
 #include "common/check.h"
 #include "runtime/weights.h"
 #include "sparsellm/bitmap.h"
+#include "sparsellm/split24.h"
 #include "sparsellm/error.h"
 #include "sparsellm/gemm.h"
 #include "sparsellm/spmm.h"
@@ -55,7 +57,8 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
   if (w.shape.size() != 2 || w.shape[0] <= 0 || w.shape[1] <= 0)
     throw FormatError(concat(file, ": tensor ", weight_name, " has shape ", shape_str(w.shape),
                              ": a linear weight must be a non-empty [out, in] matrix"));
-  if (w.format != "dense" && w.format != "tiled_csl" && w.format != "bitmap")
+  SparseFormat sparse_format = SparseFormat::kTiledCsl;
+  if (w.format != "dense" && !sparse_format_named(w.format, &sparse_format))
     throw FormatError(concat(file, ": tensor ", weight_name, ": format ", w.format, " has no linear layer"));
   name_ = weight_name;
   out_ = w.shape[0];
@@ -73,10 +76,9 @@ Linear::Linear(const Checkpoint& checkpoint, const std::string& weight_name, con
   if (w.format == "dense") {
     buffers_.push_back(upload_dense(checkpoint, weight_name, stream));
     weight_ptr_ = buffers_.back().data();
-  } else {  // tiled_csl, bitmap: the same tile grid, offsets and plan
+  } else {  // every sparse format: the same tile grid, offsets and plan
     SparseUpload weight = upload_sparse(checkpoint, weight_name, stream);
-    set_sparse(std::move(weight.data), std::move(weight.tile_offsets), weight.host_offsets,
-               w.format == "bitmap" ? SparseFormat::kBitmap : SparseFormat::kTiledCsl, stream);
+    set_sparse(std::move(weight.data), std::move(weight.tile_offsets), weight.host_offsets, sparse_format, stream);
   }
   if (bias) {
     buffers_.push_back(upload_dense(checkpoint, bias_name, stream));
@@ -126,10 +128,11 @@ std::unique_ptr<Linear> Linear::stack(const std::vector<const Linear*>& parts, c
     const bool same = p->in_ == first.in_ && p->dtype_ == first.dtype_ && p->format() == first.format() &&
                       (p->bias_ != nullptr) == (first.bias_ != nullptr);
     if (!same) return nullptr;
-    // Sparse rows are stacked tile row by tile row (both formats: 128 rows).
+    // Sparse rows are stacked tile row by tile row (every format: 128 rows).
     if (p->sparse_ && p != parts.back() && p->out_ % tiled_csl::kTileM != 0) return nullptr;
   }
-  static_assert(tiled_csl::kTileM == bitmap::kTileM, "both formats stack by the same tile rows");
+  static_assert(tiled_csl::kTileM == bitmap::kTileM && tiled_csl::kTileM == split24::kTileM,
+                "every format stacks by the same tile rows");
 
   auto stacked = std::unique_ptr<Linear>(new Linear());
   Linear& s = *stacked;

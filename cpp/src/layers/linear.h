@@ -51,7 +51,7 @@ class Linear {
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  std::string format() const;  // "dense", "tiled_csl" or "bitmap"
+  std::string format() const;  // "dense" or the sparse format's name (sparse_format_name)
   size_t device_bytes() const;  // bytes of the weight (and bias) on the device
   // Workspace this layer needs for inputs of up to max_n rows.
   size_t spmm_workspace_bytes(int64_t max_n) const;

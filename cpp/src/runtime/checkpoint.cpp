@@ -13,7 +13,7 @@
 //      inside the data region, of size product(shape) · itemsize, and no two
 //      ranges overlapping. The header holds exactly the components config.json
 //      lists for this rank, each with the listed dtype and shape.
-//   4. per format, the structure of the stored arrays (Tiled-CSL and bitmap:
+//   4. per format, the structure of the stored arrays (every tiled format:
 //      tile offsets start at 0, never decrease, end at the number of words;
 //      the format's validator accepts the data; stored nonzeros = nnz).
 //      These scans run on all hardware threads, one tensor per task.
@@ -40,6 +40,7 @@
 #include "common/check.h"
 #include "formats/tile_grid.h"
 #include "sparsellm/bitmap.h"
+#include "sparsellm/split24.h"
 #include "sparsellm/error.h"
 #include "sparsellm/tiled_csl.h"
 
@@ -184,7 +185,7 @@ std::vector<uint32_t> copy_u32(const ComponentView& c) {
   return out;
 }
 
-// The two arrays of a tiled sparse format (Tiled-CSL, bitmap): the tile offsets
+// The two arrays of a tiled sparse format (Tiled-CSL, bitmap, split 2:4): the tile offsets
 // checked to start at 0, never decrease and end at the number of data words
 // (the format validators index the data by them), and the data readable in place.
 struct TiledArrays {
@@ -238,6 +239,10 @@ void check_bitmap(const std::string& where, const TensorEntry& entry) {
   check_tiled(where, entry, ".tiles", "bitmap", validate_bitmap);
 }
 
+void check_split24(const std::string& where, const TensorEntry& entry) {
+  check_tiled(where, entry, ".tiles", "split 2:4", validate_split24);
+}
+
 const std::vector<FormatSpec>& format_table() {
   static const std::vector<FormatSpec> table = {
       {"dense", 1, 2, {{"", nullptr, ShapeRule::kLogical}}, nullptr},
@@ -251,6 +256,11 @@ const std::vector<FormatSpec>& format_table() {
        2,
        {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {".tiles", "uint32", ShapeRule::kAnyLength}},
        &check_bitmap},
+      {"split24",
+       2,
+       2,
+       {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {".tiles", "uint32", ShapeRule::kAnyLength}},
+       &check_split24},
   };
   return table;
 }
@@ -261,7 +271,8 @@ const FormatSpec* find_format(const std::string& name) {
   return nullptr;
 }
 
-static_assert(bitmap::kTileM == tiled_csl::kTileM && bitmap::kTileK == tiled_csl::kTileK,
+static_assert(bitmap::kTileM == tiled_csl::kTileM && bitmap::kTileK == tiled_csl::kTileK &&
+                  split24::kTileM == tiled_csl::kTileM && split24::kTileK == tiled_csl::kTileK,
               "kTileOffsets assumes one tile grid for every tiled format");
 
 // Expected component shape; -1 is any extent.

@@ -7,6 +7,8 @@
 #include "kernels/random_weights/random_weights.h"
 #include "sparsellm/bitmap.h"
 #include "sparsellm/error.h"
+#include "sparsellm/spmm.h"
+#include "sparsellm/split24.h"
 #include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
@@ -69,8 +71,13 @@ SparseUpload draw_bitmap(const RandomWeightParams& p, const std::string& name, c
   return out;
 }
 
-SparseUpload draw_tiled_csl(const RandomWeightParams& p, const std::string& name, cudaStream_t stream) {
-  // The matrix random_dense draws (the one draw_bitmap encodes), brought to the host and encoded there.
+namespace {
+
+// The matrix random_dense draws (the one draw_bitmap encodes), brought to the
+// host and encoded there by `encode` (a format's host encoder) into `data`.
+template <typename Host, typename Encode>
+SparseUpload draw_host_encoded(const RandomWeightParams& p, const std::string& name, cudaStream_t stream,
+                               Encode encode, std::vector<uint32_t> Host::*data) {
   std::vector<uint16_t> dense(size_t(p.rows * p.cols));
   {
     DeviceBuffer drawn(dense.size() * sizeof(uint16_t), name + " (drawn dense for encoding)");
@@ -79,15 +86,26 @@ SparseUpload draw_tiled_csl(const RandomWeightParams& p, const std::string& name
         cudaMemcpyAsync(dense.data(), drawn.data(), drawn.bytes(), cudaMemcpyDeviceToHost, stream));
     SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(stream));
   }
-  const TiledCslHost encoded = encode_tiled_csl(dense.data(), p.rows, p.cols, p.dtype);
+  const Host encoded = encode(dense.data(), p.rows, p.cols, p.dtype, 0);
+  const std::vector<uint32_t>& words = encoded.*data;
   SparseUpload out;
   out.host_offsets = encoded.tile_offsets;
   out.tile_offsets = DeviceBuffer(out.host_offsets.size() * sizeof(uint32_t), name + " tile offsets");
   out.tile_offsets.upload(out.host_offsets.data(), out.tile_offsets.bytes(), stream);
-  out.data = DeviceBuffer(encoded.words.size() * sizeof(uint32_t), name + " words");
+  out.data = DeviceBuffer(words.size() * sizeof(uint32_t), name + " words");
   // `encoded` may be freed on return: a copy from pageable memory returns once its source is staged.
-  if (!encoded.words.empty()) out.data.upload(encoded.words.data(), out.data.bytes(), stream);
+  if (!words.empty()) out.data.upload(words.data(), words.size() * sizeof(uint32_t), stream);
   return out;
+}
+
+}  // namespace
+
+SparseUpload draw_tiled_csl(const RandomWeightParams& p, const std::string& name, cudaStream_t stream) {
+  return draw_host_encoded(p, name, stream, &encode_tiled_csl, &TiledCslHost::words);
+}
+
+SparseUpload draw_split24(const RandomWeightParams& p, const std::string& name, cudaStream_t stream) {
+  return draw_host_encoded(p, name, stream, &encode_split24, &Split24Host::data);
 }
 
 DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream) {
@@ -109,20 +127,24 @@ DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name,
 
 SparseUpload upload_sparse(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream) {
   const TensorEntry& t = checkpoint.tensor(name);
-  const bool bitmap = t.format == "bitmap";
-  if (!bitmap && t.format != "tiled_csl")
+  SparseFormat format;
+  if (!sparse_format_named(t.format, &format))
     throw FormatError(concat(checkpoint.rank_file(), ": tensor ", name, " is stored as ", t.format,
                              ", expected a sparse format"));
   if (checkpoint.generated()) {
     const RandomWeightParams p = random_params(checkpoint, t);
-    return bitmap ? draw_bitmap(p, name, stream) : draw_tiled_csl(p, name, stream);
+    switch (format) {
+      case SparseFormat::kBitmap: return draw_bitmap(p, name, stream);
+      case SparseFormat::kSplit24: return draw_split24(p, name, stream);
+      default: return draw_tiled_csl(p, name, stream);
+    }
   }
   const ComponentView& offsets = t.component(".tile_offsets");
   SparseUpload out;
   // The mapping may leave the uint32 array unaligned: the host copy by memcpy.
   out.host_offsets.resize(offsets.bytes / sizeof(uint32_t));
   std::memcpy(out.host_offsets.data(), offsets.data, out.host_offsets.size() * sizeof(uint32_t));
-  out.data = upload_component(t.component(bitmap ? ".tiles" : ".words"), stream);
+  out.data = upload_component(t.component(format == SparseFormat::kTiledCsl ? ".words" : ".tiles"), stream);
   out.tile_offsets = upload_component(offsets, stream);
   return out;
 }

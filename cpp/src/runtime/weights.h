@@ -27,7 +27,7 @@ namespace sparsellm {
 // when the rank holds no such tensor, or holds it in another format or dtype.
 DeviceBuffer upload_dense(const Checkpoint& checkpoint, const std::string& name, cudaStream_t stream);
 
-// A tiled sparse tensor (Tiled-CSL or bitmap) of this rank on the device, with
+// A tiled sparse tensor (Tiled-CSL, bitmap or split 2:4) of this rank on the device, with
 // its tile offsets also on the host (the stream-K plan is made from them).
 struct SparseUpload {
   DeviceBuffer data;                   // the words / tiles (empty for an all-zero matrix)
@@ -44,5 +44,7 @@ SparseUpload draw_bitmap(const RandomWeightParams& params, const std::string& na
 // host and encoded there (encode_tiled_csl, every hardware thread), then
 // uploaded; waits for each step.
 SparseUpload draw_tiled_csl(const RandomWeightParams& params, const std::string& name, cudaStream_t stream);
+// The same in split 2:4 (encode_split24).
+SparseUpload draw_split24(const RandomWeightParams& params, const std::string& name, cudaStream_t stream);
 
 }  // namespace sparsellm

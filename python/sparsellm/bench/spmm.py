@@ -33,7 +33,7 @@ ANCHOR_SHAPES = [s[0] for s in SHAPES[:5]]
 NS = [1, 8, 16, 32, 64, 128]
 SPARSITIES = [0.5, 0.6, 0.7, 0.8, 0.9]
 CSR_NS = {1, 16, 64}
-FORMATS = ["tiled_csl", "bitmap"]
+FORMATS = ["tiled_csl", "bitmap", "split24"]
 
 
 def add_arguments(p) -> None:

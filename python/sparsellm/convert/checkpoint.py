@@ -33,7 +33,7 @@ from .tensor_parallel import shard_ranks
 FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
-TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap")
+TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap", "split24")
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
 SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
 _REQUIRED_FIELDS = {
@@ -235,12 +235,10 @@ def load_checkpoint(
         rows, cols = entry["shape"]
         offsets = arrays[f"{name}.tile_offsets"]
         words = arrays[f"{name}.{SPARSE_DATA_COMPONENT[entry['format']]}"]
-        bitmap = entry["format"] == "bitmap"
         try:
-            validate = native().validate_bitmap if bitmap else native().validate_tiled_csl
-            stored = validate(offsets, words, rows, cols)
+            stored = getattr(native(), f"validate_{entry['format']}")(offsets, words, rows, cols)
         except FormatError as exc:
-            kind = "bitmap" if bitmap else "Tiled-CSL"
+            kind = {"tiled_csl": "Tiled-CSL", "split24": "split 2:4"}.get(entry["format"], entry["format"])
             raise FormatError(f"{path}: tensor {name}: invalid {kind} data: {exc}") from None
         if stored != shard["nnz"]:
             raise FormatError(f"{path}: tensor {name} stores {stored} nonzeros, config.json says {shard['nnz']}")

@@ -1,6 +1,6 @@
 """Per-tensor storage: dtype conversion, format choice and the stored components.
 
-A tensor is stored in one of three formats (the ``"format"`` field of a checkpoint tensor):
+A tensor is stored in one of four formats (the ``"format"`` field of a checkpoint tensor):
 
 * ``dense``: one component ``<name>``, the values as float16 or bfloat16.
 * ``tiled_csl``: two uint32 components ``<name>.tile_offsets`` [tiles + 1] and
@@ -9,6 +9,8 @@ A tensor is stored in one of three formats (the ``"format"`` field of a checkpoi
 * ``bitmap``: two uint32 components ``<name>.tile_offsets`` [tiles + 1] and
   ``<name>.tiles`` [words], the bitmap encoding of docs/formats.md
   (``sparsellm.formats.encode_bitmap``).
+* ``split24``: the same two components, the split 2:4 encoding of docs/formats.md
+  (``sparsellm.formats.encode_split24``).
 
 Only pruned weights may be stored sparse; embeddings, norms, biases and the LM head
 are always dense. ``auto`` picks, for a pruned weight, the format a speed model of the
@@ -39,9 +41,9 @@ TILED_CSL_MIN_SPARSITY = 0.55
 # Shape assumed when a caller gives none (a mid-size decoder weight).
 DEFAULT_CHOICE_SHAPE = (8192, 8192)
 
-FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "dense")
+FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "split24", "dense")
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
-SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
+SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles", "split24": "tiles"}
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 _NEGATIVE_ZERO = np.uint16(0x8000)
 CHUNK_ELEMENTS = 1 << 24  # elements per pass of the checks below (bounds their temporaries)
@@ -164,13 +166,10 @@ def encode(name: str, bits: np.ndarray, fmt: str, dtype: str) -> dict[str, tuple
     """Components {key: (dtype, array)} of one shard, bits in [rows, cols] (or 1-D if dense)."""
     if fmt == "dense":
         return {name: (dtype, bits)}
-    from sparsellm.formats import encode_bitmap, encode_tiled_csl
+    from sparsellm.sparse_weight import FORMATS
 
-    if fmt == "bitmap":
-        encoded = encode_bitmap(bits, dtype)
-        data = encoded["data"]
-    else:
-        encoded = encode_tiled_csl(bits, dtype)
-        data = encoded["words"]
+    encoder, data_field, _ = FORMATS[fmt]
+    encoded = encoder(bits, dtype)
+    data = encoded[data_field]
     offsets_key, data_key = component_keys(name, fmt)
     return {offsets_key: ("uint32", encoded["tile_offsets"]), data_key: ("uint32", data)}

@@ -23,6 +23,7 @@ from sparsellm.format_choice import FormatPolicy, weight_bytes
 
 from .architectures import ARCHITECTURES, sparse_rows_stack
 from .checkpoint import is_generated, rank_file_name
+from .encoding import SPARSE_DATA_COMPONENT
 
 _ITEM_BYTES = {"float16": 2, "bfloat16": 2, "uint32": 4, "uint16": 2}
 
@@ -115,7 +116,7 @@ def rank_table(config: dict[str, Any], rank: int, policy: FormatPolicy | None = 
     stored = sum(r.bytes for r in rows)
     dense = sum(r.dense_fp16_bytes for r in rows)
     sparse = [r for r in rows if r.format != "dense"]
-    counts = ", ".join(f"{sum(r.format == f for r in rows)} {f}" for f in ("tiled_csl", "bitmap"))
+    counts = ", ".join(f"{sum(r.format == f for r in rows)} {f}" for f in SPARSE_DATA_COMPONENT)
     sparse_stored, sparse_dense = sum(r.bytes for r in sparse), sum(r.dense_fp16_bytes for r in sparse)
     lines.append(
         f"total: {len(rows)} tensors ({counts}), {stored} bytes ({_mib(stored)}); "

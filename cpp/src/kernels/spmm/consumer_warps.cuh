@@ -139,6 +139,31 @@ __device__ __forceinline__ void load_x_tile(const stream_k::KernelArgs<T>& a, in
   }
 }
 
+// Producer warp, for a format whose tile is one run of words (bitmap, split
+// 2:4): the tile's words [w0, w1) into `stage` (a bulk copy on sm_90, cp.async
+// pieces before); lane 0 records the word count at `meta` and arrives on
+// `full` (with the bulk bytes as its transaction count on sm_90).
+template <typename T>
+__device__ __forceinline__ void produce_bulk_tile(const stream_k::KernelArgs<T>& a, uint32_t w0, uint32_t w1,
+                                                  uint32_t stage, uint32_t full, uint32_t meta) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t words = w1 - w0;
+  if (lane == 0) ptx::st_shared_u32(meta, words);
+#if __CUDA_ARCH__ >= 900
+  if (lane == 0) {
+    if (words > 0) {
+      ptx::mbarrier_arrive_expect_tx(full, words * 4);
+      ptx::bulk_copy_g2s(stage, a.data + w0, words * 4, full);
+    } else {
+      ptx::mbarrier_arrive(full);
+    }
+  }
+#else
+  for (uint32_t v = lane; v < words / 4; v += 32) ptx::cp_async_16(stage + v * 16, a.data + w0 + v * 4, 16);
+  if (lane == 0) ptx::mbarrier_arrive(full);
+#endif
+}
+
 // ldmatrix rows of 128 bytes whose 16-byte chunk j sits at j ^ (row & 7)
 // (X stages, Tiled-CSL's dense tile): a lane reads chunk 2 ks + h (h = 0, 1)
 // of its row at k16 step ks, at chunk (2 ks + h) ^ (row & 7) = (h ^ (row &

@@ -1,5 +1,5 @@
 // Thin wrappers over the PTX the SpMM kernels use: shared-memory addresses,
-// ldmatrix, mma.sync, cp.async, mbarriers, and the bulk and tensor copies (sm_90).
+// ldmatrix, mma.sync (dense and 2:4 sparse), cp.async, mbarriers, and the bulk and tensor copies (sm_90).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -57,6 +57,34 @@ __device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float (&d)[4], const
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D[16×8] += A · B[32×8] with A[16×32] 2:4 sparse (mma.sp): a holds the 16 ×
+// 16 kept values in mma.m16n8k16's A layout, `meta` the 2-bit column of each
+// in its group of four (lanes 0 and 1 of each quad supply it: selector 0),
+// b the B fragment of 32 rows. Indices must be ascending within a group.
+template <typename T>
+__device__ __forceinline__ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
+                                                uint32_t meta);
+
+template <>
+__device__ __forceinline__ void mma_sp_m16n8k32<__half>(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
+                                                        uint32_t meta) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(meta));
+}
+
+template <>
+__device__ __forceinline__ void mma_sp_m16n8k32<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                               const uint32_t (&b)[4], uint32_t meta) {
+  asm volatile(
+      "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(meta));
+}
+
 // 16-byte asynchronous copy global → shared; bytes past src_bytes are zero-filled.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -75,6 +103,21 @@ __device__ __forceinline__ void st_shared_v4(uint32_t addr, const uint32_t (&v)[
 }
 __device__ __forceinline__ void st_shared_u16(uint32_t addr, uint32_t value) {
   asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(value)));
+}
+__device__ __forceinline__ uint32_t ld_shared_u16(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_shared_v2(uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+  return v;
 }
 __device__ __forceinline__ uint4 ld_shared_v4(uint32_t addr) {
   uint4 v;

@@ -71,8 +71,7 @@ __device__ __forceinline__ void consume(const unsigned char* stage_ptr, uint32_t
   // Masks: word q = lane >> 2 of the row block's four blocks.
   const uint4 mw4 = ptx::ld_shared_v4(stage + 128 * warp + 16 * (lane >> 2));
   const uint32_t mw[4] = {mw4.x, mw4.y, mw4.z, mw4.w};
-  uint32_t row_start;
-  asm volatile("ld.shared.u16 %0, [%1];\n" : "=r"(row_start) : "r"(stage + kMaskWords * 4 + 2 * warp));
+  const uint32_t row_start = ptx::ld_shared_u16(stage + kMaskWords * 4 + 2 * warp);
 
   // Quad prefix sums of the blocks' popcounts, two blocks per 32-bit word.
   uint32_t scan[2], count[2], total[2];
@@ -141,30 +140,6 @@ struct Config {
   static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
 };
 
-// Producer: a tile's words [w0, w1) into `stage` (bulk copy on sm_90,
-// cp.async pieces before); lane 0 records the word count and arrives on
-// `full` (with the bulk bytes as its transaction count on sm_90).
-template <typename T>
-__device__ __forceinline__ void produce_tile(const KernelArgs<T>& a, uint32_t w0, uint32_t w1, uint32_t stage,
-                                             uint32_t full, uint32_t meta) {
-  const int lane = threadIdx.x & 31;
-  const uint32_t words = w1 - w0;
-  if (lane == 0) ptx::st_shared_u32(meta, words);
-#if __CUDA_ARCH__ >= 900
-  if (lane == 0) {
-    if (words > 0) {
-      ptx::mbarrier_arrive_expect_tx(full, words * 4);
-      ptx::bulk_copy_g2s(stage, a.data + w0, words * 4, full);
-    } else {
-      ptx::mbarrier_arrive(full);
-    }
-  }
-#else
-  for (uint32_t v = lane; v < words / 4; v += 32) ptx::cp_async_16(stage + v * 16, a.data + w0 + v * 4, 16);
-  if (lane == 0) ptx::mbarrier_arrive(full);
-#endif
-}
-
 template <typename T, int BN>
 __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm) spmm_bitmap_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
@@ -192,7 +167,7 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
   auto produce = [&](int u, int s) {  // after advance(u)
     const int j = u - blk.unit_begin;
-    produce_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
+    produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
                     stages + C::kMetaOffset + 4 * s);
   };
   auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
@@ -229,10 +204,11 @@ void spmm_bitmap(const SpmmParams& p, cudaStream_t stream) {
 }
 
 void spmm(const SpmmParams& p, cudaStream_t stream) {
-  if (p.weight.format == SparseFormat::kBitmap)
-    spmm_bitmap(p, stream);
-  else
-    spmm_tiled_csl(p, stream);
+  switch (p.weight.format) {
+    case SparseFormat::kBitmap: return spmm_bitmap(p, stream);
+    case SparseFormat::kSplit24: return spmm_split24(p, stream);
+    default: return spmm_tiled_csl(p, stream);
+  }
 }
 
 }  // namespace sparsellm

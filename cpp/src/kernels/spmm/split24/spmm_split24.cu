@@ -1,0 +1,186 @@
+// Split 2:4 SpMM: Y[N, M] = X[N, K] · W[M, K]ᵀ (+ bias), W in the split 2:4
+// format (sparsellm/split24.h): W = P + R, P 2:4 sparse, R the third and
+// fourth nonzeros of the groups of four that have them.
+//
+// In MMA terms the block computes Yᵀ tiles: per row block (16 rows) and k32
+// block, A = P's 16 × 16 kept values (one 16-byte shared load a lane: the
+// format stores them as the lane's registers) with their 2-bit indices, B = Xᵀ
+// (ldmatrix), mma.sp.m16n8k32 into fp32 accumulators. R's entries of the row
+// block are scattered by the lanes into the warp's 16 × 64 staging tile
+// (zero outside them), read back as four m16n8k16 A fragments, undone, and
+// multiplied densely with the same B fragments; a dense tile is multiplied
+// the same way straight from its stage.
+//
+// Warp specialization, 10 warps, as the bitmap kernel (consumer_warps.cuh):
+//   warps 8, 9 (producers)   alternate tiles: one bulk copy of the tile's
+//                            words, then the X tile X[n0 .., 64 c ..]
+//   warps 0..7 (consumers)   warp w owns row block w × all BN columns
+//
+// Widths: BN = 8, 16, 32, 64; more columns run in passes of 64 (each pass
+// streams W again).
+//
+// Bytes a weight at sparsity s (random masks): 1 byte a weight for the slots
+// (half the tile's elements, zero or not) + 1/8 for the indices + 4 per
+// residual nonzero — ≈ 1.16 at 80%, 1.22 at 70%, 1.34 at 60%: less than dense
+// from any sparsity, with no per-element decode (kernel-notes: "Split 2:4").
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common/check.h"
+#include "kernels/spmm/consumer_warps.cuh"
+#include "kernels/spmm/ptx.cuh"
+#include "kernels/spmm/stream_k.cuh"
+#include "sparsellm/device.h"
+#include "sparsellm/spmm.h"
+#include "sparsellm/split24.h"
+
+namespace sparsellm {
+namespace {
+
+using namespace split24;
+using stream_k::KernelArgs;
+using namespace consumer_warps;
+static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the stream-K launch assumes this tile");
+
+// A stage's tile reservation: the largest tile, rounded to 1024 bytes so that
+// the X tile after it is 1024-byte aligned (check_x_alignment).
+constexpr int kStageTileBytes = (kMaxTileWords * 4 + 1023) / 1024 * 1024;
+constexpr int kStagingBytes = 16 * kTileK * 2;  // a warp's 16 × 64 staging tile
+
+// The warp's four m16n8k16 A fragments of a 16 × 64 tile at `rows` (128-byte
+// rows, 16-byte chunks swizzled by row % 8, 128-byte aligned).
+__device__ __forceinline__ void load_dense_fragments(uint32_t rows, uint32_t (&a)[4][4]) {
+  const int lane = threadIdx.x & 31, r = lane & 15;
+  const uint32_t step0 = rows + r * 128 + (((lane >> 4) ^ (r & 7)) << 4);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) ptx::ldmatrix_x4(swizzled_k16_step(step0, ks), a[ks]);
+}
+
+// Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
+// `staging`: the warp's staging tile, zero on entry and on return.
+template <typename T, int BN>
+__device__ __forceinline__ void consume(uint32_t stage, int warp, Accumulators<BN>& acc, uint32_t staging) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t kind = ptx::ld_shared_u32(stage);
+  const bool split = kind != kDenseTile;  // warp-uniform
+  uint32_t sparse[2][4] = {}, dense[4][4] = {};
+  uint2 meta = {0, 0};
+  bool has_dense = !split;
+  if (split) {
+    meta = ptx::ld_shared_v2(stage + 4 * (kIndexWord + 32 * warp + 4 * (lane >> 2) + 2 * (lane & 1)));
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const uint4 v = ptx::ld_shared_v4(stage + 4 * kSlotWord + 16 * (32 * (2 * warp + j) + lane));
+      sparse[j][0] = v.x, sparse[j][1] = v.y, sparse[j][2] = v.z, sparse[j][3] = v.w;
+    }
+    const uint32_t starts = stage + 4 * kResidualStartWord;
+    const uint32_t begin = ptx::ld_shared_u16(starts + 2 * warp);
+    const uint32_t end = warp == kConsumerWarps - 1 ? kind : ptx::ld_shared_u16(starts + 2 * (warp + 1));
+    has_dense = end > begin;
+    if (has_dense) {  // scatter R's entries (a lane keeps its first), read the fragments, undo
+      const uint32_t entries = stage + 4 * kResidualWord;
+      const bool held = begin + lane < end;
+      const uint32_t entry = held ? ptx::ld_shared_u32(entries + 4 * (begin + lane)) : 0u;
+      if (held) ptx::st_shared_u16(staging + (entry >> 16), entry & 0xFFFF);
+      for (uint32_t i = begin + 32 + lane; i < end; i += 32) {
+        const uint32_t more = ptx::ld_shared_u32(entries + 4 * i);
+        ptx::st_shared_u16(staging + (more >> 16), more & 0xFFFF);
+      }
+      __syncwarp();
+      load_dense_fragments(staging, dense);
+      __syncwarp();
+      if (held) ptx::st_shared_u16(staging + (entry >> 16), 0);
+      for (uint32_t i = begin + 32 + lane; i < end; i += 32)
+        ptx::st_shared_u16(staging + (ptx::ld_shared_u32(entries + 4 * i) >> 16), 0);
+      __syncwarp();
+    }
+  } else {
+    load_dense_fragments(stage + 4 * kDenseWord + 16 * 128 * warp, dense);
+  }
+
+  // B: for 8 columns nt and k32 block j, one ldmatrix.x4 of the X stage's k
+  // chunks 4 j .. 4 j + 3: mma.sp's B, and the dense B of k16 steps 2 j
+  // (registers 0, 1) and 2 j + 1 (2, 3).
+  const uint32_t xrow = lane & 7;
+  const uint32_t xb = stage + kStageTileBytes + xrow * 128 + ((((lane >> 3) & 3) ^ xrow) << 4);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+    uint32_t b[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) ptx::ldmatrix_x4((xb + nt * 1024) ^ (j << 6), b[j]);
+    if (split) {
+      ptx::mma_sp_m16n8k32<T>(acc[nt], sparse[0], b[0], meta.x);
+      ptx::mma_sp_m16n8k32<T>(acc[nt], sparse[1], b[1], meta.y);
+    }
+    if (has_dense)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        ptx::mma_m16n8k16<T>(acc[nt], dense[ks], b[ks >> 1][2 * (ks & 1)], b[ks >> 1][2 * (ks & 1) + 1]);
+  }
+}
+
+template <int BN>
+struct Config {
+  static constexpr int kStages = BN >= 64 ? 3 : 4;  // ring depth: two blocks a SM fit in shared memory
+  static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
+  static constexpr int kStagingOffset = kStages * kStageBytes;  // kConsumerWarps staging tiles
+  static constexpr int kBarOffset = kStagingOffset + kConsumerWarps * kStagingBytes;
+  static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
+  static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;  // + the last-block flag
+  static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
+};
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(consumer_warps::kThreads, 2) spmm_split24_kernel(const __grid_constant__ KernelArgs<T> a) {
+  using C = Config<BN>;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const StreamKBlock blk = a.plan[blockIdx.x];
+  if (blk.unit_begin == blk.unit_end) return;
+
+  const int warp = threadIdx.x >> 5;
+  const uint32_t stages = ptx::smem_addr(smem);
+  check_x_alignment(stages);  // every stage size is a multiple of 1024
+  const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
+  const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
+  int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
+  const uint32_t staging = stages + C::kStagingOffset + kStagingBytes * (warp % kConsumerWarps);
+  if (threadIdx.x == 0) init_stage_barriers<C::kStages>(a, bars);
+  if (warp < kConsumerWarps)
+    for (int i = threadIdx.x & 31; i < kStagingBytes / 16; i += 32) ptx::st_shared_zero_v4(staging + 16 * i);
+  __syncthreads();
+
+  const uint32_t first_word = a.offsets[blk.unit_begin];
+  TileEnds ends;  // producer warps
+  run_block<T, BN, C::kStages, C::kStages>(
+      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
+      [&](int u, int s) {
+        ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
+        const int j = u - blk.unit_begin;
+        produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes,
+                             bars + 8 * s, stages + C::kMetaOffset + 4 * s);
+      },
+      [&](int, int s, Accumulators<BN>& acc) {
+        if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
+      });
+}
+
+}  // namespace
+
+void spmm_split24(const SpmmParams& p, cudaStream_t stream) {
+  const SparseMatrixView& w = p.weight;
+  SPARSELLM_CHECK_ARG(w.format == SparseFormat::kSplit24, "spmm_split24: the weight is not in the split 2:4 format");
+  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(w.words) % 16 == 0,
+                      "spmm: split 2:4 tile data must be 16-byte aligned");
+  const DeviceInfo& device = stream_k::check_params(p);
+  kernels::dispatch_dtype(w.dtype, [&](auto storage) {
+    using T = decltype(storage);
+    stream_k::with_block_columns(std::min<int64_t>(p.n, 64), [&](auto columns) {
+      constexpr int BN = decltype(columns)::value;
+      if constexpr (BN <= 64)
+        stream_k::launch<T, BN, spmm_split24_kernel<T, BN>>(p, device, consumer_warps::kThreads, Config<BN>::kSmemBytes,
+                                                             "spmm_split24_kernel", stream);
+    });
+  });
+}
+
+}  // namespace sparsellm

@@ -1,0 +1,131 @@
+"""Split 2:4 format (docs/formats.md): encoder entry point and a numpy reference decoder.
+
+W = P + R: in each group of four columns of a row, P keeps the first two nonzeros
+(2:4 sparse, multiplied on mma.sp) and R the others. A 128×64 tile is either split —
+word 0 the residual count R, words 1–4 eight uint16 residual starts (one per 16-row
+block), indices [8, 264) (word 8 + 32 i + 4 g + 2 p + j: nibble q of the low half is
+the index pair of group 4 p + q of row 16 i + g in k32 block j, of the high half row
+16 i + g + 8), slots [264, 2312) (word 264 + 4 (32 (2 i + j) + l) + r: the two 16-bit
+slots of lane l's A register r, slot bit 8 l + 2 r and 8 l + 2 r + 1 in the bitmap's
+bit order), residual entries (value | position << 16) — or dense (word 0 = 0xFFFFFFFF,
+rows from word 32, 16-byte chunk c of row r at c ^ (r % 8)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sparsellm.formats.encoding import encode_with_native
+
+TILE_M = 128
+TILE_K = 64
+DENSE_TILE = 0xFFFFFFFF
+INDEX_WORD = 8
+SLOT_WORD = 264
+RESIDUAL_WORD = 2312
+DENSE_WORD = 32
+DENSE_TILE_WORDS = DENSE_WORD + TILE_M * TILE_K // 2
+
+
+def _slot_positions():
+    """(row, slot column) in a 16×16 slot block of slot bit b = 8·l + e, for b in 0..255."""
+    b = np.arange(256)
+    lane, e = b >> 3, b & 7
+    row = (lane >> 2) + 8 * ((e >> 1) & 1)
+    col = 2 * (lane & 3) + (e & 1) + 8 * (e >> 2)
+    return row, col
+
+
+_ROW, _COL = _slot_positions()
+
+
+def split_tile_words(residual: int) -> int:
+    return -(-(RESIDUAL_WORD + residual) // 4) * 4
+
+
+def tile_words(nnz: int, residual: int) -> int:
+    """Words of a tile with ``nnz`` nonzeros, ``residual`` of them past the first two of their group."""
+    return 0 if nnz == 0 else min(split_tile_words(residual), DENSE_TILE_WORDS)
+
+
+def encode_split24(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
+    """Encode a dense [m, k] float16 / bfloat16 matrix (its uint16 bits, or a float16 array for
+    dtype 'float16') with the C++ encoder."""
+    return encode_with_native("encode_split24", dense, dtype, threads)
+
+
+# For slot bit b of block (i, j): its row in the row block, the group (0–7) in
+# the k32 block, which slot of the group, and the index word's p and q.
+_GROUP = _COL // 2
+_SLOT = _COL % 2
+_P, _Q = _GROUP // 4, _GROUP % 4
+
+
+def _decode_split_tile(t: int, tile: np.ndarray) -> np.ndarray:
+    residual = int(tile[0])
+    if tile.size != split_tile_words(residual) or split_tile_words(residual) > DENSE_TILE_WORDS:
+        raise ValueError(f"tile {t} holds {tile.size} words; {residual} residual entries need "
+                         f"{split_tile_words(residual)}")
+    starts = tile[1:5].view(np.uint16).astype(np.int64)
+    if starts[0] != 0 or np.any(np.diff(starts) < 0) or starts[-1] > residual:
+        raise ValueError(f"tile {t}: residual starts {starts.tolist()} are not 0 … {residual}, non-decreasing")
+    # Slots: [i, j, b] → (row, column) through the index nibbles.
+    i, j, b = np.meshgrid(np.arange(8), np.arange(2), np.arange(256), indexing="ij")
+    slots = tile[SLOT_WORD:RESIDUAL_WORD].view(np.uint16).reshape(8, 2, 256)
+    rr = _ROW[b]
+    words = tile[INDEX_WORD + 32 * i + 4 * (rr % 8) + 2 * _P[b] + j].astype(np.int64)
+    nibble = (words >> (16 * (rr // 8) + 4 * _Q[b])) & 0xF
+    index = (nibble >> (2 * _SLOT[b])) & 3
+    rows = 16 * i + rr
+    cols = 32 * j + 4 * _GROUP[b] + index
+    kept = (slots & 0x7FFF) != 0
+    # Residual entries: row block by the starts, row and column from the position.
+    entries = tile[RESIDUAL_WORD:RESIDUAL_WORD + residual].astype(np.int64)
+    block = np.searchsorted(starts, np.arange(residual), side="right") - 1
+    pos = entries >> 16
+    if np.any(pos % 2) or np.any(pos >= 16 * 128):
+        raise ValueError(f"tile {t}: a residual position is not a 16 × 64 element")
+    r_row = pos // 128
+    r_col = 8 * (((pos // 16) % 8) ^ (r_row % 8)) + (pos // 2) % 8
+    all_rows = np.concatenate([rows[kept], 16 * block + r_row])
+    all_cols = np.concatenate([cols[kept], r_col])
+    all_values = np.concatenate([slots[kept], (entries & 0xFFFF).astype(np.uint16)])
+    if np.unique(all_rows * TILE_K + all_cols).size != all_rows.size:
+        raise ValueError(f"tile {t}: two stored values at one position")
+    if np.any(tile[RESIDUAL_WORD + residual:]):
+        raise ValueError(f"tile {t}: nonzero padding")
+    out = np.zeros((TILE_M, TILE_K), dtype=np.uint16)
+    out[all_rows, all_cols] = all_values
+    return out
+
+
+def _decode_dense_tile(t: int, tile: np.ndarray) -> np.ndarray:
+    if tile.size != DENSE_TILE_WORDS:
+        raise ValueError(f"tile {t} is dense but holds {tile.size} words")
+    rows = tile[DENSE_WORD:].view(np.uint16).reshape(TILE_M, 8, 8)  # [row, stored chunk, element]
+    r = np.arange(TILE_M)[:, None]
+    return rows[r, np.arange(8)[None, :] ^ (r % 8)].reshape(TILE_M, TILE_K)
+
+
+def decode_split24(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Dense uint16 bits [m, k] of an encoded matrix. Written independently of the C++
+    encoder, to test it: raises ValueError on a malformed tile."""
+    tiles_m, tiles_k = -(-m // TILE_M), -(-k // TILE_K)
+    if tile_offsets.shape != (tiles_m * tiles_k + 1,):
+        raise ValueError(f"tile_offsets has shape {tile_offsets.shape}, expected ({tiles_m * tiles_k + 1},)")
+    offsets = tile_offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets) < 0):
+        raise ValueError("tile_offsets are not 0 … len(data), non-decreasing")
+    padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
+    data = np.ascontiguousarray(data, dtype=np.uint32)
+    for t in range(tiles_m * tiles_k):
+        tile = data[offsets[t]: offsets[t + 1]]
+        if tile.size == 0:
+            continue
+        if tile.size < 8:
+            raise ValueError(f"tile {t} is shorter than its header")
+        values = _decode_dense_tile(t, tile) if tile[0] == DENSE_TILE else _decode_split_tile(t, tile)
+        tr, tc = divmod(t, tiles_k)
+        padded[tr * TILE_M:(tr + 1) * TILE_M, tc * TILE_K:(tc + 1) * TILE_K] = values
+    if padded[m:, :].any() or padded[:, k:].any():
+        raise ValueError("nonzeros outside the matrix")
+    return padded[:m, :k].copy()
