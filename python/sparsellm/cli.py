@@ -101,7 +101,7 @@ def _wrote_line(out: str, config: dict) -> str:
     """What ``convert`` wrote, in one line."""
     pruning = config["pruning"]
     stored = [t["format"] for t in config["tensors"].values()]
-    from sparsellm.convert.encoding import SPARSE_DATA_COMPONENT
+    from sparsellm.convert.checkpoint import SPARSE_DATA_COMPONENT
 
     sparse = ", ".join(f"{stored.count(f)} {f}" for f in SPARSE_DATA_COMPONENT)
     head = f"wrote {out}: {len(config['tensors'])} tensors ({sparse}), tp {config['tp']}, {config['dtype']}"

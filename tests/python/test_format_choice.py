@@ -457,7 +457,7 @@ def test_calibrate_writes_a_loadable_model(tmp_path, monkeypatch):
     assert len(written) == 1
     model = read_model(written[0])
     cached = load_model(gpu=model.gpu)  # installed in the cache under this GPU's name
-    assert cached == model and set(model.formats) == {"dense", "tiled_csl", "bitmap"}
+    assert cached == model and set(model.formats) == {"dense", "tiled_csl", "bitmap", "split24"}
     assert all(e < 0.5 for e in model.fit["rms_relative_error"].values())
     for fmt in model.formats:  # sane predictions: positive, growing with the weight
         assert 0 < model.time_us(fmt, 4096, 4096, 16, 0.7) < model.time_us(fmt, 16384, 16384, 16, 0.7)

@@ -35,7 +35,7 @@ CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
 TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap", "split24")
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
-SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles"}
+SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles", "split24": "tiles"}
 _REQUIRED_FIELDS = {
     "format_version": int, "architecture": str, "model_config": dict, "dtype": str, "tp": int,
     "tensors": dict, "files": dict, "pruning": dict,
@@ -254,7 +254,9 @@ def dense_weights(directory: str | os.PathLike, rank: int = 0) -> dict[str, np.n
     """{tensor name: dense array} of one rank: float16, or uint16 bit patterns for bfloat16.
 
     A generated checkpoint has no weights to decode (InvalidArgument, from ``load_checkpoint``)."""
-    from sparsellm.formats import decode_bitmap, decode_tiled_csl
+    from sparsellm.formats import decode_bitmap, decode_split24, decode_tiled_csl
+
+    decoders = {"tiled_csl": decode_tiled_csl, "bitmap": decode_bitmap, "split24": decode_split24}
 
     config, arrays = load_checkpoint(directory, rank)
     dtype = config["dtype"]
@@ -266,9 +268,7 @@ def dense_weights(directory: str | os.PathLike, rank: int = 0) -> dict[str, np.n
             bits = arrays[name]
         else:
             rows, cols = entry["shape"]
-            if entry["format"] == "bitmap":
-                bits = decode_bitmap(arrays[f"{name}.tile_offsets"], arrays[f"{name}.tiles"], rows, cols)
-            else:
-                bits = decode_tiled_csl(arrays[f"{name}.tile_offsets"], arrays[f"{name}.words"], rows, cols)
+            data = arrays[f"{name}.{SPARSE_DATA_COMPONENT[entry['format']]}"]
+            bits = decoders[entry["format"]](arrays[f"{name}.tile_offsets"], data, rows, cols)
         weights[name] = as_numpy_values(bits, dtype)
     return weights

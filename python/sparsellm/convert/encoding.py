@@ -35,6 +35,8 @@ import numpy as np
 
 from sparsellm.errors import InvalidArgument
 
+from .checkpoint import SPARSE_DATA_COMPONENT
+
 # The fixed rule ``auto`` followed before the speed model (Tiled-CSL from 55 % sparsity);
 # kept for callers of the package API, no longer used by ``choose_format``.
 TILED_CSL_MIN_SPARSITY = 0.55
@@ -42,8 +44,6 @@ TILED_CSL_MIN_SPARSITY = 0.55
 DEFAULT_CHOICE_SHAPE = (8192, 8192)
 
 FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "split24", "dense")
-# Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
-SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles", "split24": "tiles"}
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 _NEGATIVE_ZERO = np.uint16(0x8000)
 CHUNK_ELEMENTS = 1 << 24  # elements per pass of the checks below (bounds their temporaries)

@@ -22,8 +22,7 @@ import numpy as np
 from sparsellm.format_choice import FormatPolicy, weight_bytes
 
 from .architectures import ARCHITECTURES, sparse_rows_stack
-from .checkpoint import is_generated, rank_file_name
-from .encoding import SPARSE_DATA_COMPONENT
+from .checkpoint import SPARSE_DATA_COMPONENT, is_generated, rank_file_name
 
 _ITEM_BYTES = {"float16": 2, "bfloat16": 2, "uint32": 4, "uint16": 2}
 
