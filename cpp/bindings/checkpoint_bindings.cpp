@@ -77,7 +77,8 @@ class LinearLayer {
     linear_ = std::make_unique<Linear>(*ck, weight_name, bias_name, load);
     spmm_ = DeviceBuffer(linear_->spmm_workspace_bytes(max_n), "SpMM workspace");
     spmm_.zero(load);
-    if (linear_->format() == "dense") gemm_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "GEMM workspace");
+    if (linear_->format() == "dense" || linear_->expands_to_dense(max_n))
+      gemm_ = DeviceBuffer(kDenseGemmWorkspaceBytes, "GEMM workspace");
     SPARSELLM_CHECK_CUDA(cudaStreamSynchronize(load));  // before the mapping goes
   }
 

@@ -302,6 +302,37 @@ TEST(SpmmEmptyWeight, WritesTheBias) {
     }
 }
 
+// A split 2:4 weight expanded to dense gives back the matrix it encodes, bit
+// for bit (zeros as +0): empty, split and dense tiles, ragged edges.
+TEST(Split24ToDense, GivesBackTheMatrix) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  for (auto [m, k, sparsity] : {std::tuple<int64_t, int64_t, double>{300, 200, 0.7}, {1000, 3000, 0.3},
+                                {129, 65, 0.99}, {256, 512, 0.0}, {640, 1000, kUneven}}) {
+    std::mt19937 rng(uint32_t(m + k));
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<uint16_t> w(m * k);
+    for (int64_t i = 0; i < m * k; ++i) {
+      const double s = sparsity != kUneven ? sparsity : (i / k < m / 2 ? 0.0 : 1.0);
+      w[i] = u(rng) < s ? (rng() & 1 ? 0x8000 : 0) : to_bits(normal(rng), DType::kBFloat16);
+      if ((w[i] & 0x7FFF) == 0) w[i] = rng() & 1 ? 0x8000 : 0;  // ±0 is zero
+    }
+    const auto [tile_offsets, words] = encode(SparseFormat::kSplit24, w, m, k, DType::kBFloat16);
+    DeviceBuffer<uint32_t> d_words(words.empty() ? std::vector<uint32_t>(4, 0) : words), d_offsets(tile_offsets);
+    DeviceBuffer<uint16_t> d_dense(m * k);
+    SPARSELLM_CHECK_CUDA(cudaMemset(d_dense.ptr, 0xFF, m * k * 2));  // poison
+    spmm_split24_to_dense({d_words.ptr, d_offsets.ptr, m, k, DType::kBFloat16, SparseFormat::kSplit24}, d_dense.ptr,
+                          nullptr);
+    SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+    for (auto& v : w)
+      if ((v & 0x7FFF) == 0) v = 0;
+    EXPECT_TRUE(d_dense.download(m * k) == w) << m << "x" << k;
+  }
+  const SparseMatrixView bitmap{reinterpret_cast<const uint32_t*>(16), reinterpret_cast<const uint32_t*>(16), 128, 64,
+                                DType::kFloat16, SparseFormat::kBitmap};
+  EXPECT_THROW(spmm_split24_to_dense(bitmap, reinterpret_cast<void*>(16), nullptr), InvalidArgument);
+}
+
 TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
   SpmmParams p;

@@ -102,7 +102,19 @@ void spmm_tiled_csl(const SpmmParams& params, cudaStream_t stream);
 // The same for a bitmap weight (params.weight.format == SparseFormat::kBitmap).
 void spmm_bitmap(const SpmmParams& params, cudaStream_t stream);
 // The same for a split 2:4 weight (params.weight.format == SparseFormat::kSplit24).
+// It multiplies up to 64 columns of X per pass over W: wider inputs stream W
+// again per 64 columns.
 void spmm_split24(const SpmmParams& params, cudaStream_t stream);
+// Beyond this many rows of X a split 2:4 weight multiplies faster expanded to
+// dense (spmm_split24_to_dense, then a dense GEMM) than by spmm_split24's passes
+// (docs/kernel-notes.md, "Split 2:4").
+constexpr int64_t kSplit24SpmmMaxRows = 128;
+// Writes a split 2:4 weight as the dense row-major [m, k] matrix (16-bit
+// values) at `dense`, on `stream`, after every earlier kernel of the stream.
+void spmm_split24_to_dense(const SparseMatrixView& weight, void* dense, cudaStream_t stream);
+// The first byte of an SpMM workspace a caller may use as scratch of its own
+// between SpMM calls (the counters before it must stay zero).
+size_t spmm_workspace_scratch_offset();
 // Dispatches on params.weight.format.
 void spmm(const SpmmParams& params, cudaStream_t stream);
 

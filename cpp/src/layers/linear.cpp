@@ -8,7 +8,12 @@
 //              runtime/weights.h); the stream-K plan
 //              computed on the host from the offsets
 //              for this GPU's block count and uploaded     → spmm (dispatches on
-//                                                             the format)
+//                                                             the format); split24
+//                                                             for more than
+//                                                             kSplit24SpmmMaxRows
+//                                                             rows: expanded to
+//                                                             dense in the SpMM
+//                                                             workspace → dense_gemm
 // The bias, when named, is a dense [out] vector applied in the GEMM / SpMM
 // epilogue. Shapes and formats are checked before anything touches the GPU,
 // so a wrong name or shape is a FormatError naming the tensor, never a
@@ -20,8 +25,8 @@
 // copy) shifted (the tile grid is numbered row-major, so a part of whole tile
 // rows ends where the next begins) and the plan recomputed.
 //
-// forward() enqueues one GEMM or SpMM on the caller's stream: no allocation,
-// no synchronization.
+// forward() enqueues one GEMM or SpMM (or an expansion and a GEMM) on the
+// caller's stream: no allocation, no synchronization.
 #include "layers/linear.h"
 
 #include <algorithm>
@@ -210,31 +215,48 @@ size_t Linear::device_bytes() const {
   return total;
 }
 
+bool Linear::expands_to_dense(int64_t n) const {
+  return sparse_ && sparse_->format == SparseFormat::kSplit24 && n > kSplit24SpmmMaxRows;
+}
+
 size_t Linear::spmm_workspace_bytes(int64_t max_n) const {
   SPARSELLM_CHECK_ARG(max_n > 0, "Linear::spmm_workspace_bytes: max_n must be positive, got ", max_n);
   if (!sparse_) return 0;
-  return sparsellm::spmm_workspace_bytes(out_, max_n, plan_blocks_);
+  if (!expands_to_dense(max_n)) return sparsellm::spmm_workspace_bytes(out_, max_n, plan_blocks_);
+  return std::max(sparsellm::spmm_workspace_bytes(out_, kSplit24SpmmMaxRows, plan_blocks_),
+                  spmm_workspace_scratch_offset() + size_t(out_) * size_t(in_) * dtype_size(dtype_));
+}
+
+void Linear::gemm(const void* w, const void* x, void* y, int64_t n, const LinearWorkspace& workspace,
+                  cudaStream_t stream, bool relu) const {
+  DenseGemmParams p;
+  p.x = x;
+  p.w = w;
+  p.bias = bias_;
+  p.y = y;
+  p.relu = relu;
+  p.n = n;
+  p.m = out_;
+  p.k = in_;
+  p.dtype = dtype_;
+  p.workspace = workspace.gemm;
+  p.workspace_bytes = workspace.gemm_bytes;
+  dense_gemm(p, stream);
 }
 
 void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
                      bool relu) const {
   SPARSELLM_CHECK_ARG(n > 0, "Linear ", name_, ": n must be positive, got ", n);
   SPARSELLM_CHECK_ARG(x != nullptr && y != nullptr, "Linear ", name_, ": x and y must be device pointers, not null");
-  if (!sparse_) {
-    DenseGemmParams p;
-    p.x = x;
-    p.w = weight_ptr_;
-    p.bias = bias_;
-    p.y = y;
-    p.relu = relu;
-    p.n = n;
-    p.m = out_;
-    p.k = in_;
-    p.dtype = dtype_;
-    p.workspace = workspace.gemm;
-    p.workspace_bytes = workspace.gemm_bytes;
-    dense_gemm(p, stream);
-    return;
+  if (!sparse_) return gemm(weight_ptr_, x, y, n, workspace, stream, relu);
+  if (expands_to_dense(n)) {  // W expanded into the SpMM workspace's scratch, then multiplied by cuBLAS
+    const size_t offset = spmm_workspace_scratch_offset(), bytes = size_t(out_) * size_t(in_) * dtype_size(dtype_);
+    SPARSELLM_CHECK_ARG(workspace.spmm_bytes >= offset + bytes, "Linear ", name_, ": the SpMM workspace of ",
+                        workspace.spmm_bytes, " bytes cannot hold the dense weight for ", n, " rows (",
+                        offset + bytes, " needed)");
+    void* dense = static_cast<char*>(workspace.spmm) + offset;
+    spmm_split24_to_dense(*sparse_, dense, stream);
+    return gemm(dense, x, y, n, workspace, stream, relu);
   }
   SpmmParams p;
   p.x = x;

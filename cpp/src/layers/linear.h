@@ -53,8 +53,12 @@ class Linear {
   int64_t out_features() const { return out_; }
   std::string format() const;  // "dense" or the sparse format's name (sparse_format_name)
   size_t device_bytes() const;  // bytes of the weight (and bias) on the device
-  // Workspace this layer needs for inputs of up to max_n rows.
+  // Workspace this layer needs for inputs of up to max_n rows (a split 2:4
+  // weight that expands to dense for them: room for the dense matrix).
   size_t spmm_workspace_bytes(int64_t max_n) const;
+  // Whether n rows of input multiply this weight expanded to dense (split 2:4
+  // beyond kSplit24SpmmMaxRows), in the SpMM workspace, by cuBLAS.
+  bool expands_to_dense(int64_t n) const;
 
   // y = x · Wᵀ (+ b); with relu, max(·, 0) in the same GEMM or SpMM (its epilogue).
   void forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
@@ -73,6 +77,9 @@ class Linear {
   const void* plan_ = nullptr;
   int plan_blocks_ = 0;
 
+  // y = x · wᵀ (+ b) by cuBLAS for a dense [out, in] matrix w on the device.
+  void gemm(const void* w, const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
+            bool relu) const;
   // Takes the encoded weight (data, device and host tile offsets) and uploads its stream-K plan.
   void set_sparse(DeviceBuffer data, DeviceBuffer tile_offsets, const std::vector<uint32_t>& host_offsets,
                   SparseFormat format, cudaStream_t stream);

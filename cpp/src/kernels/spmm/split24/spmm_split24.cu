@@ -164,6 +164,56 @@ __global__ void __launch_bounds__(consumer_warps::kThreads, 2) spmm_split24_kern
       });
 }
 
+// W as a dense row-major [m, k] matrix: block t writes tile t, warp w its row
+// block w (an empty tile as zeros). Lane (g, c) of a split tile writes, per k32
+// block j and A register r, the group of four its register holds — row
+// 16 w + g + 8 (r % 2), group c + 4 (r / 2) of block j — with the two slots at
+// their indices and zeros elsewhere; then, after __syncwarp, the residual
+// entries of the row block over those zeros.
+__global__ void __launch_bounds__(256) split24_to_dense_kernel(const uint32_t* __restrict__ words,
+                                                              const uint32_t* __restrict__ offsets,
+                                                              uint16_t* __restrict__ dense, int m, int k, int tiles_k) {
+  const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r0 = int64_t(t / tiles_k) * kTileM + 16 * warp, c0 = int64_t(t % tiles_k) * kTileK;
+  auto store = [&](int r, int c, uint16_t v) {  // row r of the row block, tile column c
+    if (r0 + r < m && c0 + c < k) dense[(r0 + r) * k + c0 + c] = v;
+  };
+  const uint32_t begin = offsets[t], end = offsets[t + 1];
+  const uint32_t* tile = words + begin;
+  if (end == begin || tile[0] == kDenseTile) {
+    const uint16_t* rows = reinterpret_cast<const uint16_t*>(tile + kDenseWord) + 16 * kTileK * warp;
+    for (int x = lane; x < 16 * kTileK; x += 32) {
+      const int r = x / kTileK, c = x % kTileK;
+      store(r, c, end == begin ? uint16_t(0) : rows[kTileK * r + 8 * ((c / 8) ^ (r % 8)) + c % 8]);
+    }
+    return;
+  }
+  const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const uint4 v = *reinterpret_cast<const uint4*>(tile + kSlotWord + 4 * (32 * (2 * warp + j) + lane));
+    const uint32_t regs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t index = tile[kIndexWord + 32 * warp + 4 * g + 2 * (r >> 1) + j] >> (16 * (r & 1) + 4 * c) & 0xF;
+      const int row = g + 8 * (r & 1), col = 32 * j + 4 * (c + 4 * (r >> 1));
+      uint16_t group[4] = {0, 0, 0, 0};
+      group[index & 3] = uint16_t(regs[r]);
+      group[index >> 2] = uint16_t(regs[r] >> 16);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) store(row, col + e, group[e]);
+    }
+  }
+  __syncwarp();
+  const uint16_t* starts = reinterpret_cast<const uint16_t*>(tile + kResidualStartWord);
+  const uint32_t first = starts[warp], last = warp == kTileM / 16 - 1 ? tile[0] : starts[warp + 1];
+  for (uint32_t x = first + lane; x < last; x += 32) {
+    const uint32_t entry = tile[kResidualWord + x], pos = entry >> 16;
+    const int r = int(pos / 128), col = 8 * (int(pos / 16 % 8) ^ (r % 8)) + int(pos / 2 % 8);
+    store(r, col, uint16_t(entry));
+  }
+}
+
 }  // namespace
 
 void spmm_split24(const SpmmParams& p, cudaStream_t stream) {
@@ -181,6 +231,20 @@ void spmm_split24(const SpmmParams& p, cudaStream_t stream) {
                                                              "spmm_split24_kernel", stream);
     });
   });
+}
+
+void spmm_split24_to_dense(const SparseMatrixView& w, void* dense, cudaStream_t stream) {
+  SPARSELLM_CHECK_ARG(w.format == SparseFormat::kSplit24, "spmm_split24_to_dense: the weight is not in the split 2:4 format");
+  SPARSELLM_CHECK_ARG(w.m > 0 && w.k > 0 && w.m < INT32_MAX && w.k < INT32_MAX, "spmm_split24_to_dense: invalid shape ",
+                      w.m, "x", w.k);
+  SPARSELLM_CHECK_ARG(w.tile_offsets && dense, "spmm_split24_to_dense: tile offsets and output must be device pointers");
+  SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(w.words) % 16 == 0, "spmm: split 2:4 tile data must be 16-byte aligned");
+  const int64_t tiles = spmm_tile_count(w.m, w.k);
+  SPARSELLM_CHECK_ARG(tiles < INT32_MAX, "spmm_split24_to_dense: too many tiles");
+  // A plain launch: it waits for every kernel before it, which may still read `dense`.
+  split24_to_dense_kernel<<<unsigned(tiles), 256, 0, stream>>>(w.words, w.tile_offsets, static_cast<uint16_t*>(dense),
+                                                              int(w.m), int(w.k), int((w.k + kTileK - 1) / kTileK));
+  SPARSELLM_CHECK_LAUNCH("split24_to_dense_kernel");
 }
 
 }  // namespace sparsellm

@@ -256,6 +256,8 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
 
 }  // namespace
 
+size_t spmm_workspace_scratch_offset() { return stream_k::kCounterBytes; }
+
 size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
   const int bn = stream_k::block_columns(n);
   const int64_t passes = (n + bn - 1) / bn;
