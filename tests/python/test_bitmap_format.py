@@ -10,31 +10,14 @@ from sparsellm._native import native
 from sparsellm.formats import decode_bitmap, encode_bitmap
 from sparsellm.formats.bitmap import HEADER_WORDS, MASK_WORDS, tile_words
 
-
-def random_bits(rng, m, k, density, dtype):
-    values = rng.standard_normal((m, k)).astype(np.float32) * 0.05
-    if dtype == "float16":
-        bits = values.astype(np.float16).view(np.uint16)
-    else:  # bfloat16: the upper half of the float32 bits
-        bits = (values.view(np.uint32) >> 16).astype(np.uint16)
-    keep = rng.random((m, k)) < density
-    return np.where(keep & ((bits & 0x7FFF) != 0), bits, 0).astype(np.uint16)
+from format_bits import check_round_trip, random_bits
 
 
 @pytest.mark.parametrize("m,k", [(64, 172), (1000, 3000), (129, 65), (1, 1), (300, 64), (4097, 130)])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_round_trip(m, k, density, dtype):
-    rng = np.random.default_rng(hash((m, k, density, dtype)) % 2**32)
-    bits = random_bits(rng, m, k, density, dtype)
-    enc = encode_bitmap(bits, dtype)
-    nnz = int(np.count_nonzero(bits & 0x7FFF))
-    assert enc["nnz"] == nnz
-    offsets = enc["tile_offsets"].astype(np.int64)
-    assert np.all(np.diff(offsets) % 4 == 0)
-    assert offsets[-1] == enc["data"].size
-    native().validate_bitmap(enc["tile_offsets"], enc["data"], m, k)
-    np.testing.assert_array_equal(decode_bitmap(enc["tile_offsets"], enc["data"], m, k), bits)
+    check_round_trip("bitmap", m, k, density, dtype)
 
 
 def test_size_is_two_bytes_per_nonzero_plus_an_eighth_per_element():

@@ -8,16 +8,7 @@ import sparsellm
 from sparsellm._native import native
 from sparsellm.formats import decode_tiled_csl, encode_tiled_csl
 
-
-def random_bits(rng, m, k, density, dtype):
-    values = rng.standard_normal((m, k)).astype(np.float32) * 0.05
-    if dtype == "float16":
-        bits = values.astype(np.float16).view(np.uint16)
-    else:  # bfloat16: the upper half of the float32 bits (round toward zero is fine for a test)
-        bits = (values.view(np.uint32) >> 16).astype(np.uint16)
-    keep = rng.random((m, k)) < density
-    bits = np.where(keep & ((bits & 0x7FFF) != 0), bits, 0).astype(np.uint16)
-    return bits
+from format_bits import random_bits
 
 
 @pytest.mark.parametrize("m,k", [(64, 172), (1000, 3000), (129, 65), (1, 1), (300, 64)])

@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsellm.formats.encoding import encode_with_native
+from sparsellm.formats.encoding import TILE_K, TILE_M, encode_with_native, fragment_positions, tile_grid
 
-TILE_M = 128
-TILE_K = 64
 MASK_WORDS = 256
 HEADER_WORDS = 260
 
-
-def _bit_positions():
-    """(row, col) inside a 16×16 block of mask bit b = 8·l + e, for b in 0..255."""
-    b = np.arange(256)
-    lane, e = b >> 3, b & 7
-    row = (lane >> 2) + 8 * ((e >> 1) & 1)
-    col = 2 * (lane & 3) + (e & 1) + 8 * (e >> 2)
-    return row, col
-
-
-_ROW, _COL = _bit_positions()
+_ROW, _COL = fragment_positions()  # of mask bit b in its 16×16 block
 
 
 def tile_words(nnz: int) -> int:
@@ -47,12 +35,7 @@ def encode_bitmap(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
 def decode_bitmap(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
     """Dense uint16 bits [m, k] of an encoded matrix. Written independently of
     the C++ encoder, to test it: raises ValueError on any malformed tile."""
-    tiles_m, tiles_k = -(-m // TILE_M), -(-k // TILE_K)
-    if tile_offsets.shape != (tiles_m * tiles_k + 1,):
-        raise ValueError(f"tile_offsets has shape {tile_offsets.shape}, expected ({tiles_m * tiles_k + 1},)")
-    offsets = tile_offsets.astype(np.int64)
-    if offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets) < 0):
-        raise ValueError("tile_offsets are not 0 … len(data), non-decreasing")
+    offsets, tiles_m, tiles_k = tile_grid(tile_offsets, data, m, k)
     padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
     data = np.ascontiguousarray(data, dtype=np.uint32)
     for t in range(tiles_m * tiles_k):

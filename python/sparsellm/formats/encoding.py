@@ -1,4 +1,5 @@
-"""The entry to the C++ encoders, shared by every format."""
+"""What the format modules share: the entry to the C++ encoders, the checks of a tile grid's
+offsets their decoders start with, and the lane order of mma.m16n8k16's A fragment."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,3 +14,30 @@ def encode_with_native(encoder: str, dense: np.ndarray, dtype: str, threads: int
     if bits.ndim != 2:
         raise ValueError(f"{encoder}: expected a 2-D matrix, got shape {dense.shape}")
     return getattr(native(), encoder)(bits, dtype, threads)
+
+
+TILE_M = 128
+TILE_K = 64
+
+
+def tile_grid(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> tuple[np.ndarray, int, int]:
+    """(offsets as int64, tiles_m, tiles_k) of W[m, k]'s 128×64 tile grid, after checking that
+    ``tile_offsets`` holds one entry per tile and the end; with ``data`` (not None), that they run
+    from 0 to its length without decreasing. Raises ValueError."""
+    tiles_m, tiles_k = -(-m // TILE_M), -(-k // TILE_K)
+    if tile_offsets.shape != (tiles_m * tiles_k + 1,):
+        raise ValueError(f"tile_offsets has shape {tile_offsets.shape}, expected ({tiles_m * tiles_k + 1},)")
+    offsets = tile_offsets.astype(np.int64)
+    if data is not None and (offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets) < 0)):
+        raise ValueError("tile_offsets are not 0 … len(data), non-decreasing")
+    return offsets, tiles_m, tiles_k
+
+
+def fragment_positions() -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) in a 16×16 block of bit b = 8·l + e, for b in 0..255: the e-th A value of
+    lane l in mma.m16n8k16 (the bitmap's mask order, split 2:4's slot order)."""
+    b = np.arange(256)
+    lane, e = b >> 3, b & 7
+    row = (lane >> 2) + 8 * ((e >> 1) & 1)
+    col = 2 * (lane & 3) + (e & 1) + 8 * (e >> 2)
+    return row, col

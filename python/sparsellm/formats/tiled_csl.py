@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsellm.formats.encoding import encode_with_native
+from sparsellm.formats.encoding import TILE_K, TILE_M, encode_with_native, tile_grid
 
-TILE_M = 128
-TILE_K = 64
 TILE_BYTES = TILE_M * TILE_K * 2
 GROUP_ROWS = 16
 GROUPS = TILE_M // GROUP_ROWS
@@ -44,9 +42,7 @@ def _groups(tile_offsets: np.ndarray, words: np.ndarray, t: int) -> list[np.ndar
 def decode_tiled_csl(tile_offsets: np.ndarray, words: np.ndarray, m: int, k: int) -> np.ndarray:
     """Dense uint16 bits [m, k] of an encoded matrix. Written independently of
     the C++ encoder, to test it: raises ValueError on any malformed word."""
-    tiles_m, tiles_k = -(-m // TILE_M), -(-k // TILE_K)
-    if tile_offsets.shape != (tiles_m * tiles_k + 1,):
-        raise ValueError(f"tile_offsets has shape {tile_offsets.shape}, expected ({tiles_m * tiles_k + 1},)")
+    _, tiles_m, tiles_k = tile_grid(tile_offsets, None, m, k)
     padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
     seen = np.zeros(padded.shape, dtype=bool)
     for t in range(tiles_m * tiles_k):
