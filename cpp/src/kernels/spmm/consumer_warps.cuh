@@ -279,6 +279,26 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
   for (int nt = 0; nt < BN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 }
 
+// A block's view of its shared memory, laid out by the format's Config C:
+// kStages stages of kStageBytes from the start (1024-byte aligned: checked),
+// the stage barriers at kBarOffset, the stages' tile word counts at
+// kMetaOffset and the last-block flag after them.
+struct StageRing {
+  uint32_t stages, bars;          // shared addresses
+  const volatile uint32_t* meta;  // [kStages] words of the tile in each stage
+  int* last_flag;
+};
+template <typename C>
+__device__ __forceinline__ StageRing stage_ring(unsigned char* smem) {
+  StageRing r;
+  r.stages = ptx::smem_addr(smem);
+  check_x_alignment(r.stages);  // every stage size is a multiple of 1024
+  r.bars = ptx::smem_addr(smem + C::kBarOffset);
+  r.meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
+  r.last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
+  return r;
+}
+
 // Stage s of kStages (X tile + the format's per-tile data) has two barriers:
 // full(s) at bars + 8 s (kXFullArrivals, or kXFullArrivalsTma where X comes by
 // TMA) and empty(s) at bars + 8 (kStages + s) (one arrival per consumer warp).

@@ -148,11 +148,10 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   if (blk.unit_begin == blk.unit_end) return;
 
   const int warp = threadIdx.x >> 5;
-  const uint32_t stages = ptx::smem_addr(smem);
-  check_x_alignment(stages);  // every stage size is a multiple of 1024
-  const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
-  const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
-  int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
+  const StageRing ring = stage_ring<C>(smem);
+  const uint32_t stages = ring.stages, bars = ring.bars;
+  const volatile uint32_t* meta = ring.meta;
+  int* last_flag = ring.last_flag;
   const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
   if (threadIdx.x == 0) {
     init_stage_barriers<C::kStages>(a, bars);
@@ -168,7 +167,7 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
   auto produce = [&](int u, int s) {  // after advance(u)
     const int j = u - blk.unit_begin;
     produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
-                    stages + C::kMetaOffset + 4 * s);
+                         stages + C::kMetaOffset + 4 * s);
   };
   auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
     if (meta[s] > 0) consume<T, BN>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc);

@@ -138,11 +138,10 @@ __global__ void __launch_bounds__(consumer_warps::kThreads, 2) spmm_split24_kern
   if (blk.unit_begin == blk.unit_end) return;
 
   const int warp = threadIdx.x >> 5;
-  const uint32_t stages = ptx::smem_addr(smem);
-  check_x_alignment(stages);  // every stage size is a multiple of 1024
-  const uint32_t bars = ptx::smem_addr(smem + C::kBarOffset);
-  const volatile uint32_t* meta = reinterpret_cast<const volatile uint32_t*>(smem + C::kMetaOffset);
-  int* last_flag = reinterpret_cast<int*>(smem + C::kMetaOffset + C::kStages * 4);
+  const StageRing ring = stage_ring<C>(smem);
+  const uint32_t stages = ring.stages, bars = ring.bars;
+  const volatile uint32_t* meta = ring.meta;
+  int* last_flag = ring.last_flag;
   const uint32_t staging = stages + C::kStagingOffset + kStagingBytes * (warp % kConsumerWarps);
   if (threadIdx.x == 0) init_stage_barriers<C::kStages>(a, bars);
   if (warp < kConsumerWarps)
