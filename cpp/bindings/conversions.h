@@ -34,7 +34,9 @@ inline DType to_dtype(const std::string& name) {
 inline SparseFormat to_format(const std::string& name) {
   SparseFormat f;
   if (sparse_format_named(name, &f)) return f;
-  throw InvalidArgument("unknown sparse format '" + name + "' (available: 'tiled_csl', 'bitmap', 'split24')");
+  std::string known;
+  for (SparseFormat g : kSparseFormats) known += std::string(known.empty() ? "'" : ", '") + sparse_format_name(g) + "'";
+  throw InvalidArgument("unknown sparse format '" + name + "' (available: " + known + ")");
 }
 
 template <typename T>

@@ -40,6 +40,8 @@ def _format_policy(args: argparse.Namespace):
 
 def convert(argv: list[str]) -> int:
     """Prune a Hugging Face model, or generate a random one, and write a sparsellm checkpoint."""
+    from sparsellm.convert.encoding import FORMAT_CHOICES
+
     parser = argparse.ArgumentParser(prog="sparsellm convert", description=convert.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="HF_DIR", help="Hugging Face model directory (OPT or Llama family)")
@@ -60,7 +62,7 @@ def convert(argv: list[str]) -> int:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (one file each)")
     parser.add_argument("--dtype", choices=("fp16", "bf16"),
                         help="stored dtype (default: the model's if fp16/bf16, else fp16; fp16 for --random)")
-    parser.add_argument("--format", default="auto", choices=("auto", "tiled_csl", "bitmap", "split24", "dense"),
+    parser.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
                         help="storage of pruned weights (auto: the fastest predicted at --decode-batch on "
                              "--target-gpu, see docs/formats.md)")
     _add_format_model_arguments(parser)

@@ -33,9 +33,9 @@ from .tensor_parallel import shard_ranks
 FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 STORED_DTYPES = ("float16", "bfloat16")
-TENSOR_FORMATS = ("dense", "tiled_csl", "bitmap", "split24")
 # Sparse formats: the key suffix of the data component beside ``<name>.tile_offsets``.
 SPARSE_DATA_COMPONENT = {"tiled_csl": "words", "bitmap": "tiles", "split24": "tiles"}
+TENSOR_FORMATS = ("dense", *SPARSE_DATA_COMPONENT)
 _REQUIRED_FIELDS = {
     "format_version": int, "architecture": str, "model_config": dict, "dtype": str, "tp": int,
     "tensors": dict, "files": dict, "pruning": dict,

@@ -43,7 +43,7 @@ TILED_CSL_MIN_SPARSITY = 0.55
 # Shape assumed when a caller gives none (a mid-size decoder weight).
 DEFAULT_CHOICE_SHAPE = (8192, 8192)
 
-FORMAT_CHOICES = ("auto", "tiled_csl", "bitmap", "split24", "dense")
+FORMAT_CHOICES = ("auto", *SPARSE_DATA_COMPONENT, "dense")
 DTYPES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 _NEGATIVE_ZERO = np.uint16(0x8000)
 CHUNK_ELEMENTS = 1 << 24  # elements per pass of the checks below (bounds their temporaries)

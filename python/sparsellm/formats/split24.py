@@ -28,12 +28,8 @@ _ROW, _COL = fragment_positions()  # row and slot column of slot bit b in its 16
 
 
 def split_tile_words(residual: int) -> int:
+    """Words of a split tile with ``residual`` residual entries."""
     return -(-(RESIDUAL_WORD + residual) // 4) * 4
-
-
-def tile_words(nnz: int, residual: int) -> int:
-    """Words of a tile with ``nnz`` nonzeros, ``residual`` of them past the first two of their group."""
-    return 0 if nnz == 0 else min(split_tile_words(residual), DENSE_TILE_WORDS)
 
 
 def encode_split24(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
