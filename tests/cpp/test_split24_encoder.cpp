@@ -3,6 +3,7 @@
 // round trip against an independent decoder is tests/python/test_split24_format.py.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "encoder_checks.h"
@@ -62,6 +63,28 @@ TEST(Split24Encoder, GroupsFollowTheSlotRule) {
   const uint16_t* starts = reinterpret_cast<const uint16_t*>(t + kResidualStartWord);
   for (int i = 1; i < 8; ++i) EXPECT_EQ(starts[i], 3) << i;
   EXPECT_EQ(validate_split24(enc.tile_offsets.data(), t, int64_t(enc.data.size()), 128, 64), 11);
+}
+
+// A residual takes the slot it would have in a group whose indices are (2, 3):
+// its byte in R's slot tile, laid out as P's slot blocks (lane l's register r
+// of block j at byte 512 j + 16 l + 4 r, slot 1 in the high half).
+TEST(Split24Encoder, ResidualPositionIsTheSlotOfIndicesTwoAndThree) {
+  // Row 0, column 19: group 4 of block 0, slot 1 -> lane 0, register 2, high half.
+  EXPECT_EQ(residual_position(0, 19), 0u + 4 * 2 + 2);
+  // Row 15, column 34: group 0 of block 1, row g + 8 with g = 7, slot 0 -> lane 28, register 1.
+  EXPECT_EQ(residual_position(15, 34), 512u + 16 * 28 + 4 * 1);
+  std::vector<bool> seen(kResidualTileBytes, false);
+  for (int r = 0; r < 16; ++r)
+    for (int c = 2; c < kTileK; c += (c % 4 == 2 ? 1 : 3)) {
+      const uint32_t pos = residual_position(r, c);
+      ASSERT_LT(pos, uint32_t(kResidualTileBytes));
+      EXPECT_EQ(pos % 2, 0u);
+      EXPECT_FALSE(seen[pos]) << "row " << r << " column " << c;
+      seen[pos] = true;
+      EXPECT_EQ(residual_row(pos), r);
+      EXPECT_EQ(residual_col(pos), c);
+    }
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), true), kResidualTileBytes / 2);  // every slot once
 }
 
 TEST(Split24Encoder, CountsNonzerosAndPicksTheSmallerTile) {

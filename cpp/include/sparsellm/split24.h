@@ -9,9 +9,12 @@
 // 16 × 16 matrix of slots (slot column c: slot c % 2 of group c / 2), stored
 // as the lane registers it is loaded into, whether a slot holds a nonzero or
 // not (one 16-byte load a lane and block; no decode), plus the 2-bit column of
-// each slot in its group. R is a list of (position, value) per 16-row block,
-// scattered on chip into a dense tile and multiplied densely. A tile that
-// would take more words this way than dense is stored dense.
+// each slot in its group. R is a list of (position, value) per 16-row block.
+// A third nonzero of a group sits at column 2 or 3 of it and a fourth at 3, so
+// R is 2:4 sparse with every group's indices (2, 3): its entries are scattered
+// on chip into slots laid out as P's and multiplied on mma.sp with constant
+// metadata. A tile that would take more words this way than dense is stored
+// dense.
 //
 // Tiles of kTileM × kTileK = 128 × 64, numbered row-major as in the other
 // formats (same stream-K plan and workspace). Row block i = tile rows
@@ -43,10 +46,12 @@
 //                     bit b at row bitmap::bit_row(0, b), slot column
 //                     bitmap::bit_col(0, b)
 //   words [2312, 2312 + R) residual entries, by row block: value | position
-//                     << 16, position = 128 r + 16 ((c / 8) ^ (r % 8)) + 2 (c % 8)
-//                     for row r (0–15) of the row block and tile column c: the
-//                     element's byte in a 16 × 64 tile of 128-byte rows whose
-//                     16-byte chunks are swizzled by r % 8
+//                     << 16, position = residual_position(r, c) for row r
+//                     (0–15) of the row block and tile column c: the byte, in
+//                     a 1 KiB tile laid out as the row block's two slot blocks
+//                     (512 j + 4 (8 l + 2 r') + 2 h for lane l's register r',
+//                     half h, of block j), of the slot the element takes when
+//                     its group's indices are (2, 3)
 //   zero-padded to 16 bytes
 // dense tile (when a split one would take more than kDenseTileWords):
 //   words [8, 32)     zero
@@ -71,7 +76,7 @@
 namespace sparsellm {
 
 namespace split24 {
-constexpr int kVersion = 1;
+constexpr int kVersion = 2;  // 2: residual positions in slot order (1: in a dense 16 × 64 tile)
 constexpr int kTileM = 128;
 constexpr int kTileK = 64;
 constexpr uint32_t kDenseTile = 0xFFFFFFFFu;
@@ -93,9 +98,25 @@ SPARSELLM_SPLIT24_HD constexpr int64_t split_tile_words(int64_t r) {
 SPARSELLM_SPLIT24_HD constexpr int64_t tile_words(int64_t nnz, int64_t r) {
   return nnz == 0 ? 0 : split_tile_words(r) <= kDenseTileWords ? split_tile_words(r) : kDenseTileWords;
 }
-// Byte position of (row r, column c) of a row block in the staging tile (see above).
+constexpr uint32_t kResidualIndices = 0xEEEEEEEEu;  // R's mma.sp metadata: every group's indices (2, 3)
+constexpr int kResidualTileBytes = 2 * 512;         // R's slots of a row block, both k32 blocks
+
+// Byte position of (row r, column c) of a row block in R's slot tile (see
+// above); c % 4 is 2 or 3, as for every residual. Slot bit b = 8 l + e of the
+// bitmap order sits at row (l / 4) + 8 ((e / 2) % 2), slot column
+// 2 (l % 4) + e % 2 + 8 (e / 4), and slot column s is slot s % 2 of group s / 2.
 SPARSELLM_SPLIT24_HD constexpr uint32_t residual_position(int r, int c) {
-  return uint32_t(128 * r + 16 * ((c / 8) ^ (r % 8)) + 2 * (c % 8));
+  const int s = 2 * (c % 32 / 4) + c % 4 - 2;  // slot column in the k32 block
+  const int lane = 4 * (r % 8) + s % 8 / 2, e = 2 * (r / 8 + 2 * (s / 8)) + s % 2;
+  return uint32_t(512 * (c / 32) + 2 * (8 * lane + e));
+}
+// The row (0–15) and tile column of residual position `pos` (its inverse).
+SPARSELLM_SPLIT24_HD constexpr int residual_row(uint32_t pos) {
+  return int(pos / 2 % 256 / 32 + 8 * (pos / 4 % 2));
+}
+SPARSELLM_SPLIT24_HD constexpr int residual_col(uint32_t pos) {
+  const int b = int(pos / 2 % 256), s = 2 * (b / 8 % 4) + b % 2 + 8 * (b / 4 % 2);
+  return int(32 * (pos / 512)) + 4 * (s / 2) + 2 + s % 2;
 }
 }  // namespace split24
 

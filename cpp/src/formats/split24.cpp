@@ -213,8 +213,8 @@ int64_t validate_split24(const uint32_t* offsets, const uint32_t* data, int64_t 
         for (int64_t x = begin; x < end; ++x) {
           const uint32_t entry = tile[kResidualWord + x];
           const uint32_t pos = entry >> 16;
-          const int rr = int(pos / 128), chunk = int(pos / 16 % 8), c = 8 * (chunk ^ (rr % 8)) + int(pos / 2 % 8);
-          if (pos % 2 || rr >= 16) fail("tile ", t, ": residual entry ", x, " has position ", pos);
+          if (pos % 2 || pos >= uint32_t(kResidualTileBytes)) fail("tile ", t, ": residual entry ", x, " has position ", pos);
+          const int rr = residual_row(pos), c = residual_col(pos);
           const int row = 16 * i + rr, g = c / 4;
           int before = 0;
           for (int cc = 4 * g; cc < c; ++cc) before += is_nonzero(values[row * kTileK + cc]);

@@ -7,8 +7,10 @@ block), indices [8, 264) (word 8 + 32 i + 4 g + 2 p + j: nibble q of the low hal
 the index pair of group 4 p + q of row 16 i + g in k32 block j, of the high half row
 16 i + g + 8), slots [264, 2312) (word 264 + 4 (32 (2 i + j) + l) + r: the two 16-bit
 slots of lane l's A register r, slot bit 8 l + 2 r and 8 l + 2 r + 1 in the bitmap's
-bit order), residual entries (value | position << 16) — or dense (word 0 = 0xFFFFFFFF,
-rows from word 32, 16-byte chunk c of row r at c ^ (r % 8)).
+bit order), residual entries (value | position << 16; position 512 j + 2 b for the slot bit b
+of k32 block j the element takes when its group's indices are (2, 3): R holds columns 2 and
+3 of a group only) — or dense (word 0 = 0xFFFFFFFF, rows from word 32, 16-byte chunk c of
+row r at c ^ (r % 8)).
 """
 from __future__ import annotations
 
@@ -67,10 +69,11 @@ def _decode_split_tile(t: int, tile: np.ndarray) -> np.ndarray:
     entries = tile[RESIDUAL_WORD:RESIDUAL_WORD + residual].astype(np.int64)
     block = np.searchsorted(starts, np.arange(residual), side="right") - 1
     pos = entries >> 16
-    if np.any(pos % 2) or np.any(pos >= 16 * 128):
-        raise ValueError(f"tile {t}: a residual position is not a 16 × 64 element")
-    r_row = pos // 128
-    r_col = 8 * (((pos // 16) % 8) ^ (r_row % 8)) + (pos // 2) % 8
+    if np.any(pos % 2) or np.any(pos >= 2 * 512):
+        raise ValueError(f"tile {t}: a residual position is not a slot of the row block's two k32 blocks")
+    slot_bit = (pos // 2) % 256
+    r_row = _ROW[slot_bit]
+    r_col = 32 * (pos // 512) + 4 * _GROUP[slot_bit] + 2 + _SLOT[slot_bit]
     all_rows = np.concatenate([rows[kept], 16 * block + r_row])
     all_cols = np.concatenate([cols[kept], r_col])
     all_values = np.concatenate([slots[kept], (entries & 0xFFFF).astype(np.uint16)])

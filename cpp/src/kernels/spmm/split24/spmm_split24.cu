@@ -6,10 +6,11 @@
 // block, A = P's 16 × 16 kept values (one 16-byte shared load a lane: the
 // format stores them as the lane's registers) with their 2-bit indices, B = Xᵀ
 // (ldmatrix), mma.sp.m16n8k32 into fp32 accumulators. R's entries of the row
-// block are scattered by the lanes into the warp's 16 × 64 staging tile
-// (zero outside them), read back as four m16n8k16 A fragments, undone, and
-// multiplied densely with the same B fragments; a dense tile is multiplied
-// the same way straight from its stage.
+// block are scattered by the lanes into the warp's 1 KiB staging tile, laid
+// out as P's slots (zero outside them), read back as A registers (one 16-byte
+// load a lane and block), undone, and multiplied by mma.sp with the same B and
+// the constant indices (2, 3) — R holds only columns 2 and 3 of a group. A
+// dense tile is multiplied by m16n8k16 straight from its stage.
 //
 // Warp specialization, 10 warps, as the bitmap kernel (consumer_warps.cuh):
 //   warps 8, 9 (producers)   alternate tiles: one bulk copy of the tile's
@@ -45,15 +46,47 @@ static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the str
 // A stage's tile reservation: the largest tile, rounded to 1024 bytes so that
 // the X tile after it is 1024-byte aligned (check_x_alignment).
 constexpr int kStageTileBytes = (kMaxTileWords * 4 + 1023) / 1024 * 1024;
-constexpr int kStagingBytes = 16 * kTileK * 2;  // a warp's 16 × 64 staging tile
+constexpr int kStagingBytes = kResidualTileBytes;  // a warp's staging tile of R's slots
 
-// The warp's four m16n8k16 A fragments of a 16 × 64 tile at `rows` (128-byte
-// rows, 16-byte chunks swizzled by row % 8, 128-byte aligned).
-__device__ __forceinline__ void load_dense_fragments(uint32_t rows, uint32_t (&a)[4][4]) {
+// Lane l's A registers of k32 block j from a slot block pair at `slots` (lane
+// l's four registers of block j at byte 512 j + 16 l).
+__device__ __forceinline__ void load_slots(uint32_t slots, uint32_t (&a)[2][4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const uint4 v = ptx::ld_shared_v4(slots + 512 * j + 16 * lane);
+    a[j][0] = v.x, a[j][1] = v.y, a[j][2] = v.z, a[j][3] = v.w;
+  }
+}
+
+// B: for 8 columns nt and k32 block j, one ldmatrix.x4 of the X stage's k
+// chunks 4 j .. 4 j + 3: mma.sp's B, and the dense B of k16 steps 2 j
+// (registers 0, 1) and 2 j + 1 (2, 3).
+__device__ __forceinline__ void load_x_fragments(uint32_t x_stage, int nt, uint32_t (&b)[2][4]) {
+  const int lane = threadIdx.x & 31;
+  const uint32_t xrow = lane & 7;
+  const uint32_t xb = x_stage + xrow * 128 + ((((lane >> 3) & 3) ^ xrow) << 4);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) ptx::ldmatrix_x4((xb + nt * 1024) ^ (j << 6), b[j]);
+}
+
+// A dense tile: row block `warp` as four m16n8k16 A fragments (128-byte rows,
+// 16-byte chunks swizzled by row % 8), multiplied by m16n8k16.
+template <typename T, int BN>
+__device__ __forceinline__ void consume_dense(uint32_t stage, int warp, Accumulators<BN>& acc) {
   const int lane = threadIdx.x & 31, r = lane & 15;
-  const uint32_t step0 = rows + r * 128 + (((lane >> 4) ^ (r & 7)) << 4);
+  const uint32_t step0 = stage + 4 * kDenseWord + 16 * 128 * warp + r * 128 + (((lane >> 4) ^ (r & 7)) << 4);
+  uint32_t a[4][4];
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) ptx::ldmatrix_x4(swizzled_k16_step(step0, ks), a[ks]);
+#pragma unroll
+  for (int nt = 0; nt < BN / 8; ++nt) {
+    uint32_t b[2][4];
+    load_x_fragments(stage + kStageTileBytes, nt, b);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      ptx::mma_m16n8k16<T>(acc[nt], a[ks], b[ks >> 1][2 * (ks & 1)], b[ks >> 1][2 * (ks & 1) + 1]);
+  }
 }
 
 // Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
@@ -62,60 +95,49 @@ template <typename T, int BN>
 __device__ __forceinline__ void consume(uint32_t stage, int warp, Accumulators<BN>& acc, uint32_t staging) {
   const int lane = threadIdx.x & 31;
   const uint32_t kind = ptx::ld_shared_u32(stage);
-  const bool split = kind != kDenseTile;  // warp-uniform
-  uint32_t sparse[2][4] = {}, dense[4][4] = {};
-  uint2 meta = {0, 0};
-  bool has_dense = !split;
-  if (split) {
-    meta = ptx::ld_shared_v2(stage + 4 * (kIndexWord + 32 * warp + 4 * (lane >> 2) + 2 * (lane & 1)));
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const uint4 v = ptx::ld_shared_v4(stage + 4 * kSlotWord + 16 * (32 * (2 * warp + j) + lane));
-      sparse[j][0] = v.x, sparse[j][1] = v.y, sparse[j][2] = v.z, sparse[j][3] = v.w;
+  if (kind == kDenseTile) return consume_dense<T, BN>(stage, warp, acc);  // warp-uniform
+  const uint2 meta = ptx::ld_shared_v2(stage + 4 * (kIndexWord + 32 * warp + 4 * (lane >> 2) + 2 * (lane & 1)));
+  uint32_t p[2][4], r[2][4];
+  load_slots(stage + 4 * kSlotWord + 1024 * warp, p);
+  const uint32_t starts = stage + 4 * kResidualStartWord;
+  const uint32_t begin = ptx::ld_shared_u16(starts + 2 * warp);
+  const uint32_t end = warp == kConsumerWarps - 1 ? kind : ptx::ld_shared_u16(starts + 2 * (warp + 1));
+  const bool has_residual = end > begin;
+  if (has_residual) {  // scatter R's entries (a lane keeps its first), read the slots, undo
+    const uint32_t entries = stage + 4 * kResidualWord;
+    const bool held = begin + lane < end;
+    const uint32_t entry = held ? ptx::ld_shared_u32(entries + 4 * (begin + lane)) : 0u;
+    if (held) ptx::st_shared_u16(staging + (entry >> 16), entry & 0xFFFF);
+    for (uint32_t i = begin + 32 + lane; i < end; i += 32) {
+      const uint32_t more = ptx::ld_shared_u32(entries + 4 * i);
+      ptx::st_shared_u16(staging + (more >> 16), more & 0xFFFF);
     }
-    const uint32_t starts = stage + 4 * kResidualStartWord;
-    const uint32_t begin = ptx::ld_shared_u16(starts + 2 * warp);
-    const uint32_t end = warp == kConsumerWarps - 1 ? kind : ptx::ld_shared_u16(starts + 2 * (warp + 1));
-    has_dense = end > begin;
-    if (has_dense) {  // scatter R's entries (a lane keeps its first), read the fragments, undo
-      const uint32_t entries = stage + 4 * kResidualWord;
-      const bool held = begin + lane < end;
-      const uint32_t entry = held ? ptx::ld_shared_u32(entries + 4 * (begin + lane)) : 0u;
-      if (held) ptx::st_shared_u16(staging + (entry >> 16), entry & 0xFFFF);
-      for (uint32_t i = begin + 32 + lane; i < end; i += 32) {
-        const uint32_t more = ptx::ld_shared_u32(entries + 4 * i);
-        ptx::st_shared_u16(staging + (more >> 16), more & 0xFFFF);
-      }
-      __syncwarp();
-      load_dense_fragments(staging, dense);
-      __syncwarp();
-      if (held) ptx::st_shared_u16(staging + (entry >> 16), 0);
-      for (uint32_t i = begin + 32 + lane; i < end; i += 32)
-        ptx::st_shared_u16(staging + (ptx::ld_shared_u32(entries + 4 * i) >> 16), 0);
-      __syncwarp();
-    }
-  } else {
-    load_dense_fragments(stage + 4 * kDenseWord + 16 * 128 * warp, dense);
+    __syncwarp();
+    load_slots(staging, r);
+    __syncwarp();
+    if (held) ptx::st_shared_u16(staging + (entry >> 16), 0);
+    for (uint32_t i = begin + 32 + lane; i < end; i += 32)
+      ptx::st_shared_u16(staging + (ptx::ld_shared_u32(entries + 4 * i) >> 16), 0);
+    __syncwarp();
   }
-
-  // B: for 8 columns nt and k32 block j, one ldmatrix.x4 of the X stage's k
-  // chunks 4 j .. 4 j + 3: mma.sp's B, and the dense B of k16 steps 2 j
-  // (registers 0, 1) and 2 j + 1 (2, 3).
-  const uint32_t xrow = lane & 7;
-  const uint32_t xb = stage + kStageTileBytes + xrow * 128 + ((((lane >> 3) & 3) ^ xrow) << 4);
+  // G column blocks at a time, so that consecutive MMAs add to different
+  // accumulators (one accumulator's MMAs wait for each other): 4 at 32
+  // columns (2% faster than 2 at 70–90% on H200); at 64, 4 would spill.
+  constexpr int G = BN == 8 ? 1 : BN == 32 ? 4 : 2;
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
-    uint32_t b[2][4];
+  for (int nt = 0; nt < BN / 8; nt += G) {
+    uint32_t b[G][2][4];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) ptx::ldmatrix_x4((xb + nt * 1024) ^ (j << 6), b[j]);
-    if (split) {
-      ptx::mma_sp_m16n8k32<T>(acc[nt], sparse[0], b[0], meta.x);
-      ptx::mma_sp_m16n8k32<T>(acc[nt], sparse[1], b[1], meta.y);
-    }
-    if (has_dense)
+    for (int g = 0; g < G; ++g) load_x_fragments(stage + kStageTileBytes, nt + g, b[g]);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-        ptx::mma_m16n8k16<T>(acc[nt], dense[ks], b[ks >> 1][2 * (ks & 1)], b[ks >> 1][2 * (ks & 1) + 1]);
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], p[j], b[g][j], j ? meta.y : meta.x);
+    if (has_residual)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], r[j], b[g][j], kResidualIndices);
   }
 }
 
@@ -207,9 +229,8 @@ __global__ void __launch_bounds__(256) split24_to_dense_kernel(const uint32_t* _
   const uint16_t* starts = reinterpret_cast<const uint16_t*>(tile + kResidualStartWord);
   const uint32_t first = starts[warp], last = warp == kTileM / 16 - 1 ? tile[0] : starts[warp + 1];
   for (uint32_t x = first + lane; x < last; x += 32) {
-    const uint32_t entry = tile[kResidualWord + x], pos = entry >> 16;
-    const int r = int(pos / 128), col = 8 * (int(pos / 16 % 8) ^ (r % 8)) + int(pos / 2 % 8);
-    store(r, col, uint16_t(entry));
+    const uint32_t entry = tile[kResidualWord + x];
+    store(residual_row(entry >> 16), residual_col(entry >> 16), uint16_t(entry));
   }
 }
 
