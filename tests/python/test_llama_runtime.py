@@ -108,7 +108,7 @@ def random_llama(name: str, seed: int = 0):
 
 
 def _sparse_format(name: str, sparsity: float) -> str:
-    # 50 %: whatever the converter picks for the shape (bitmap or Tiled-CSL); 80 %: Tiled-CSL.
+    # 50 %: whatever the converter picks for the shape (any format); 80 %: Tiled-CSL.
     # stories260K's 64-wide matrices are too small for a sparse format to pay (the converter would
     # keep them dense), so its 50 % checkpoints ask for bitmap: the test is of the sparse path.
     if sparsity == 0:
