@@ -49,7 +49,7 @@
 //                     << 16, position = residual_position(r, c) for row r
 //                     (0–15) of the row block and tile column c: the byte, in
 //                     a 1 KiB tile laid out as the row block's two slot blocks
-//                     (512 j + 4 (8 l + 2 r') + 2 h for lane l's register r',
+//                     (512 j + 16 l + 4 r' + 2 h for lane l's register r',
 //                     half h, of block j), of the slot the element takes when
 //                     its group's indices are (2, 3)
 //   zero-padded to 16 bytes
