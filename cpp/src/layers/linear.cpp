@@ -223,8 +223,11 @@ size_t Linear::spmm_workspace_bytes(int64_t max_n) const {
   SPARSELLM_CHECK_ARG(max_n > 0, "Linear::spmm_workspace_bytes: max_n must be positive, got ", max_n);
   if (!sparse_) return 0;
   if (!expands_to_dense(max_n)) return sparsellm::spmm_workspace_bytes(out_, max_n, plan_blocks_);
-  return std::max(sparsellm::spmm_workspace_bytes(out_, kSplit24SpmmMaxRows, plan_blocks_),
-                  spmm_workspace_scratch_offset() + size_t(out_) * size_t(in_) * dtype_size(dtype_));
+  return std::max(sparsellm::spmm_workspace_bytes(out_, kSplit24SpmmMaxRows, plan_blocks_), dense_scratch_end());
+}
+
+size_t Linear::dense_scratch_end() const {
+  return spmm_workspace_scratch_offset() + size_t(out_) * size_t(in_) * dtype_size(dtype_);
 }
 
 void Linear::gemm(const void* w, const void* x, void* y, int64_t n, const LinearWorkspace& workspace,
@@ -250,11 +253,10 @@ void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& w
   SPARSELLM_CHECK_ARG(x != nullptr && y != nullptr, "Linear ", name_, ": x and y must be device pointers, not null");
   if (!sparse_) return gemm(weight_ptr_, x, y, n, workspace, stream, relu);
   if (expands_to_dense(n)) {  // W expanded into the SpMM workspace's scratch, then multiplied by cuBLAS
-    const size_t offset = spmm_workspace_scratch_offset(), bytes = size_t(out_) * size_t(in_) * dtype_size(dtype_);
-    SPARSELLM_CHECK_ARG(workspace.spmm_bytes >= offset + bytes, "Linear ", name_, ": the SpMM workspace of ",
+    SPARSELLM_CHECK_ARG(workspace.spmm_bytes >= dense_scratch_end(), "Linear ", name_, ": the SpMM workspace of ",
                         workspace.spmm_bytes, " bytes cannot hold the dense weight for ", n, " rows (",
-                        offset + bytes, " needed)");
-    void* dense = static_cast<char*>(workspace.spmm) + offset;
+                        dense_scratch_end(), " needed)");
+    void* dense = static_cast<char*>(workspace.spmm) + spmm_workspace_scratch_offset();
     spmm_split24_to_dense(*sparse_, dense, stream);
     return gemm(dense, x, y, n, workspace, stream, relu);
   }

@@ -77,6 +77,8 @@ class Linear {
   const void* plan_ = nullptr;
   int plan_blocks_ = 0;
 
+  // End of the dense [out, in] weight in the SpMM workspace's scratch (expands_to_dense).
+  size_t dense_scratch_end() const;
   // y = x · wᵀ (+ b) by cuBLAS for a dense [out, in] matrix w on the device.
   void gemm(const void* w, const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
             bool relu) const;

@@ -40,8 +40,8 @@
 #include "common/check.h"
 #include "formats/tile_grid.h"
 #include "sparsellm/bitmap.h"
-#include "sparsellm/split24.h"
 #include "sparsellm/error.h"
+#include "sparsellm/split24.h"
 #include "sparsellm/tiled_csl.h"
 
 namespace sparsellm {
@@ -152,12 +152,12 @@ class Sha256 {
 // --- the format table ----------------------------------------------------------
 //
 // A format is: the rank of its logical shape, its components (key suffix,
-// dtype, shape rule) and a structural check of the stored arrays. A new format
-// is one more row here plus its check.
+// dtype, shape rule) and, for a tiled format, the validator of its stored
+// arrays. A new format is one more row here.
 
 enum class ShapeRule {
   kLogical,      // the shard's logical shape
-  kTileOffsets,  // [ceil(rows / 128) · ceil(cols / 64) + 1] (both tiled formats cut 128 × 64)
+  kTileOffsets,  // [ceil(rows / 128) · ceil(cols / 64) + 1] (every tiled format cuts 128 × 64)
   kAnyLength,    // 1-D, any length
 };
 
@@ -167,15 +167,24 @@ struct ComponentSpec {
   ShapeRule shape;
 };
 
-// `where` is "<rank file>: tensor <name>: ".
-using StructureCheck = void (*)(const std::string& where, const TensorEntry& entry);
+// A tiled format's validator: checks (tile offsets, data, words, m, k) and
+// returns the nonzeros stored; throws FormatError naming the first violation.
+using TiledValidator = int64_t (*)(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
 
 struct FormatSpec {
   const char* name;
   size_t min_rank, max_rank;  // of the logical shape
   std::vector<ComponentSpec> components;
-  StructureCheck check;       // nullptr: nothing beyond dtypes and shapes
+  const char* kind = nullptr;          // a tiled format's name in messages
+  TiledValidator validate = nullptr;   // nullptr: nothing beyond dtypes and shapes
 };
+
+// A tiled format: [rows, cols] stored as tile offsets and the data component `data_suffix`.
+FormatSpec tiled_format(const char* name, const char* data_suffix, const char* kind, TiledValidator validate) {
+  return {name, 2, 2,
+          {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {data_suffix, "uint32", ShapeRule::kAnyLength}},
+          kind, validate};
+}
 
 // uint32 array of a component, read through memcpy (the mapping gives no
 // alignment guarantee for arrays written after an odd-sized 16-bit array).
@@ -217,50 +226,25 @@ TiledArrays tiled_arrays(const std::string& where, const TensorEntry& entry, con
   return a;
 }
 
-// A tiled format's arrays: its validator accepts them and counts `nnz` nonzeros.
-using TiledValidator = int64_t (*)(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t);
-void check_tiled(const std::string& where, const TensorEntry& entry, const char* component, const char* kind,
-                 TiledValidator validate) {
-  const TiledArrays a = tiled_arrays(where, entry, component);
+// A tiled format's arrays (components[1] holds the data): its validator
+// accepts them and counts `nnz` nonzeros. `where` is "<rank file>: tensor <name>: ".
+void check_tiled(const std::string& where, const TensorEntry& entry, const FormatSpec& format) {
+  const TiledArrays a = tiled_arrays(where, entry, format.components[1].suffix);
   int64_t stored = 0;
   try {
-    stored = validate(a.offsets.data(), a.data(), a.num_words, entry.shape[0], entry.shape[1]);
+    stored = format.validate(a.offsets.data(), a.data(), a.num_words, entry.shape[0], entry.shape[1]);
   } catch (const FormatError& e) {
-    format_error(where, "invalid ", kind, " data: ", e.what());
+    format_error(where, "invalid ", format.kind, " data: ", e.what());
   }
   if (stored != entry.nnz) format_error(where, "stores ", stored, " nonzeros, config.json says ", entry.nnz);
 }
 
-void check_tiled_csl(const std::string& where, const TensorEntry& entry) {
-  check_tiled(where, entry, ".words", "Tiled-CSL", validate_tiled_csl);
-}
-
-void check_bitmap(const std::string& where, const TensorEntry& entry) {
-  check_tiled(where, entry, ".tiles", "bitmap", validate_bitmap);
-}
-
-void check_split24(const std::string& where, const TensorEntry& entry) {
-  check_tiled(where, entry, ".tiles", "split 2:4", validate_split24);
-}
-
 const std::vector<FormatSpec>& format_table() {
   static const std::vector<FormatSpec> table = {
-      {"dense", 1, 2, {{"", nullptr, ShapeRule::kLogical}}, nullptr},
-      {"tiled_csl",
-       2,
-       2,
-       {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {".words", "uint32", ShapeRule::kAnyLength}},
-       &check_tiled_csl},
-      {"bitmap",
-       2,
-       2,
-       {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {".tiles", "uint32", ShapeRule::kAnyLength}},
-       &check_bitmap},
-      {"split24",
-       2,
-       2,
-       {{".tile_offsets", "uint32", ShapeRule::kTileOffsets}, {".tiles", "uint32", ShapeRule::kAnyLength}},
-       &check_split24},
+      {"dense", 1, 2, {{"", nullptr, ShapeRule::kLogical}}},
+      tiled_format("tiled_csl", ".words", "Tiled-CSL", validate_tiled_csl),
+      tiled_format("bitmap", ".tiles", "bitmap", validate_bitmap),
+      tiled_format("split24", ".tiles", "split 2:4", validate_split24),
   };
   return table;
 }
@@ -687,14 +671,14 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& dir, int rank, b
   for (const auto& [first, name] : order) ck->names_.push_back(name);
 
   // 4. per-format structure, one tensor per task
-  std::vector<std::pair<StructureCheck, const TensorEntry*>> checks;
+  std::vector<std::pair<const FormatSpec*, const TensorEntry*>> checks;
   for (const std::string& name : ck->names_) {
     const TensorEntry& t = ck->tensors_.at(name);
-    if (StructureCheck check = find_format(t.format)->check) checks.push_back({check, &t});
+    if (const FormatSpec* format = find_format(t.format); format->validate) checks.push_back({format, &t});
   }
   detail::parallel_ranges(int64_t(checks.size()), 0, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i)
-      checks[i].first(concat(path, ": tensor ", checks[i].second->name, ": "), *checks[i].second);
+      check_tiled(concat(path, ": tensor ", checks[i].second->name, ": "), *checks[i].second, *checks[i].first);
   });
   return ck;
 }

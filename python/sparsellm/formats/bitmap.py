@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsellm.formats.encoding import TILE_K, TILE_M, encode_with_native, fragment_positions, tile_grid
+from sparsellm.formats.encoding import TILE_K, TILE_M, decode_tiles, encode_with_native, fragment_positions
 
 MASK_WORDS = 256
 HEADER_WORDS = 260
@@ -32,39 +32,31 @@ def encode_bitmap(dense: np.ndarray, dtype: str, threads: int = 0) -> dict:
     return encode_with_native("encode_bitmap", dense, dtype, threads)
 
 
+def _decode_tile(t: int, tile: np.ndarray) -> np.ndarray:
+    # masks[i, j] as 256 bits, bit b = 32 q + (bit in word q).
+    words = tile[:MASK_WORDS].reshape(8, 8, 4)  # [row block i, word q, block j]
+    bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # [i, q, j, 32]
+    bits = bits.transpose(0, 2, 1, 3).reshape(8, 4, 256).astype(bool)  # [i, j, b]
+    count = int(bits.sum())
+    if tile.size != tile_words(count):
+        raise ValueError(f"tile {t} holds {tile.size} words; {count} nonzeros need {tile_words(count)}")
+    row_start = tile[MASK_WORDS:HEADER_WORDS].view(np.uint16).astype(np.int64)
+    per_row_block = bits.reshape(8, -1).sum(axis=1)
+    expected = np.concatenate([[0], np.cumsum(per_row_block)[:-1]])
+    if np.any(row_start != expected):
+        raise ValueError(f"tile {t}: row starts {row_start.tolist()} disagree with the masks")
+    values = tile[HEADER_WORDS:].view(np.uint16)
+    if np.any(values[count:] != 0):
+        raise ValueError(f"tile {t}: nonzero padding")
+    if np.any((values[:count] & 0x7FFF) == 0):
+        raise ValueError(f"tile {t}: a stored value is zero")
+    i, j, b = np.nonzero(bits)  # row-major over (i, j, b): the value order
+    out = np.zeros((TILE_M, TILE_K), dtype=np.uint16)
+    out[16 * i + _ROW[b], 16 * j + _COL[b]] = values[:count]
+    return out
+
+
 def decode_bitmap(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
     """Dense uint16 bits [m, k] of an encoded matrix. Written independently of
     the C++ encoder, to test it: raises ValueError on any malformed tile."""
-    offsets, tiles_m, tiles_k = tile_grid(tile_offsets, data, m, k)
-    padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
-    data = np.ascontiguousarray(data, dtype=np.uint32)
-    for t in range(tiles_m * tiles_k):
-        tile = data[offsets[t] : offsets[t + 1]]
-        if tile.size == 0:
-            continue
-        if tile.size < HEADER_WORDS:
-            raise ValueError(f"tile {t} is shorter than its header")
-        # masks[i, j] as 256 bits, bit b = 32 q + (bit in word q).
-        words = tile[:MASK_WORDS].reshape(8, 8, 4)  # [row block i, word q, block j]
-        bits = (words[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # [i, q, j, 32]
-        bits = bits.transpose(0, 2, 1, 3).reshape(8, 4, 256).astype(bool)  # [i, j, b]
-        count = int(bits.sum())
-        if tile.size != tile_words(count):
-            raise ValueError(f"tile {t} holds {tile.size} words; {count} nonzeros need {tile_words(count)}")
-        row_start = tile[MASK_WORDS:HEADER_WORDS].view(np.uint16).astype(np.int64)
-        per_row_block = bits.reshape(8, -1).sum(axis=1)
-        expected = np.concatenate([[0], np.cumsum(per_row_block)[:-1]])
-        if np.any(row_start != expected):
-            raise ValueError(f"tile {t}: row starts {row_start.tolist()} disagree with the masks")
-        values = tile[HEADER_WORDS:].view(np.uint16)
-        if np.any(values[count:] != 0):
-            raise ValueError(f"tile {t}: nonzero padding")
-        if np.any((values[:count] & 0x7FFF) == 0):
-            raise ValueError(f"tile {t}: a stored value is zero")
-        i, j, b = np.nonzero(bits)  # row-major over (i, j, b): the value order
-        r = (t // tiles_k) * TILE_M + 16 * i + _ROW[b]
-        c = (t % tiles_k) * TILE_K + 16 * j + _COL[b]
-        padded[r, c] = values[:count]
-    if padded[m:, :].any() or padded[:, k:].any():
-        raise ValueError("nonzeros outside the matrix")
-    return padded[:m, :k].copy()
+    return decode_tiles(tile_offsets, data, m, k, HEADER_WORDS, _decode_tile)

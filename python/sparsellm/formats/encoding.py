@@ -1,5 +1,6 @@
 """What the format modules share: the entry to the C++ encoders, the checks of a tile grid's
-offsets their decoders start with, and the lane order of mma.m16n8k16's A fragment."""
+offsets their decoders start with, the tile loop of the decoders whose tiles are runs of words,
+and the lane order of mma.m16n8k16's A fragment."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,6 +32,27 @@ def tile_grid(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> tup
     if data is not None and (offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets) < 0)):
         raise ValueError("tile_offsets are not 0 … len(data), non-decreasing")
     return offsets, tiles_m, tiles_k
+
+
+def decode_tiles(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int, header_words: int,
+                 decode_tile) -> np.ndarray:
+    """Dense uint16 bits [m, k] of a format whose tiles are runs of ``data`` words (bitmap, split
+    2:4): each non-empty tile, at least ``header_words`` long, is ``decode_tile(t, words)``'s
+    128×64 values. Raises ValueError (the tile grid's, the decoder's, or nonzeros outside W)."""
+    offsets, tiles_m, tiles_k = tile_grid(tile_offsets, data, m, k)
+    padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
+    data = np.ascontiguousarray(data, dtype=np.uint32)
+    for t in range(tiles_m * tiles_k):
+        tile = data[offsets[t]: offsets[t + 1]]
+        if tile.size == 0:
+            continue
+        if tile.size < header_words:
+            raise ValueError(f"tile {t} is shorter than its header")
+        tr, tc = divmod(t, tiles_k)
+        padded[tr * TILE_M:(tr + 1) * TILE_M, tc * TILE_K:(tc + 1) * TILE_K] = decode_tile(t, tile)
+    if padded[m:, :].any() or padded[:, k:].any():
+        raise ValueError("nonzeros outside the matrix")
+    return padded[:m, :k].copy()
 
 
 def fragment_positions() -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsellm.formats.encoding import TILE_K, TILE_M, encode_with_native, fragment_positions, tile_grid
+from sparsellm.formats.encoding import TILE_K, TILE_M, decode_tiles, encode_with_native, fragment_positions
 
 DENSE_TILE = 0xFFFFFFFF
 INDEX_WORD = 8
@@ -97,18 +97,5 @@ def _decode_dense_tile(t: int, tile: np.ndarray) -> np.ndarray:
 def decode_split24(tile_offsets: np.ndarray, data: np.ndarray, m: int, k: int) -> np.ndarray:
     """Dense uint16 bits [m, k] of an encoded matrix. Written independently of the C++
     encoder, to test it: raises ValueError on a malformed tile."""
-    offsets, tiles_m, tiles_k = tile_grid(tile_offsets, data, m, k)
-    padded = np.zeros((tiles_m * TILE_M, tiles_k * TILE_K), dtype=np.uint16)
-    data = np.ascontiguousarray(data, dtype=np.uint32)
-    for t in range(tiles_m * tiles_k):
-        tile = data[offsets[t]: offsets[t + 1]]
-        if tile.size == 0:
-            continue
-        if tile.size < 8:
-            raise ValueError(f"tile {t} is shorter than its header")
-        values = _decode_dense_tile(t, tile) if tile[0] == DENSE_TILE else _decode_split_tile(t, tile)
-        tr, tc = divmod(t, tiles_k)
-        padded[tr * TILE_M:(tr + 1) * TILE_M, tc * TILE_K:(tc + 1) * TILE_K] = values
-    if padded[m:, :].any() or padded[:, k:].any():
-        raise ValueError("nonzeros outside the matrix")
-    return padded[:m, :k].copy()
+    return decode_tiles(tile_offsets, data, m, k, INDEX_WORD, lambda t, tile: (
+        _decode_dense_tile(t, tile) if tile[0] == DENSE_TILE else _decode_split_tile(t, tile)))

@@ -59,7 +59,7 @@ static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the str
 // bytes so that the X tile after it is 1024-byte aligned (check_x_alignment).
 // Decode reads at most one 16-bit value past a tile's last value, which stays
 // inside the reservation (kMaxTileWords · 4 = 17,424 < 18,432).
-constexpr int kStageTileBytes = (kMaxTileWords * 4 + 1023) / 1024 * 1024;
+constexpr int kStageTileBytes = x_aligned(kMaxTileWords * 4);
 
 // Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
 template <typename T, int BN>

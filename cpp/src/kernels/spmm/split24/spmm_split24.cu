@@ -45,7 +45,7 @@ static_assert(stream_k::kTileM == kTileM && stream_k::kTileK == kTileK, "the str
 
 // A stage's tile reservation: the largest tile, rounded to 1024 bytes so that
 // the X tile after it is 1024-byte aligned (check_x_alignment).
-constexpr int kStageTileBytes = (kMaxTileWords * 4 + 1023) / 1024 * 1024;
+constexpr int kStageTileBytes = x_aligned(kMaxTileWords * 4);
 constexpr int kStagingBytes = kResidualTileBytes;  // a warp's staging tile of R's slots
 
 // Lane l's A registers of k32 block j from a slot block pair at `slots` (lane

@@ -63,7 +63,7 @@ template <int BN>
 struct Config {
   static constexpr int kStages = BN <= 16 ? 8 : (BN == 32 ? 6 : 3);  // X stages (tiles in flight)
   static constexpr int kDenseOffset = kRingWords * 4;  // 1024-byte aligned, as X stages (swizzled_k16_step)
-  static constexpr int kXOffset = (kDenseOffset + kDenseBytes + 1023) / 1024 * 1024;  // check_x_alignment
+  static constexpr int kXOffset = x_aligned(kDenseOffset + kDenseBytes);  // check_x_alignment
   static constexpr int kBarOffset = kXOffset + kStages * kXStageBytes<BN>;  // stage barriers
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;         // tile word end per stage
   static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
