@@ -18,7 +18,13 @@
 //   warps 0..7 (consumers)   warp w owns row block w × all BN columns
 //
 // Widths: BN = 8, 16, 32, 64; more columns run in passes of 64 (each pass
-// streams W again).
+// streams W again). On sm_90a from 32 columns (kUseWgmma) the four warps of a
+// warpgroup multiply their 64 rows together by wgmma.sp, A = each warp's slot
+// registers and indices as above (sparse wgmma.m64nNk32 takes a warp's A and
+// metadata in mma.sp.m16n8k32's layout), B = the X stage read once by
+// descriptor instead of by eight warps' ldmatrix; R's wgmma.sp is issued for
+// every split tile (a warp without entries gives zeros): a wgmma under a
+// condition is serialized by ptxas (C7520).
 //
 // Bytes a weight at sparsity s (random masks): 1 byte a weight for the slots
 // (half the tile's elements, zero or not) + 1/8 for the indices + 4 per
@@ -79,15 +85,40 @@ __device__ __forceinline__ void consume_dense(uint32_t stage, int warp, Accumula
   uint32_t a[4][4];
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) ptx::ldmatrix_x4(swizzled_k16_step(step0, ks), a[ks]);
+  if constexpr (kUseWgmma<BN>) {
+#if SPARSELLM_HAS_WGMMA
+    wgmma_tile<T, BN>(a, stage + kStageTileBytes, acc);  // the warpgroup's 64 rows × BN
+#endif
+  } else {
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; ++nt) {
-    uint32_t b[2][4];
-    load_x_fragments(stage + kStageTileBytes, nt, b);
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      uint32_t b[2][4];
+      load_x_fragments(stage + kStageTileBytes, nt, b);
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks)
-      ptx::mma_m16n8k16<T>(acc[nt], a[ks], b[ks >> 1][2 * (ks & 1)], b[ks >> 1][2 * (ks & 1) + 1]);
+      for (int ks = 0; ks < 4; ++ks)
+        ptx::mma_m16n8k16<T>(acc[nt], a[ks], b[ks >> 1][2 * (ks & 1)], b[ks >> 1][2 * (ks & 1) + 1]);
+    }
   }
 }
+
+#if SPARSELLM_HAS_WGMMA
+// acc += (P + R of the warpgroup's 64 rows) · the X stage at `xs`: per k32
+// block j one wgmma.sp for P (this warp's slots p[j], indices meta) and one
+// for R (its slots r[j], indices (2, 3)); complete on return.
+template <typename T, int BN>
+__device__ __forceinline__ void wgmma_split_tile(const uint32_t (&p)[2][4], const uint32_t (&r)[2][4], uint2 meta,
+                                                 uint32_t xs, Accumulators<BN>& acc) {
+  wgmma::fence_async_shared();
+  wgmma::fence();
+  const uint64_t x = wgmma::sw128_descriptor(xs);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) wgmma::mma_sp_rs<T, BN>(acc, p[j], wgmma::advance(x, 64 * j), j ? meta.y : meta.x);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) wgmma::mma_sp_rs<T, BN>(acc, r[j], wgmma::advance(x, 64 * j), kResidualIndices);
+  wgmma::commit();
+  wgmma::wait_all();
+}
+#endif
 
 // Consumer: acc += (row block `warp` of the tile in `stage`) · (X tile)ᵀ.
 // `staging`: the warp's staging tile, zero on entry and on return.
@@ -102,7 +133,9 @@ __device__ __forceinline__ void consume(uint32_t stage, int warp, Accumulators<B
   const uint32_t starts = stage + 4 * kResidualStartWord;
   const uint32_t begin = ptx::ld_shared_u16(starts + 2 * warp);
   const uint32_t end = warp == kConsumerWarps - 1 ? kind : ptx::ld_shared_u16(starts + 2 * (warp + 1));
-  const bool has_residual = end > begin;
+  // R is multiplied where the row block has entries (mma.sync), or always
+  // (wgmma: at random masks nearly every warpgroup's 64 rows have some).
+  const bool has_residual = kUseWgmma<BN> || end > begin;
   if (has_residual) {  // scatter R's entries (a lane keeps its first), read the slots, undo
     const uint32_t entries = stage + 4 * kResidualWord;
     const bool held = begin + lane < end;
@@ -120,24 +153,30 @@ __device__ __forceinline__ void consume(uint32_t stage, int warp, Accumulators<B
       ptx::st_shared_u16(staging + (ptx::ld_shared_u32(entries + 4 * i) >> 16), 0);
     __syncwarp();
   }
-  // G column blocks at a time, so that consecutive MMAs add to different
-  // accumulators (one accumulator's MMAs wait for each other): 4 at 32
-  // columns (2% faster than 2 at 70–90% on H200); at 64, 4 would spill.
-  constexpr int G = BN == 8 ? 1 : BN == 32 ? 4 : 2;
+  if constexpr (kUseWgmma<BN>) {
+#if SPARSELLM_HAS_WGMMA
+    wgmma_split_tile<T, BN>(p, r, meta, stage + kStageTileBytes, acc);  // the warpgroup's 64 rows × BN
+#endif
+  } else {
+    // G column blocks at a time, so that consecutive MMAs add to different
+    // accumulators (one accumulator's MMAs wait for each other): 4 at 32
+    // columns (2% faster than 2 at 70–90% on H200); at 64, 4 would spill.
+    constexpr int G = BN == 8 ? 1 : BN == 32 ? 4 : 2;
 #pragma unroll
-  for (int nt = 0; nt < BN / 8; nt += G) {
-    uint32_t b[G][2][4];
+    for (int nt = 0; nt < BN / 8; nt += G) {
+      uint32_t b[G][2][4];
 #pragma unroll
-    for (int g = 0; g < G; ++g) load_x_fragments(stage + kStageTileBytes, nt + g, b[g]);
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-      for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], p[j], b[g][j], j ? meta.y : meta.x);
-    if (has_residual)
+      for (int g = 0; g < G; ++g) load_x_fragments(stage + kStageTileBytes, nt + g, b[g]);
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], r[j], b[g][j], kResidualIndices);
+        for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], p[j], b[g][j], j ? meta.y : meta.x);
+      if (has_residual)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int g = 0; g < G; ++g) ptx::mma_sp_m16n8k32<T>(acc[nt + g], r[j], b[g][j], kResidualIndices);
+    }
   }
 }
 
