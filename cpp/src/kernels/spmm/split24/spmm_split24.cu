@@ -17,8 +17,8 @@
 //                            words, then the X tile X[n0 .., 64 c ..]
 //   warps 0..7 (consumers)   warp w owns row block w × all BN columns
 //
-// Widths: BN = 8, 16, 32, 64; more columns run in passes of 64 (each pass
-// streams W again). On sm_90a from 32 columns (kUseWgmma) the four warps of a
+// Widths: BN = 8, 16, 32, 64, 128; more columns run in passes of 128 (each
+// pass streams W again). On sm_90a from 32 columns (kUseWgmma) the four warps of a
 // warpgroup multiply their 64 rows together by wgmma.sp, A = each warp's slot
 // registers and indices as above (sparse wgmma.m64nNk32 takes a warp's A and
 // metadata in mma.sp.m16n8k32's layout), B = the X stage read once by
@@ -180,19 +180,25 @@ __device__ __forceinline__ void consume(uint32_t stage, int warp, Accumulators<B
   }
 }
 
+// At 128 columns the block is the eight consumer warps alone, which refill
+// their own ring (run_block_self_fed, as the bitmap kernel's): 128 registers
+// a thread for the 64 accumulators.
 template <int BN>
 struct Config {
+  static constexpr bool kSelfFed = BN >= 128;
+  static constexpr int kThreads = kSelfFed ? kConsumers : consumer_warps::kThreads;
   static constexpr int kStages = BN >= 64 ? 3 : 4;  // ring depth: two blocks a SM fit in shared memory
   static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
   static constexpr int kStagingOffset = kStages * kStageBytes;  // kConsumerWarps staging tiles
   static constexpr int kBarOffset = kStagingOffset + kConsumerWarps * kStagingBytes;
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
-  static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;  // + the last-block flag
+  static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + 16;  // after the last-block flag
+  static constexpr int kSmemBytes = kReleasedOffset + (kSelfFed ? kStages * 4 : 0);  // self-fed: releases per stage
   static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
 };
 
 template <typename T, int BN>
-__global__ void __launch_bounds__(consumer_warps::kThreads, 2) spmm_split24_kernel(const __grid_constant__ KernelArgs<T> a) {
+__global__ void __launch_bounds__(Config<BN>::kThreads, 2) spmm_split24_kernel(const __grid_constant__ KernelArgs<T> a) {
   using C = Config<BN>;
   extern __shared__ __align__(1024) unsigned char smem[];
   const StreamKBlock blk = a.plan[blockIdx.x];
@@ -204,24 +210,40 @@ __global__ void __launch_bounds__(consumer_warps::kThreads, 2) spmm_split24_kern
   const volatile uint32_t* meta = ring.meta;
   int* last_flag = ring.last_flag;
   const uint32_t staging = stages + C::kStagingOffset + kStagingBytes * (warp % kConsumerWarps);
-  if (threadIdx.x == 0) init_stage_barriers<C::kStages>(a, bars);
+  const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
+  if (threadIdx.x == 0) {
+    init_stage_barriers<C::kStages>(a, bars);
+    if constexpr (C::kSelfFed)
+      for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
+  }
   if (warp < kConsumerWarps)
     for (int i = threadIdx.x & 31; i < kStagingBytes / 16; i += 32) ptx::st_shared_zero_v4(staging + 16 * i);
   __syncthreads();
 
   const uint32_t first_word = a.offsets[blk.unit_begin];
-  TileEnds ends;  // producer warps
-  run_block<T, BN, C::kStages, C::kStages>(
-      a, blk, bars, last_flag, [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; },
-      [&](int u, int s) {
-        ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end);
-        const int j = u - blk.unit_begin;
-        produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes,
-                             bars + 8 * s, stages + C::kMetaOffset + 4 * s);
-      },
-      [&](int, int s, Accumulators<BN>& acc) {
-        if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
-      });
+  TileEnds ends;  // producer warps; at 128 columns every warp, which may refill any stage
+  auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
+  auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
+  auto produce = [&](int u, int s) {  // after advance(u)
+    const int j = u - blk.unit_begin;
+    produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
+                         stages + C::kMetaOffset + 4 * s);
+  };
+  auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
+    if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
+  };
+  if constexpr (C::kSelfFed)
+    run_block_self_fed<T, BN, C::kStages>(a, blk, bars, released, last_flag, x_stage, advance, produce, consume_tile);
+  else
+    run_block<T, BN, C::kStages, C::kStages>(
+        a, blk, bars, last_flag, x_stage,
+        [&](int u, int s) {
+          advance(u);
+          produce(u, s);
+        },
+        [&](int, int s, Accumulators<BN>& acc) {
+          if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
+        });
 }
 
 // W as a dense row-major [m, k] matrix: block t writes tile t, warp w its row
@@ -283,11 +305,10 @@ void spmm_split24(const SpmmParams& p, cudaStream_t stream) {
   const DeviceInfo& device = stream_k::check_params(p);
   kernels::dispatch_dtype(w.dtype, [&](auto storage) {
     using T = decltype(storage);
-    stream_k::with_block_columns(std::min<int64_t>(p.n, 64), [&](auto columns) {
+    stream_k::with_block_columns(p.n, [&](auto columns) {
       constexpr int BN = decltype(columns)::value;
-      if constexpr (BN <= 64)
-        stream_k::launch<T, BN, spmm_split24_kernel<T, BN>>(p, device, consumer_warps::kThreads, Config<BN>::kSmemBytes,
-                                                             "spmm_split24_kernel", stream);
+      stream_k::launch<T, BN, spmm_split24_kernel<T, BN>>(p, device, Config<BN>::kThreads, Config<BN>::kSmemBytes,
+                                                           "spmm_split24_kernel", stream);
     });
   });
 }
