@@ -241,9 +241,7 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, 2) spmm_split24_kernel(c
           advance(u);
           produce(u, s);
         },
-        [&](int, int s, Accumulators<BN>& acc) {
-          if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
-        });
+        consume_tile);
 }
 
 // W as a dense row-major [m, k] matrix: block t writes tile t, warp w its row
