@@ -437,4 +437,44 @@ __device__ __forceinline__ void run_block_self_fed(const stream_k::KernelArgs<T>
       });
 }
 
+// A block whose stages hold whole tiles copied in bulk (bitmap, split 2:4),
+// laid out by its Config C: stage s at s · kStageBytes holds kTileBytes of the
+// tile's words, then the X tile; self-fed (kSelfFed) blocks keep their release
+// counts at kReleasedOffset. Thread 0 initializes the ring (init_bulk_ring);
+// run_bulk_block runs the block, consume_stage(s, acc) for every tile with words.
+template <typename C, typename T>
+__device__ __forceinline__ void init_bulk_ring(const stream_k::KernelArgs<T>& a, const StageRing& ring) {
+  init_stage_barriers<C::kStages>(a, ring.bars);
+  if constexpr (C::kSelfFed)
+    for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(ring.stages + C::kReleasedOffset + 4 * s, 0);
+}
+template <typename T, int BN, typename C, typename ConsumeStage>
+__device__ __forceinline__ void run_bulk_block(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk,
+                                               const StageRing& ring, ConsumeStage consume_stage) {
+  const uint32_t stages = ring.stages, bars = ring.bars;
+  const uint32_t first_word = a.offsets[blk.unit_begin];
+  TileEnds ends;  // producer warps; self-fed every warp, which may refill any stage
+  auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
+  auto x_stage = [&](int s) { return stages + s * C::kStageBytes + C::kTileBytes; };
+  auto produce = [&](int u, int s) {  // after advance(u)
+    const int j = u - blk.unit_begin;
+    produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
+                         stages + C::kMetaOffset + 4 * s);
+  };
+  auto consume = [&](int, int s, Accumulators<BN>& acc) {
+    if (ring.meta[s] > 0) consume_stage(s, acc);
+  };
+  if constexpr (C::kSelfFed)
+    run_block_self_fed<T, BN, C::kStages>(a, blk, bars, stages + C::kReleasedOffset, ring.last_flag, x_stage, advance,
+                                          produce, consume);
+  else
+    run_block<T, BN, C::kStages, C::kStages>(
+        a, blk, bars, ring.last_flag, x_stage,
+        [&](int u, int s) {
+          advance(u);
+          produce(u, s);
+        },
+        consume);
+}
+
 }  // namespace sparsellm::consumer_warps

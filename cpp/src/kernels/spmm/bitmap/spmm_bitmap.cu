@@ -132,7 +132,8 @@ struct Config {
   static constexpr int kThreads = kSelfFed ? kConsumers : consumer_warps::kThreads;
   static constexpr int kBlocksPerSm = 2;
   static constexpr int kStages = kSelfFed ? 3 : 4;  // ring depth
-  static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
+  static constexpr int kTileBytes = kStageTileBytes;
+  static constexpr int kStageBytes = kTileBytes + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
   static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + 16;  // after the last-block flag
@@ -149,39 +150,11 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, Config<BN>::kBlocksPerSm
 
   const int warp = threadIdx.x >> 5;
   const StageRing ring = stage_ring<C>(smem);
-  const uint32_t stages = ring.stages, bars = ring.bars;
-  const volatile uint32_t* meta = ring.meta;
-  int* last_flag = ring.last_flag;
-  const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
-  if (threadIdx.x == 0) {
-    init_stage_barriers<C::kStages>(a, bars);
-    if constexpr (C::kSelfFed)
-      for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
-  }
+  if (threadIdx.x == 0) init_bulk_ring<C>(a, ring);
   __syncthreads();
-
-  const uint32_t first_word = a.offsets[blk.unit_begin];
-  TileEnds ends;  // producer warps; at BN = 128 every warp, which may refill any stage
-  auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
-  auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
-  auto produce = [&](int u, int s) {  // after advance(u)
-    const int j = u - blk.unit_begin;
-    produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
-                         stages + C::kMetaOffset + 4 * s);
-  };
-  auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
-    if (meta[s] > 0) consume<T, BN>(smem + s * C::kStageBytes, stages + s * C::kStageBytes, warp, acc);
-  };
-  if constexpr (C::kSelfFed)
-    run_block_self_fed<T, BN, C::kStages>(a, blk, bars, released, last_flag, x_stage, advance, produce, consume_tile);
-  else
-    run_block<T, BN, C::kStages, C::kStages>(
-        a, blk, bars, last_flag, x_stage,
-        [&](int u, int s) {
-          advance(u);
-          produce(u, s);
-        },
-        consume_tile);
+  run_bulk_block<T, BN, C>(a, blk, ring, [&](int s, Accumulators<BN>& acc) {
+    consume<T, BN>(smem + s * C::kStageBytes, ring.stages + s * C::kStageBytes, warp, acc);
+  });
 }
 
 }  // namespace

@@ -188,7 +188,8 @@ struct Config {
   static constexpr bool kSelfFed = BN >= 128;
   static constexpr int kThreads = kSelfFed ? kConsumers : consumer_warps::kThreads;
   static constexpr int kStages = BN >= 64 ? 3 : 4;  // ring depth: two blocks a SM fit in shared memory
-  static constexpr int kStageBytes = kStageTileBytes + kXStageBytes<BN>;
+  static constexpr int kTileBytes = kStageTileBytes;
+  static constexpr int kStageBytes = kTileBytes + kXStageBytes<BN>;
   static constexpr int kStagingOffset = kStages * kStageBytes;  // kConsumerWarps staging tiles
   static constexpr int kBarOffset = kStagingOffset + kConsumerWarps * kStagingBytes;
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
@@ -206,42 +207,14 @@ __global__ void __launch_bounds__(Config<BN>::kThreads, 2) spmm_split24_kernel(c
 
   const int warp = threadIdx.x >> 5;
   const StageRing ring = stage_ring<C>(smem);
-  const uint32_t stages = ring.stages, bars = ring.bars;
-  const volatile uint32_t* meta = ring.meta;
-  int* last_flag = ring.last_flag;
-  const uint32_t staging = stages + C::kStagingOffset + kStagingBytes * (warp % kConsumerWarps);
-  const uint32_t released = stages + C::kReleasedOffset;  // self-fed: releases per stage
-  if (threadIdx.x == 0) {
-    init_stage_barriers<C::kStages>(a, bars);
-    if constexpr (C::kSelfFed)
-      for (int s = 0; s < C::kStages; ++s) ptx::st_shared_u32(released + 4 * s, 0);
-  }
+  const uint32_t staging = ring.stages + C::kStagingOffset + kStagingBytes * (warp % kConsumerWarps);
+  if (threadIdx.x == 0) init_bulk_ring<C>(a, ring);
   if (warp < kConsumerWarps)
     for (int i = threadIdx.x & 31; i < kStagingBytes / 16; i += 32) ptx::st_shared_zero_v4(staging + 16 * i);
   __syncthreads();
-
-  const uint32_t first_word = a.offsets[blk.unit_begin];
-  TileEnds ends;  // producer warps; at 128 columns every warp, which may refill any stage
-  auto advance = [&](int u) { ends.advance(a.offsets, u, blk.unit_begin, blk.unit_end); };
-  auto x_stage = [&](int s) { return stages + s * C::kStageBytes + kStageTileBytes; };
-  auto produce = [&](int u, int s) {  // after advance(u)
-    const int j = u - blk.unit_begin;
-    produce_bulk_tile<T>(a, ends.begin_of(j, first_word), ends.end_of(j), stages + s * C::kStageBytes, bars + 8 * s,
-                         stages + C::kMetaOffset + 4 * s);
-  };
-  auto consume_tile = [&](int, int s, Accumulators<BN>& acc) {
-    if (meta[s] > 0) consume<T, BN>(stages + s * C::kStageBytes, warp, acc, staging);
-  };
-  if constexpr (C::kSelfFed)
-    run_block_self_fed<T, BN, C::kStages>(a, blk, bars, released, last_flag, x_stage, advance, produce, consume_tile);
-  else
-    run_block<T, BN, C::kStages, C::kStages>(
-        a, blk, bars, last_flag, x_stage,
-        [&](int u, int s) {
-          advance(u);
-          produce(u, s);
-        },
-        consume_tile);
+  run_bulk_block<T, BN, C>(a, blk, ring, [&](int s, Accumulators<BN>& acc) {
+    consume<T, BN>(ring.stages + s * C::kStageBytes, warp, acc, staging);
+  });
 }
 
 // W as a dense row-major [m, k] matrix: block t writes tile t, warp w its row
