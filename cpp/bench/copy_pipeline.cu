@@ -12,6 +12,9 @@
 //           warps wait for each stage and only release it (no decode, no
 //           MMA); 157 tiles a block (an OPT-66B FC1 of 41,472 tiles over
 //           264 blocks), 2 blocks a SM.
+//   ring_x: the same ring with the kernels' roles for split 2:4 tiles at 50 /
+//           90% and X tiles of N = 16–128 rows: the weight rate left when
+//           each tile also brings its X tile (N × 64) from L2.
 //
 // Times: CUDA events, median of 10 launches after 2, each after a read of
 // 256 MiB that leaves L2 holding clean lines (as the SpMM benchmark's flush).
@@ -39,8 +42,11 @@ namespace {
 constexpr int kRingTiles = 157;
 // Bytes of a 128 × 64 tile, header included: bitmap at 50 / 80 / 90%, Tiled-CSL at 80 / 90%.
 constexpr int kFormatTileBytes[] = {9232, 6576, 4320, 3296, 2688};
-constexpr int kXBytes = 16 * 64 * 2;  // X tile: 16 rows × 64 fp16
-constexpr int kXColumns = 9216;       // X: [16, 9216] fp16, L2-resident
+// Split 2:4 tiles at 50 / 90% (docs/formats.md: 9248 bytes + 4 per residual entry, on average).
+constexpr int kSplit24TileBytes[] = {12320, 9264};
+constexpr int kXRows = 16;          // the ring experiment's X tile: 16 rows × 64 fp16
+constexpr int kXMaxRows = 128;      // ring_x: up to 128
+constexpr int kXColumns = 9216;     // X: [kXMaxRows, 9216] fp16, L2-resident
 
 struct StreamParams {
   const char* src;
@@ -51,12 +57,14 @@ struct StreamParams {
 struct RingParams {
   CUtensorMap x_map;
   const char* w;
-  int tile_bytes, stages, producers, consumers;
+  int tile_bytes, x_bytes, stages, producers, consumers;
 };
 
 // A ring stage: the tile's bytes, padded to 1024 for the X tile's 128-byte swizzle, then the X tile.
 __host__ __device__ constexpr int ring_x_offset(int tile_bytes) { return (tile_bytes + 1023) / 1024 * 1024; }
-__host__ __device__ constexpr int ring_stage_bytes(int tile_bytes) { return ring_x_offset(tile_bytes) + kXBytes; }
+__host__ __device__ constexpr int ring_stage_bytes(int tile_bytes, int x_bytes) {
+  return ring_x_offset(tile_bytes) + x_bytes;
+}
 
 // The rings timed for each tile size: warps, and the stage counts they run at.
 struct RingRoles {
@@ -103,7 +111,7 @@ __global__ void stream_kernel(const StreamParams p) {
 __global__ void ring_kernel(const __grid_constant__ RingParams p) {
 #if __CUDA_ARCH__ >= 900
   extern __shared__ __align__(1024) unsigned char smem[];
-  const int x_offset = ring_x_offset(p.tile_bytes), stage_bytes = ring_stage_bytes(p.tile_bytes);
+  const int x_offset = ring_x_offset(p.tile_bytes), stage_bytes = ring_stage_bytes(p.tile_bytes, p.x_bytes);
   const uint32_t base = ptx::smem_addr(smem), bars = base + p.stages * stage_bytes;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
@@ -133,7 +141,7 @@ __global__ void ring_kernel(const __grid_constant__ RingParams p) {
       ptx::mbarrier_wait(bar, uint32_t((round - 1) & 1));
     }
     const uint32_t full = full_bar(bars, s);
-    ptx::mbarrier_arrive_expect_tx(full, p.tile_bytes + kXBytes);
+    ptx::mbarrier_arrive_expect_tx(full, p.tile_bytes + p.x_bytes);
     ptx::bulk_copy_g2s(base + s * stage_bytes, w + size_t(i) * p.tile_bytes, p.tile_bytes, full);
     const int kt = (blockIdx.x * kRingTiles + i) % (kXColumns / 64);
     ptx::tensor_copy_2d_g2s(base + s * stage_bytes + x_offset, &p.x_map, 64 * kt, 0, full);
@@ -209,7 +217,7 @@ int run(const std::string& out_dir) {
   const int largest_tile = *std::max_element(std::begin(kFormatTileBytes), std::end(kFormatTileBytes));
   const size_t ring_max = size_t(2 * sms) * kRingTiles * largest_tile;
   DeviceBuffer src_buffer(std::max(stream_bytes, ring_max), "the streamed bytes"),
-      x_buffer(size_t(16) * kXColumns * 2, "the X tensor"), flush_buffer(flush_bytes, "the L2 flush");
+      x_buffer(size_t(kXMaxRows) * kXColumns * 2, "the X tensor"), flush_buffer(flush_bytes, "the L2 flush");
   for (const DeviceBuffer* b : {&src_buffer, &x_buffer, &flush_buffer})
     SPARSELLM_CHECK_CUDA(cudaMemset(b->data(), 0x3C, b->bytes()));
   char* src = src_buffer.as<char>();
@@ -251,16 +259,33 @@ int run(const std::string& out_dir) {
   const float empty_us = median_us([&] { empty_kernel<<<blocks, 32>>>(); }, flush_buffer);
   records.push_back({{"experiment", "empty"}, {"blocks", blocks}, {"us", empty_us}});
 
+  // One ring run: its median, recorded under `experiment`, and its table row.
+  auto time_ring = [&](const char* experiment, const RingParams& r, int x_rows) {
+    const int stage_bytes = ring_stage_bytes(r.tile_bytes, r.x_bytes);
+    const int smem = r.stages * stage_bytes + 16 * r.stages, threads = 32 * (r.consumers + r.producers);
+    const float us = median_us([&] { ring_kernel<<<blocks, threads, smem>>>(r); }, flush_buffer);
+    const double bytes = double(blocks) * kRingTiles * r.tile_bytes, gbps = bytes / us / 1e3;
+    records.push_back({{"experiment", experiment}, {"tile_bytes", r.tile_bytes}, {"x_rows", x_rows},
+                       {"stages", r.stages}, {"producers", r.producers}, {"consumers", r.consumers},
+                       {"kib_in_flight_per_sm", 2 * r.stages * stage_bytes / 1024}, {"us", us}, {"gbps", gbps}});
+    md += detail::concat("| ", r.tile_bytes, " | ", x_rows, " | ", r.stages, " | ", r.producers, " | ", r.consumers,
+                         " | ", 2 * r.stages * stage_bytes / 1024, " | ", fixed1(us), " | ", int(gbps), " | ",
+                         int(100 * gbps / copy_gbps), "% |\n");
+  };
+  const char* ring_header =
+      "| weight bytes a tile | X rows | stages a block | producer warps | consumer warps | KiB in flight a SM | µs | "
+      "GB/s (weights) | % of copy |\n|---|---|---|---|---|---|---|---|---|\n";
+
   RingParams r{};
-  r.x_map = stream_k::x_tile_map(x_buffer.data(), 16, kXColumns, DType::kFloat16, 16);
+  r.x_map = stream_k::x_tile_map(x_buffer.data(), kXMaxRows, kXColumns, DType::kFloat16, kXRows);
+  r.x_bytes = kXRows * 128;
   r.w = src;
   md += detail::concat("\n## A ring of stages: per tile a weight copy and an X tile by TMA, ", kRingTiles,
                        " tiles a block, 2 blocks a SM\n\n",
                        "Tile bytes of the formats: bitmap 9232 / 4320 / 2688 at 50 / 80 / 90%, Tiled-CSL 6576 / 3296 at "
                        "80 / 90% (128 × 64 tiles, headers included).\n\n",
                        "An empty grid of ", blocks, " blocks times ", fixed1(empty_us), " µs from event to event.\n\n",
-                       "| weight bytes a tile | stages a block | producer warps | consumer warps | KiB in flight a SM | µs | "
-                       "GB/s (weights) | % of copy |\n|---|---|---|---|---|---|---|---|\n");
+                       ring_header);
   for (int tile_bytes : kFormatTileBytes)
     for (int stages : {4, 8, 16})
       for (const RingRoles& roles : kRingRoles) {
@@ -268,19 +293,25 @@ int run(const std::string& out_dir) {
         r.stages = stages;
         r.producers = roles.producers;
         r.consumers = roles.consumers;
-        const int stage_bytes = ring_stage_bytes(tile_bytes);
-        const int smem = stages * stage_bytes + 16 * stages;
-        if (smem > 113 * 1024 || (roles.only_8_stages && stages != 8)) continue;
-        const int threads = 32 * (r.consumers + r.producers);
-        const float us = median_us([&] { ring_kernel<<<blocks, threads, smem>>>(r); }, flush_buffer);
-        const double bytes = double(blocks) * kRingTiles * tile_bytes, gbps = bytes / us / 1e3;
-        records.push_back({{"experiment", "ring"}, {"tile_bytes", tile_bytes}, {"stages", stages},
-                           {"producers", r.producers}, {"consumers", r.consumers},
-                           {"kib_in_flight_per_sm", 2 * stages * stage_bytes / 1024}, {"us", us}, {"gbps", gbps}});
-        md += detail::concat("| ", tile_bytes, " | ", stages, " | ", r.producers, " | ", r.consumers, " | ",
-                             2 * stages * stage_bytes / 1024, " | ", fixed1(us), " | ", int(gbps), " | ",
-                             int(100 * gbps / copy_gbps), "% |\n");
+        if (stages * ring_stage_bytes(tile_bytes, r.x_bytes) + 16 * stages > 113 * 1024 ||
+            (roles.only_8_stages && stages != 8))
+          continue;
+        time_ring("ring", r, kXRows);
       }
+
+  md += detail::concat("\n## The ring with X tiles of N rows: split 2:4 tiles at 50 / 90% (", kSplit24TileBytes[0],
+                       " / ", kSplit24TileBytes[1], " bytes), the kernels' roles (2 producer, 8 consumer warps) and "
+                       "stages (4, 3 from 64 rows)\n\n", ring_header);
+  r.producers = 2;
+  r.consumers = 8;
+  for (int tile_bytes : kSplit24TileBytes)
+    for (int x_rows : {16, 32, 64, 128}) {
+      r.x_map = stream_k::x_tile_map(x_buffer.data(), kXMaxRows, kXColumns, DType::kFloat16, x_rows);
+      r.x_bytes = x_rows * 128;
+      r.tile_bytes = tile_bytes;
+      r.stages = x_rows >= 64 ? 3 : 4;
+      time_ring("ring_x", r, x_rows);
+    }
   md += "\n% of copy: the weight bytes a second against the copy bandwidth above, as in the SpMM benchmark tables.\n";
 
   std::filesystem::create_directories(out_dir);
