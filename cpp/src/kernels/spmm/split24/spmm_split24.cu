@@ -16,6 +16,8 @@
 //   warps 8, 9 (producers)   alternate tiles: one bulk copy of the tile's
 //                            words, then the X tile X[n0 .., 64 c ..]
 //   warps 0..7 (consumers)   warp w owns row block w × all BN columns
+// At BN = 128 the block is the 8 consumer warps alone, which refill their own
+// ring (run_block_self_fed), for the registers of 128 columns' accumulators.
 //
 // Widths: BN = 8, 16, 32, 64, 128; more columns run in passes of 128 (each
 // pass streams W again). On sm_90a from 32 columns (kUseWgmma) the four warps of a
