@@ -214,7 +214,8 @@ int run(const std::string& out_dir) {
                                                        " is sm_", prop.major, prop.minor));
   const int sms = prop.multiProcessorCount;
   const size_t stream_bytes = size_t(512) << 20, flush_bytes = size_t(256) << 20;
-  const int largest_tile = *std::max_element(std::begin(kFormatTileBytes), std::end(kFormatTileBytes));
+  const int largest_tile = std::max(*std::max_element(std::begin(kFormatTileBytes), std::end(kFormatTileBytes)),
+                                    *std::max_element(std::begin(kSplit24TileBytes), std::end(kSplit24TileBytes)));
   const size_t ring_max = size_t(2 * sms) * kRingTiles * largest_tile;
   DeviceBuffer src_buffer(std::max(stream_bytes, ring_max), "the streamed bytes"),
       x_buffer(size_t(kXMaxRows) * kXColumns * 2, "the X tensor"), flush_buffer(flush_bytes, "the L2 flush");
