@@ -15,6 +15,7 @@
 
 #include "common/check.h"
 #include "kernels/launch.h"
+#include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/x_tensor_map.h"
 #include "sparsellm/device.h"
 #include "sparsellm/spmm.h"
@@ -43,6 +44,7 @@ struct KernelArgs {
   int m, k, n, tiles_m, tiles_k, blocks;
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
   bool x_tma;      // x_vectors on sm_90: X tiles by TMA (x_map) instead
+  bool co_resident;  // every block of the launch resident at once (reduce_row)
 };
 
 // Columns of X one block pass covers.
@@ -77,17 +79,24 @@ inline const DeviceInfo& check_params(const SpmmParams& p) {
   return current_device();
 }
 
-// Launches `kernel` (one instantiation: its shared-memory opt-in is recorded
-// per kernel and device) for the product p on `stream` on `device` (what
-// check_params returned). The kernel takes its KernelArgs as a
+// Launches `kernel` (one instantiation: its shared-memory opt-in and its
+// blocks per SM are recorded per kernel and device) for the product p on
+// `stream` on `device` (what check_params returned). The kernel takes its KernelArgs as a
 // __grid_constant__ parameter (the address of x_map is given to TMA).
 template <typename T, int BN, auto kernel>
 void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem_bytes, const char* name,
             cudaStream_t stream) {
-  static std::atomic<uint64_t> configured_devices{0};  // bit d: attribute set on device d
-  if (device.id >= 64 || !(configured_devices.load() >> device.id & 1)) {
+  // Per device: the shared-memory opt-in set, and how many blocks of the kernel a SM holds (0: not yet asked).
+  constexpr int kDevices = 64;
+  static std::atomic<int> resident_per_sm[kDevices] = {};
+  int per_sm = device.id < kDevices ? resident_per_sm[device.id].load() : 0;
+  if (per_sm == 0) {
     SPARSELLM_CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    if (device.id < 64) configured_devices.fetch_or(uint64_t(1) << device.id);
+    SPARSELLM_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
+    if (per_sm == 0)
+      throw DeviceError(detail::concat("spmm: ", name, " does not fit on a multiprocessor of ", device.name, " (",
+                                       threads, " threads, ", smem_bytes, " bytes of shared memory)"));
+    if (device.id < kDevices) resident_per_sm[device.id].store(per_sm);
   }
   const SparseMatrixView& w = p.weight;
   KernelArgs<T> a{};
@@ -111,22 +120,33 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
   a.x_tma = a.x_vectors && device.cc_major >= 9;
+  a.co_resident = int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
   if (a.x_tma) a.x_map = x_tile_map(p.x, p.n, w.k, w.dtype, BN);
   // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }
 
 // The reduction of a tile row that `parts` > 1 blocks share, for one block's
-// threads that hold fragments (`sync` is their barrier). Each stores its F
-// fp32 fragments into its slot (fragment f at float4 index fragment0 + 32 f,
-// slot 2 · block for its first row, + 1 for its last); an arrival counter
-// tells the last block, which sums every owner's slot in block order (the
-// same order every launch: deterministic) into acc, resets the counter for
-// the next launch and returns true. The others return false.
-// The owners are blocks lead .. lead + parts − 1 (the plan leaves no empty
-// block among them): every one's first row is this row except, possibly,
-// the lead's, so one plan read gives every slot and the slot loads of
-// several owners are in flight together.
+// threads that hold fragments (`sync` is their barrier); fragment f of a
+// thread is float4 index fragment0 + 32 f of a slot. The owners are blocks
+// lead .. lead + parts − 1 (the plan leaves no empty block among them). The
+// row is the lead's last row (its range ends in it) and every other owner's
+// first row, so those finish their part early in their range and the lead
+// and middle owners at the end of theirs. Returns true on the block that then
+// holds the row's sum in acc (it stores Y); acc is left as it was elsewhere.
+//
+// Where every block of the launch is resident at once (a.co_resident) the
+// lead sums: the others store their partial into their first-row slot
+// (2 · block) and count their arrival without waiting for anything; the lead
+// waits for the count of parts − 1, adds their slots to its own partial in
+// block order (the same order every launch: deterministic) and resets the
+// counter for the next launch. The lead never waits for a block that waits.
+// Otherwise (more blocks than the GPU holds: a waiting lead could hold the
+// place of an owner not yet started) the last owner to arrive sums: each
+// stores its slot (2 · block for its first row, + 1 for its last) and takes
+// a ticket; the last sums every owner's slot in block order. In both, one
+// barrier and one thread's fence make the block's slot stores visible before
+// its arrival is (a release by the PTX memory model's cumulativity).
 template <typename T, int BN, int F, typename Sync>
 __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
                            float (&acc)[F][4], int* last_flag, Sync sync) {
@@ -134,26 +154,8 @@ __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int 
   const int parts = first ? blk.first_row_parts : blk.last_row_parts;
   const int lead = first ? blk.first_row_lead : blk.last_row_lead;
   float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
-  float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
-#pragma unroll
-  for (int f = 0; f < F; ++f) __stcg(mine + fragment0 + f * 32, make_float4(acc[f][0], acc[f][1], acc[f][2], acc[f][3]));
-  __threadfence();
-  sync();
   int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
-  if (threadIdx.x == 0) *last_flag = atomicAdd(counter, 1) == parts - 1;
-  sync();
-  const bool last = *last_flag;
-  sync();  // every thread has read the flag before it is written again
-  if (!last) return false;
-  __threadfence();
-
-#pragma unroll
-  for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-  const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
-  constexpr int kOwnersInFlight = F >= 8 ? 1 : 8 / F;  // about 8 float4 loads in flight per thread
-#pragma unroll kOwnersInFlight
-  for (int i = 0; i < parts; ++i) {
-    const int slot = i == 0 ? lead_slot : 2 * (lead + i);
+  auto add_slot = [&](int slot) {
     const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
 #pragma unroll
     for (int f = 0; f < F; ++f) {
@@ -163,8 +165,49 @@ __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int 
       acc[f][2] += v.z;
       acc[f][3] += v.w;
     }
+  };
+  constexpr int kOwnersInFlight = F >= 8 ? 1 : 8 / F;  // about 8 float4 loads in flight per thread
+
+  const bool lead_sums = a.co_resident && lead == int(blockIdx.x);
+  if (!lead_sums) {
+    float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
+#pragma unroll
+    for (int f = 0; f < F; ++f)
+      __stcg(mine + fragment0 + f * 32, make_float4(acc[f][0], acc[f][1], acc[f][2], acc[f][3]));
+    sync();
+    if (a.co_resident) {
+      if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1);
+      }
+      return false;
+    }
+    if (threadIdx.x == 0) {
+      __threadfence();
+      *last_flag = atomicAdd(counter, 1) == parts - 1;
+    }
+    sync();
+    const bool last = *last_flag;
+    sync();  // every thread has read the flag before it is written again
+    if (!last) return false;
+    __threadfence();
+#pragma unroll
+    for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
+#pragma unroll kOwnersInFlight
+    for (int i = 0; i < parts; ++i) add_slot(i == 0 ? lead_slot : 2 * (lead + i));
+    if (threadIdx.x == 0) *counter = 0;
+    return true;
   }
-  if (threadIdx.x == 0) *counter = 0;
+
+  if (threadIdx.x == 0) {
+    while (ptx::ld_acquire_gpu(counter) != parts - 1) {
+    }
+    *counter = 0;  // every owner has arrived: nobody else touches it in this launch
+  }
+  sync();  // the others' loads come after thread 0's acquire
+#pragma unroll kOwnersInFlight
+  for (int i = 1; i < parts; ++i) add_slot(2 * (lead + i));
   return true;
 }
 
