@@ -265,7 +265,7 @@ __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int ro
 
 // A finished tile row segment (consumer threads only), then acc cleared:
 // written directly when this block owns the whole row, else through the
-// stream-K partials, by the last block to arrive.
+// stream-K partials, by the block that sums them (stream_k.cuh: reduce_row).
 template <typename T, int BN>
 __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& blk, int row, int first_row,
                           int last_row, int n0, Accumulators<BN>& acc, int* last_flag) {

@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "common/check.h"
@@ -120,7 +122,13 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
   a.x_tma = a.x_vectors && device.cc_major >= 9;
-  a.co_resident = int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
+  // Judged from the SMs the device reports: a process confined to fewer (a green context, an MPS
+  // thread limit the count does not show) sets SPARSELLM_SPMM_LEAD_SUMS=0 to keep the ticket protocol.
+  static const bool lead_sums = [] {
+    const char* v = std::getenv("SPARSELLM_SPMM_LEAD_SUMS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  a.co_resident = lead_sums && int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
   if (a.x_tma) a.x_map = x_tile_map(p.x, p.n, w.k, w.dtype, BN);
   // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);

@@ -5,8 +5,9 @@
 // set when Tiled-CSL v1 zeroed a 16 KiB dense tile per tile, ≈ the time to
 // stream 2 KiB); a row's last tile costs kRowCostWords more: the block that
 // ends a row inside its range flushes the row there (stream_k.cuh:
-// reduce_row), and while a shared row's partial goes out and its arrival
-// counter comes back, the block's consumers and then its producers stall.
+// reduce_row), and while a shared row's partial goes out (and, where not
+// every block is resident, its arrival ticket comes back), the block's
+// consumers and then its producers stall.
 // With U units, the first B' = min(B, U) blocks are used:
 // block b gets the units whose cost prefix lies in [b·C/B', (b+1)·C/B'), C the
 // total cost, moved so that each of them gets at least one unit; blocks B'..B
@@ -27,7 +28,9 @@ constexpr int64_t kTileCostWords = 512;
 // A row flush inside a range: ≈ 4 µs of a block's streaming at decode widths on
 // an H100 (a per-block timeline of Llama-2-7B's bitmap calls measured blocks
 // that end a shared row 4–5.5 µs longer than the others; one block streams
-// ≈ 3,000 cost words per µs there).
+// ≈ 3,000 cost words per µs there), measured when every owner waited for its
+// ticket. On an H200, just before the first owner took over the sums
+// (24efb9b), a plan without it made a Llama-2-7B split 2:4 step 2–3% slower.
 constexpr int64_t kRowCostWords = 12288;
 constexpr int kBlocksPerSm = 2;
 
