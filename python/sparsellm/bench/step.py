@@ -37,7 +37,8 @@ GROUPS = (
     ("spmm_split24", "spmm split24"), ("spmm_bitmap", "spmm bitmap"), ("spmm_tiled_csl", "spmm tiled_csl"),
     ("splitKreduce", "cublas gemm"), ("nvjet", "cublas gemm"), ("gemm", "cublas gemm"), ("xmma", "cublas gemm"),
     ("cutlass", "cublas gemm"), ("norm", "norm"), ("rope", "rotary + kv write"), ("kv_cache", "kv write"),
-    ("attention_combine", "attention combine"), ("attention", "attention"), ("all_reduce", "all-reduce"), ("nccl", "all-reduce"), ("embedding", "embedding"), ("sampl", "sampling"), ("activation", "activation"),
+    ("attention_combine", "attention combine"), ("attention", "attention"), ("all_reduce", "all-reduce"),
+    ("nccl", "all-reduce"), ("embedding", "embedding"), ("sampl", "sampling"), ("activation", "activation"),
     ("decode_bookkeeping", "bookkeeping"),
 )
 
@@ -121,13 +122,14 @@ def summarize(steps: list[list[dict]]) -> list[dict]:
 
 
 def profile_generate(llm, prompts: list[list[int]], steps: int) -> tuple[list[tuple[str, float, float]], float]:
-    """The kernels (name, start µs, end µs) of a generate of steps + 2 tokens under the profiler, sorted
-    by start, and the decode step's time (ms) of the same generate run without the profiler."""
+    """The kernels (name, start µs, end µs) of a generate of steps + 1 tokens (a prefill and `steps`
+    decode steps) under the profiler, sorted by start, and the decode step's time (ms) of the same
+    generate run without the profiler."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     def generate():
-        llm.generate(prompts, max_new_tokens=steps + 2, temperature=0.0, stop_at_eos=False)
+        llm.generate(prompts, max_new_tokens=steps + 1, temperature=0.0, stop_at_eos=False)
 
     generate()  # warm-up: graph capture, allocator, clocks
     generate()
@@ -156,9 +158,9 @@ def run(args: argparse.Namespace) -> int:
     layers = int(shape.config["num_hidden_layers"])
     batches = [int(b) for b in args.batches.split(",")]
     max_seq_len = args.max_seq_len or args.prompt_len + 128
-    if max_seq_len < args.prompt_len + args.steps + 2:
+    if max_seq_len < args.prompt_len + args.steps + 1:
         raise SystemExit(f"--max-seq-len {max_seq_len} holds no prompt of {args.prompt_len} "
-                         f"and {args.steps + 2} new tokens")
+                         f"and {args.steps + 1} new tokens")
     gpu = torch.cuda.get_device_name()
     doc = dict(gpu=gpu, commit=_commit(), date=datetime.date.today().isoformat(), copy_gbps=measure_copy_gbps(),
                records=[])
@@ -200,8 +202,9 @@ def run(args: argparse.Namespace) -> int:
 
 def markdown(doc: dict) -> str:
     lines = [f"# Where a decode step's time goes on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
-             "Cost: what a kernel adds to the step's span in stream order (bench/step.py); medians over the "
-             f"profiled steps, µs a step. Copy bandwidth {doc['copy_gbps']:.0f} GB/s.", ""]
+             "Cost: what a kernel adds to the step's span in stream order (bench/step.py); duration: from its "
+             "start to its end, which for a chained kernel includes its wait for the kernels before it. Medians "
+             f"over the profiled steps, µs a step. Copy bandwidth {doc['copy_gbps']:.0f} GB/s.", ""]
     for r in doc["records"]:
         lines += [f"## {r['model']}, {r['format']} {r['sparsity']:.0%}, batch {r['batch']}: "
                   f"{r['step_ms']:.3f} ms a step ({r['unprofiled_step_ms']:.3f} without the profiler; weight-bytes "
