@@ -61,9 +61,8 @@ struct RingParams {
 };
 
 // A ring stage: the tile's bytes, padded to 1024 for the X tile's 128-byte swizzle, then the X tile.
-__host__ __device__ constexpr int ring_x_offset(int tile_bytes) { return (tile_bytes + 1023) / 1024 * 1024; }
 __host__ __device__ constexpr int ring_stage_bytes(int tile_bytes, int x_bytes) {
-  return ring_x_offset(tile_bytes) + x_bytes;
+  return stream_k::x_aligned(tile_bytes) + x_bytes;
 }
 
 // The rings timed for each tile size: warps, and the stage counts they run at.
@@ -111,7 +110,7 @@ __global__ void stream_kernel(const StreamParams p) {
 __global__ void ring_kernel(const __grid_constant__ RingParams p) {
 #if __CUDA_ARCH__ >= 900
   extern __shared__ __align__(1024) unsigned char smem[];
-  const int x_offset = ring_x_offset(p.tile_bytes), stage_bytes = ring_stage_bytes(p.tile_bytes, p.x_bytes);
+  const int x_offset = stream_k::x_aligned(p.tile_bytes), stage_bytes = ring_stage_bytes(p.tile_bytes, p.x_bytes);
   const uint32_t base = ptx::smem_addr(smem), bars = base + p.stages * stage_bytes;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {

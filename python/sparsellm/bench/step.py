@@ -32,10 +32,12 @@ from pathlib import Path
 
 ROLES = {"llama": ("qkv", "o", "gate_up", "down"), "opt": ("qkv", "out_proj", "fc1", "fc2")}
 
+SPLIT_K_SUM = "splitKreduce"  # cuBLAS's split-K reduction: part of the GEMM before it
+
 # (substring of the kernel's name, group), first match wins
 GROUPS = (
     ("spmm_split24", "spmm split24"), ("spmm_bitmap", "spmm bitmap"), ("spmm_tiled_csl", "spmm tiled_csl"),
-    ("splitKreduce", "cublas gemm"), ("nvjet", "cublas gemm"), ("gemm", "cublas gemm"), ("xmma", "cublas gemm"),
+    (SPLIT_K_SUM, "cublas gemm"), ("nvjet", "cublas gemm"), ("gemm", "cublas gemm"), ("xmma", "cublas gemm"),
     ("cutlass", "cublas gemm"), ("norm", "norm"), ("rope", "rotary + kv write"), ("kv_cache", "kv write"),
     ("attention_combine", "attention combine"), ("attention", "attention"), ("all_reduce", "all-reduce"),
     ("nccl", "all-reduce"), ("embedding", "embedding"), ("sampl", "sampling"), ("activation", "activation"),
@@ -82,7 +84,7 @@ def step_costs(kernels: list[tuple[str, float, float]], family: str, layers: int
         rows, linear = [], -1
         for name, start, end in kernels[s + 1:e + 1]:
             group = group_of(name)
-            if is_linear(group) and "splitKreduce" not in name:  # cuBLAS's split-K reduction: its GEMM's
+            if is_linear(group) and SPLIT_K_SUM not in name:
                 linear += 1
             rows.append(dict(name=name, group=group, linear=linear if is_linear(group) else -1,
                              duration_us=end - start, cost_us=max(0.0, end - prev_end)))

@@ -222,9 +222,7 @@ constexpr bool kUseWgmma = SPARSELLM_HAS_WGMMA && kWgmmaColumns<BN>;
 __device__ __forceinline__ void check_x_alignment(uint32_t first_x_stage) {
   if (first_x_stage % 1024 != 0) __trap();
 }
-// `bytes` rounded up to the X stages' alignment: where an X stage may follow
-// that many bytes of a stage (a format's largest tile) or of the ring.
-constexpr int x_aligned(int bytes) { return (bytes + 1023) / 1024 * 1024; }
+using stream_k::x_aligned;  // kernels/spmm/x_tensor_map.h
 
 #if SPARSELLM_HAS_WGMMA
 // acc += A (this warp's four k16 fragments of the tile, mma.m16n8k16 A

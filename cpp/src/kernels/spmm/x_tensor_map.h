@@ -18,6 +18,11 @@
 
 namespace sparsellm::stream_k {
 
+// `bytes` rounded up to an X stage's 1024-byte alignment (the swizzle above is
+// taken from address bits): where an X stage may follow that many bytes of a
+// stage (a format's largest tile) or of a ring.
+constexpr int x_aligned(int bytes) { return (bytes + 1023) / 1024 * 1024; }
+
 // The tensor map of x; throws CudaError naming what failed (the driver's
 // entry point, or the encoding with its arguments).
 CUtensorMap x_tile_map(const void* x, int64_t n, int64_t k, DType dtype, int rows);
