@@ -77,9 +77,11 @@ std::pair<std::vector<uint32_t>, std::vector<uint32_t>> encode(SparseFormat form
 }
 
 // Y of the SpMM of a random weight in `format` against cuBLAS on the same masked weight, twice (the
-// second call checks the workspace was left reusable). The plan is spmm_plan's of `blocks` blocks or,
-// given `ranges` (range starts and the tile count), those ranges'. With relu both apply it in their
-// epilogues, and cuBLAS's result is checked against max(·, 0) of its plain product as well.
+// second call checks the workspace was left reusable: its first spmm_workspace_scratch_offset()
+// bytes zero, and junk past them, where a caller may keep scratch, changes nothing). The plan is
+// spmm_plan's of `blocks` blocks or, given `ranges` (range starts and the tile count), those ranges'.
+// With relu both apply it in their epilogues, and cuBLAS's result is checked against max(·, 0) of its
+// plain product as well.
 void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
                            const std::vector<int32_t>& ranges = {}, bool relu = false) {
   const auto [m, k, n, sparsity, dtype] = shape;
@@ -166,6 +168,10 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
     if (rep == 0) first_y = y;
     else EXPECT_TRUE(y == first_y) << "two calls gave different results";
     SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
+    const size_t kept = spmm_workspace_scratch_offset();
+    const std::vector<char> head = ws.download(kept);
+    EXPECT_EQ(size_t(std::count(head.begin(), head.end(), char(0))), kept) << "the workspace was not left zero";
+    SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr + kept, 0xA5, ws_bytes - kept));
   }
 }
 

@@ -18,7 +18,7 @@ from sparsellm.convert import convert_random, dense_weights  # noqa: E402
 
 from gpu_reference import TOLERANCE, fp32_reference, rel_error  # noqa: E402
 
-NS = [1, 5, 16, 33, 128, 300]
+NS = [1, 5, 16, 33, 128, 300, 16, 64]  # after 300 rows (split 2:4: W expanded into the workspace) narrow ones again
 MAX_N = 300
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"]
 CASES = [  # (format, sparsity, dtype, tp)

@@ -92,8 +92,9 @@ std::vector<StreamKBlock> spmm_plan(const uint32_t* tile_offsets, int64_t m, int
 std::vector<StreamKBlock> spmm_plan_of_ranges(const std::vector<int32_t>& begin, int64_t m, int64_t k);
 
 // Workspace bytes for a product with n rows of X under a plan of `blocks` blocks.
-// The kernel leaves the workspace as it found it (counters back at zero), so
-// one zero-filled workspace serves every later call on the same stream.
+// The kernel leaves the workspace's first spmm_workspace_scratch_offset() bytes
+// zero, as it found them, so one zero-filled workspace serves every later call
+// on the same stream, under plans of any size.
 size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks);
 
 // Enqueues Y = X · Wᵀ (+ bias) on `stream`. Validates arguments (throws
@@ -113,7 +114,8 @@ constexpr int64_t kSplit24SpmmMaxRows = 128;
 // values) at `dense`, on `stream`, after every earlier kernel of the stream.
 void spmm_split24_to_dense(const SparseMatrixView& weight, void* dense, cudaStream_t stream);
 // The first byte of an SpMM workspace a caller may use as scratch of its own
-// between SpMM calls (the counters before it must stay zero).
+// between SpMM calls (the counters and the partials' zone before it must stay
+// zero, as the kernels leave them).
 size_t spmm_workspace_scratch_offset();
 // Dispatches on params.weight.format.
 void spmm(const SpmmParams& params, cudaStream_t stream);

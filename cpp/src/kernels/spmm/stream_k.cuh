@@ -2,7 +2,9 @@
 // workspace layout, the kernel arguments of a stream-K product, the choice of
 // block columns, the checks of a call and the launch.
 //
-//   workspace = [kCounters int arrival counters][fp32 partials: passes × 2 · blocks × 128 × BN]
+//   workspace = [kCounters int arrival counters]
+//               [fenceless zone: 2 · 512 × 128 × 16 fp32, zero between launches (kFencelessColumns)]
+//               [fp32 partials of the other launches: passes × 2 · blocks × 128 × BN]
 //   grid      = (plan blocks, column passes = ceil(N / BN))
 //
 // Both formats cut W into the same 128 × 64 tiles and give tile offsets in
@@ -41,13 +43,22 @@ struct KernelArgs {
   const T* bias;   // [m] or null
   T* y;            // [n, m]
   bool relu;       // Y = max(acc + bias, 0)
-  float* slots;    // [passes][2 · blocks][kTileM · BN] partials
+  float* slots;    // [passes][2 · blocks][kTileM · BN] partials (in the fenceless zone: see launch)
   int* counters;   // [passes][tiles_m] arrival counters, zero between launches
   int m, k, n, tiles_m, tiles_k, blocks;
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
   bool x_tma;      // x_vectors on sm_90: X tiles by TMA (x_map) instead
   bool co_resident;  // every block of the launch resident at once (reduce_row)
 };
+
+// In a launch of blocks of up to kFencelessColumns columns, all resident at
+// once, the blocks hand partials over without a fence (reduce_row_fenceless),
+// through a zone of the workspace of their own that stays zero between
+// launches: two 128 × kFencelessColumns fp32 slots for each of up to
+// kFencelessBlocks blocks, at a fixed place, so that calls under plans of any
+// size may share a workspace.
+constexpr int kFencelessColumns = 16, kFencelessBlocks = 512;
+constexpr size_t kFencelessZoneBytes = size_t(2) * kFencelessBlocks * kTileM * kFencelessColumns * sizeof(float);
 
 // Columns of X one block pass covers.
 inline int block_columns(int64_t n) { return n <= 8 ? 8 : n <= 16 ? 16 : n <= 32 ? 32 : n <= 64 ? 64 : 128; }
@@ -119,7 +130,6 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   SPARSELLM_CHECK_ARG(int64_t(passes) * a.tiles_m <= kCounters, "spmm: ", passes, " column passes × ", a.tiles_m,
                       " tile rows exceed the ", kCounters, " arrival counters of the workspace");
   a.counters = static_cast<int*>(p.workspace);
-  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes);
   a.x_vectors = w.k % 8 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
   a.x_tma = a.x_vectors && device.cc_major >= 9;
   // Judged from the SMs the device reports: a process confined to fewer (a green context, an MPS
@@ -128,36 +138,37 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
     const char* v = std::getenv("SPARSELLM_SPMM_LEAD_SUMS");
     return v == nullptr || std::string(v) != "0";
   }();
-  a.co_resident = lead_sums && int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
+  const bool co_resident = lead_sums && int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
+  const bool fenceless = BN <= kFencelessColumns && co_resident && p.plan_blocks <= kFencelessBlocks;
+  a.co_resident = BN <= kFencelessColumns ? fenceless : co_resident;
+  a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes +
+                                     (fenceless ? 0 : kFencelessZoneBytes));
   if (a.x_tma) a.x_map = x_tile_map(p.x, p.n, w.k, w.dtype, BN);
   // Chained (kernels/launch.h): the blocks may start streaming weights before the previous kernel ends.
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }
 
-// The reduction of a tile row that `parts` > 1 blocks share, for one block's
-// threads that hold fragments (`sync` is their barrier); fragment f of a
-// thread is float4 index fragment0 + 32 f of a slot. The owners are blocks
-// lead .. lead + parts − 1 (the plan leaves no empty block among them). The
-// row is the lead's last row (its range ends in it) and every other owner's
-// first row, so those finish their part early in their range and the lead
-// and middle owners at the end of theirs. Returns true on the block that then
-// holds the row's sum in acc (it stores Y); acc is left as it was elsewhere.
-//
-// Where every block of the launch is resident at once (a.co_resident) the
-// lead sums: the others store their partial into their first-row slot
-// (2 · block) and count their arrival without waiting for anything; the lead
-// waits for the count of parts − 1, adds their slots to its own partial in
-// block order (the same order every launch: deterministic) and resets the
-// counter for the next launch. The lead never waits for a block that waits.
-// Otherwise (more blocks than the GPU holds: a waiting lead could hold the
-// place of an owner not yet started) the last owner to arrive sums: each
-// stores its slot (2 · block for its first row, + 1 for its last) and takes
-// a ticket; the last sums every owner's slot in block order. In both, one
-// barrier and one thread's fence make the block's slot stores visible before
-// its arrival is (a release by the PTX memory model's cumulativity).
+// The ticket protocol's arrival (reduce_row), after the block's slot stores:
+// one barrier and one thread's fence make them visible before the block's
+// ticket is taken. Returns on every thread whether it was the last of `parts`
+// (which has then fenced again: the other owners' slots it reads are theirs).
+template <typename Sync>
+__device__ __forceinline__ bool arrive_last(int* counter, int parts, int* last_flag, Sync sync) {
+  if (threadIdx.x == 0) {
+    __threadfence();
+    *last_flag = atomicAdd(counter, 1) == parts - 1;
+  }
+  sync();
+  const bool last = *last_flag;
+  sync();  // every thread has read the flag before it is written again
+  if (last) __threadfence();
+  return last;
+}
+
+// The counter's protocols (reduce_row, below), for blocks wider than kFencelessColumns.
 template <typename T, int BN, int F, typename Sync>
-__device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
-                           float (&acc)[F][4], int* last_flag, Sync sync) {
+__device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first,
+                                      int fragment0, float (&acc)[F][4], int* last_flag, Sync sync) {
   constexpr size_t kSlotElems = size_t(kTileM) * BN;
   const int parts = first ? blk.first_row_parts : blk.last_row_parts;
   const int lead = first ? blk.first_row_lead : blk.last_row_lead;
@@ -190,15 +201,7 @@ __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int 
       }
       return false;
     }
-    if (threadIdx.x == 0) {
-      __threadfence();
-      *last_flag = atomicAdd(counter, 1) == parts - 1;
-    }
-    sync();
-    const bool last = *last_flag;
-    sync();  // every thread has read the flag before it is written again
-    if (!last) return false;
-    __threadfence();
+    if (!arrive_last(counter, parts, last_flag, sync)) return false;
 #pragma unroll
     for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
     const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
@@ -217,6 +220,129 @@ __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int 
 #pragma unroll kOwnersInFlight
   for (int i = 1; i < parts; ++i) add_slot(2 * (lead + i));
   return true;
+}
+
+// A lead's sum without a fence or a counter, for blocks of up to
+// kFencelessColumns columns. Where the launch is co-resident its slots lie in
+// the workspace's fenceless zone (stream_k::launch), where zero bits mean "not
+// yet written": the workspace starts zero-filled, every writer stores +0.0 as
+// −0.0 (which adds the same), and the lead zeroes what it read. The others
+// store their partial into their first-row slot and go on; the lead spins on
+// the slots' words themselves (relaxed loads at GPU scope; each 32-bit word is
+// written once a launch, in one access; the spin is warp-uniform) and adds
+// them to its own partial in block order. Handing a partial over costs its
+// stores and the lead's L2 round trip, where the counter adds a fence and its
+// own round trip before the data's. Nothing a writer does waits, so the spin
+// ends. Otherwise the ticket protocol of reduce_row runs on slots past the
+// zone, whose words its fence makes this launch's before they are read.
+template <typename T, int BN, int F, typename Sync>
+__device__ bool reduce_row_fenceless(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first,
+                                     int fragment0, float (&acc)[F][4], int* last_flag, Sync sync) {
+  constexpr size_t kSlotElems = size_t(kTileM) * BN;
+  const int parts = first ? blk.first_row_parts : blk.last_row_parts;
+  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
+  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
+  auto fragments = [&](int slot) {
+    return reinterpret_cast<uint4*>(pass_slots + size_t(slot) * kSlotElems) + fragment0;
+  };
+  // Adds the slots of owners [begin, parts) (owner i's slot: slot_of(i)) to acc in owner order,
+  // spinning on each word until written (every word is, after the ticket protocol's fence), and
+  // zeroes them. 8 loads of 16 bytes in flight a thread.
+  auto add_slots = [&](int begin, auto slot_of) {
+    constexpr int kInFlight = 8;
+    constexpr int kChunk = F < kInFlight ? F : kInFlight;  // fragments a round
+    constexpr int kOwners = kInFlight / kChunk;            // owners a round
+    for (int i0 = begin; i0 < parts; i0 += kOwners) {
+      uint4* slot[kOwners];
+#pragma unroll
+      for (int o = 0; o < kOwners; ++o) slot[o] = fragments(slot_of(i0 + o < parts ? i0 + o : i0));
+#pragma unroll
+      for (int f0 = 0; f0 < F; f0 += kChunk) {
+        uint4 v[kOwners][kChunk];
+        bool written;
+        do {  // once, but where an owner's words are not all there yet
+          written = true;
+#pragma unroll
+          for (int o = 0; o < kOwners; ++o)
+#pragma unroll
+            for (int c = 0; c < kChunk; ++c) {
+              v[o][c] = i0 + o < parts ? ptx::ld_relaxed_gpu_v4(slot[o] + (f0 + c) * 32) : make_uint4(1, 1, 1, 1);
+              written = written && v[o][c].x != 0u && v[o][c].y != 0u && v[o][c].z != 0u && v[o][c].w != 0u;
+            }
+        } while (!__all_sync(0xFFFFFFFFu, written));  // warp-uniform: no divergent path around wgmma's registers
+#pragma unroll
+        for (int o = 0; o < kOwners; ++o)
+#pragma unroll
+          for (int c = 0; c < kChunk; ++c) {
+            if (i0 + o >= parts) continue;
+            float* sum = acc[f0 + c];
+            sum[0] += __uint_as_float(v[o][c].x);
+            sum[1] += __uint_as_float(v[o][c].y);
+            sum[2] += __uint_as_float(v[o][c].z);
+            sum[3] += __uint_as_float(v[o][c].w);
+            ptx::st_relaxed_gpu_v4(slot[o] + (f0 + c) * 32, make_uint4(0u, 0u, 0u, 0u));
+          }
+      }
+    }
+  };
+
+  const bool lead_sums = a.co_resident && lead == int(blockIdx.x);
+  if (!lead_sums) {
+    uint4* mine = fragments(2 * int(blockIdx.x) + (first ? 0 : 1));
+    auto written = [](float v) {
+      const uint32_t bits = __float_as_uint(v);
+      return bits != 0u ? bits : 0x80000000u;  // +0.0 as −0.0: zero bits are "not written"
+    };
+#pragma unroll
+    for (int f = 0; f < F; ++f)
+      ptx::st_relaxed_gpu_v4(mine + f * 32, make_uint4(written(acc[f][0]), written(acc[f][1]), written(acc[f][2]),
+                                                       written(acc[f][3])));
+    if (a.co_resident) return false;
+    int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
+    sync();
+    if (!arrive_last(counter, parts, last_flag, sync)) return false;
+    if (threadIdx.x == 0) *counter = 0;
+#pragma unroll
+    for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
+    add_slots(0, [&](int i) { return i == 0 ? lead_slot : 2 * (lead + i); });
+    return true;
+  }
+  add_slots(1, [&](int i) { return 2 * (lead + i); });
+  return true;
+}
+
+// The reduction of a tile row that `parts` > 1 blocks share, for one block's
+// threads that hold fragments (`sync` is their barrier); fragment f of a
+// thread is float4 index fragment0 + 32 f of a slot. The owners are blocks
+// lead .. lead + parts − 1 (the plan leaves no empty block among them). The
+// row is the lead's last row (its range ends in it) and every other owner's
+// first row, so those finish their part early in their range and the lead
+// and middle owners at the end of theirs. Returns true on the block that then
+// holds the row's sum in acc (it stores Y); acc is left as it was elsewhere.
+//
+// Where every block of the launch is resident at once (a.co_resident) the
+// lead sums: the others store their partial into their first-row slot
+// (2 · block) and count their arrival without waiting for anything; the lead
+// waits for the count of parts − 1, adds their slots to its own partial in
+// block order (the same order every launch: deterministic) and resets the
+// counter for the next launch. The lead never waits for a block that waits.
+// Otherwise (more blocks than the GPU holds: a waiting lead could hold the
+// place of an owner not yet started) the last owner to arrive sums: each
+// stores its slot (2 · block for its first row, + 1 for its last) and takes
+// a ticket; the last sums every owner's slot in block order. In both, one
+// barrier and one thread's fence make the block's slot stores visible before
+// its arrival is (a release by the PTX memory model's cumulativity).
+//
+// Blocks of up to kFencelessColumns columns hand the lead their partials
+// without the counter (reduce_row_fenceless).
+template <typename T, int BN, int F, typename Sync>
+__device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
+                           float (&acc)[F][4], int* last_flag, Sync sync) {
+  if constexpr (BN <= kFencelessColumns)
+    return reduce_row_fenceless<T, BN>(a, blk, row, first, fragment0, acc, last_flag, sync);
+  else
+    return reduce_row_by_counter<T, BN>(a, blk, row, first, fragment0, acc, last_flag, sync);
 }
 
 }  // namespace sparsellm::stream_k

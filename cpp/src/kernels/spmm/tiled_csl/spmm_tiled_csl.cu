@@ -256,12 +256,12 @@ __global__ void __launch_bounds__(kThreads, Config<BN>::kBlocksPerSm) spmm_tiled
 
 }  // namespace
 
-size_t spmm_workspace_scratch_offset() { return stream_k::kCounterBytes; }
+size_t spmm_workspace_scratch_offset() { return stream_k::kCounterBytes + stream_k::kFencelessZoneBytes; }
 
 size_t spmm_workspace_bytes(int64_t m, int64_t n, int blocks) {
   const int bn = stream_k::block_columns(n);
   const int64_t passes = (n + bn - 1) / bn;
-  return stream_k::kCounterBytes + size_t(passes) * 2 * size_t(blocks) * kTileM * bn * sizeof(float);
+  return spmm_workspace_scratch_offset() + size_t(passes) * 2 * size_t(blocks) * kTileM * bn * sizeof(float);
 }
 
 void spmm_tiled_csl(const SpmmParams& p, cudaStream_t stream) {
