@@ -43,7 +43,7 @@ struct KernelArgs {
   const T* bias;   // [m] or null
   T* y;            // [n, m]
   bool relu;       // Y = max(acc + bias, 0)
-  float* slots;    // [passes][2 · blocks][kTileM · BN] partials (in the fenceless zone: see launch)
+  float* slots;    // [passes][2 · blocks][kTileM · BN] partials (the fenceless zone where a launch is: see launch)
   int* counters;   // [passes][tiles_m] arrival counters, zero between launches
   int m, k, n, tiles_m, tiles_k, blocks;
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
@@ -148,6 +148,17 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   kernels::launch_chained(name, kernel, dim3(p.plan_blocks, passes), dim3(threads), smem_bytes, stream, a);
 }
 
+// A shared row's owners (blocks lead .. lead + parts − 1) and this column pass's slots.
+struct SharedRow {
+  int parts, lead;
+  float* pass_slots;
+};
+template <typename T, int BN>
+__device__ __forceinline__ SharedRow shared_row(const KernelArgs<T>& a, const StreamKBlock& blk, bool first) {
+  return {first ? blk.first_row_parts : blk.last_row_parts, first ? blk.first_row_lead : blk.last_row_lead,
+          a.slots + size_t(blockIdx.y) * 2 * a.blocks * kTileM * BN};
+}
+
 // The ticket protocol's arrival (reduce_row), after the block's slot stores:
 // one barrier and one thread's fence make them visible before the block's
 // ticket is taken. Returns on every thread whether it was the last of `parts`
@@ -165,14 +176,14 @@ __device__ __forceinline__ bool arrive_last(int* counter, int parts, int* last_f
   return last;
 }
 
-// The counter's protocols (reduce_row, below), for blocks wider than kFencelessColumns.
+// The counter's protocols (reduce_row, below).
 template <typename T, int BN, int F, typename Sync>
 __device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first,
                                       int fragment0, float (&acc)[F][4], int* last_flag, Sync sync) {
   constexpr size_t kSlotElems = size_t(kTileM) * BN;
-  const int parts = first ? blk.first_row_parts : blk.last_row_parts;
-  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
-  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
+  const SharedRow r = shared_row<T, BN>(a, blk, first);
+  const int parts = r.parts, lead = r.lead;
+  float* pass_slots = r.pass_slots;
   int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
   auto add_slot = [&](int slot) {
     const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
@@ -222,93 +233,69 @@ __device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock
   return true;
 }
 
-// A lead's sum without a fence or a counter, for blocks of up to
-// kFencelessColumns columns. Where the launch is co-resident its slots lie in
-// the workspace's fenceless zone (stream_k::launch), where zero bits mean "not
-// yet written": the workspace starts zero-filled, every writer stores +0.0 as
-// −0.0 (which adds the same), and the lead zeroes what it read. The others
-// store their partial into their first-row slot and go on; the lead spins on
-// the slots' words themselves (relaxed loads at GPU scope; each 32-bit word is
-// written once a launch, in one access; the spin is warp-uniform) and adds
-// them to its own partial in block order. Handing a partial over costs its
-// stores and the lead's L2 round trip, where the counter adds a fence and its
-// own round trip before the data's. Nothing a writer does waits, so the spin
-// ends. Otherwise the ticket protocol of reduce_row runs on slots past the
-// zone, whose words its fence makes this launch's before they are read.
-template <typename T, int BN, int F, typename Sync>
-__device__ bool reduce_row_fenceless(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first,
-                                     int fragment0, float (&acc)[F][4], int* last_flag, Sync sync) {
+// A co-resident launch's shared row without a fence or a counter, for blocks
+// of up to kFencelessColumns columns (reduce_row). Its slots lie in the
+// workspace's fenceless zone (stream_k::launch), where zero bits mean "not yet
+// written": the workspace starts zero-filled, a writer stores +0.0 as −0.0
+// (which adds the same), and the lead zeroes what it read. The others store
+// their partial into their first-row slot and go on; the lead spins on the
+// slots' words themselves (relaxed loads at GPU scope; each 32-bit word is
+// written once a launch, in one access; the spin is warp-uniform: a divergent
+// one would serialize wgmma around the accumulators) and adds them to its own
+// partial in block order, 8 loads of 16 bytes in flight a thread. Handing a
+// partial over costs its stores and the lead's L2 round trip, where the
+// counter adds a fence and its own round trip before the data's. Nothing a
+// writer does waits, so the spin ends.
+template <typename T, int BN, int F>
+__device__ bool reduce_row_fenceless(const KernelArgs<T>& a, const StreamKBlock& blk, bool first, int fragment0,
+                                     float (&acc)[F][4]) {
+  static_assert(F <= 8, "one round holds every fragment of an owner");
   constexpr size_t kSlotElems = size_t(kTileM) * BN;
-  const int parts = first ? blk.first_row_parts : blk.last_row_parts;
-  const int lead = first ? blk.first_row_lead : blk.last_row_lead;
-  float* pass_slots = a.slots + size_t(blockIdx.y) * 2 * a.blocks * kSlotElems;
-  auto fragments = [&](int slot) {
-    return reinterpret_cast<uint4*>(pass_slots + size_t(slot) * kSlotElems) + fragment0;
+  const SharedRow r = shared_row<T, BN>(a, blk, first);
+  auto fragments = [&](int block) {
+    return reinterpret_cast<uint4*>(r.pass_slots + size_t(2 * block) * kSlotElems) + fragment0;
   };
-  // Adds the slots of owners [begin, parts) (owner i's slot: slot_of(i)) to acc in owner order,
-  // spinning on each word until written (every word is, after the ticket protocol's fence), and
-  // zeroes them. 8 loads of 16 bytes in flight a thread.
-  auto add_slots = [&](int begin, auto slot_of) {
-    constexpr int kInFlight = 8;
-    constexpr int kChunk = F < kInFlight ? F : kInFlight;  // fragments a round
-    constexpr int kOwners = kInFlight / kChunk;            // owners a round
-    for (int i0 = begin; i0 < parts; i0 += kOwners) {
-      uint4* slot[kOwners];
-#pragma unroll
-      for (int o = 0; o < kOwners; ++o) slot[o] = fragments(slot_of(i0 + o < parts ? i0 + o : i0));
-#pragma unroll
-      for (int f0 = 0; f0 < F; f0 += kChunk) {
-        uint4 v[kOwners][kChunk];
-        bool written;
-        do {  // once, but where an owner's words are not all there yet
-          written = true;
-#pragma unroll
-          for (int o = 0; o < kOwners; ++o)
-#pragma unroll
-            for (int c = 0; c < kChunk; ++c) {
-              v[o][c] = i0 + o < parts ? ptx::ld_relaxed_gpu_v4(slot[o] + (f0 + c) * 32) : make_uint4(1, 1, 1, 1);
-              written = written && v[o][c].x != 0u && v[o][c].y != 0u && v[o][c].z != 0u && v[o][c].w != 0u;
-            }
-        } while (!__all_sync(0xFFFFFFFFu, written));  // warp-uniform: no divergent path around wgmma's registers
-#pragma unroll
-        for (int o = 0; o < kOwners; ++o)
-#pragma unroll
-          for (int c = 0; c < kChunk; ++c) {
-            if (i0 + o >= parts) continue;
-            float* sum = acc[f0 + c];
-            sum[0] += __uint_as_float(v[o][c].x);
-            sum[1] += __uint_as_float(v[o][c].y);
-            sum[2] += __uint_as_float(v[o][c].z);
-            sum[3] += __uint_as_float(v[o][c].w);
-            ptx::st_relaxed_gpu_v4(slot[o] + (f0 + c) * 32, make_uint4(0u, 0u, 0u, 0u));
-          }
-      }
-    }
-  };
-
-  const bool lead_sums = a.co_resident && lead == int(blockIdx.x);
-  if (!lead_sums) {
-    uint4* mine = fragments(2 * int(blockIdx.x) + (first ? 0 : 1));
-    auto written = [](float v) {
+  if (r.lead != int(blockIdx.x)) {
+    auto nonzero_bits = [](float v) {
       const uint32_t bits = __float_as_uint(v);
       return bits != 0u ? bits : 0x80000000u;  // +0.0 as −0.0: zero bits are "not written"
     };
+    uint4* mine = fragments(blockIdx.x);
 #pragma unroll
     for (int f = 0; f < F; ++f)
-      ptx::st_relaxed_gpu_v4(mine + f * 32, make_uint4(written(acc[f][0]), written(acc[f][1]), written(acc[f][2]),
-                                                       written(acc[f][3])));
-    if (a.co_resident) return false;
-    int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
-    sync();
-    if (!arrive_last(counter, parts, last_flag, sync)) return false;
-    if (threadIdx.x == 0) *counter = 0;
-#pragma unroll
-    for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
-    add_slots(0, [&](int i) { return i == 0 ? lead_slot : 2 * (lead + i); });
-    return true;
+      ptx::st_relaxed_gpu_v4(mine + f * 32, make_uint4(nonzero_bits(acc[f][0]), nonzero_bits(acc[f][1]),
+                                                       nonzero_bits(acc[f][2]), nonzero_bits(acc[f][3])));
+    return false;
   }
-  add_slots(1, [&](int i) { return 2 * (lead + i); });
+  constexpr int kOwners = 8 / F;  // owners a round
+  for (int i0 = 1; i0 < r.parts; i0 += kOwners) {
+    uint4* slot[kOwners];
+#pragma unroll
+    for (int o = 0; o < kOwners; ++o) slot[o] = fragments(r.lead + (i0 + o < r.parts ? i0 + o : i0));
+    uint4 v[kOwners][F];
+    bool written;
+    do {  // once, but where an owner's words are not all there yet
+      written = true;
+#pragma unroll
+      for (int o = 0; o < kOwners; ++o)
+#pragma unroll
+        for (int f = 0; f < F; ++f) {
+          v[o][f] = i0 + o < r.parts ? ptx::ld_relaxed_gpu_v4(slot[o] + f * 32) : make_uint4(1, 1, 1, 1);
+          written = written && v[o][f].x != 0u && v[o][f].y != 0u && v[o][f].z != 0u && v[o][f].w != 0u;
+        }
+    } while (!__all_sync(0xFFFFFFFFu, written));
+#pragma unroll
+    for (int o = 0; o < kOwners; ++o)
+#pragma unroll
+      for (int f = 0; f < F; ++f) {
+        if (i0 + o >= r.parts) continue;
+        acc[f][0] += __uint_as_float(v[o][f].x);
+        acc[f][1] += __uint_as_float(v[o][f].y);
+        acc[f][2] += __uint_as_float(v[o][f].z);
+        acc[f][3] += __uint_as_float(v[o][f].w);
+        ptx::st_relaxed_gpu_v4(slot[o] + f * 32, make_uint4(0u, 0u, 0u, 0u));
+      }
+  }
   return true;
 }
 
@@ -334,15 +321,14 @@ __device__ bool reduce_row_fenceless(const KernelArgs<T>& a, const StreamKBlock&
 // barrier and one thread's fence make the block's slot stores visible before
 // its arrival is (a release by the PTX memory model's cumulativity).
 //
-// Blocks of up to kFencelessColumns columns hand the lead their partials
-// without the counter (reduce_row_fenceless).
+// Co-resident launches of blocks of up to kFencelessColumns columns hand the
+// lead their partials without the counter (reduce_row_fenceless).
 template <typename T, int BN, int F, typename Sync>
 __device__ bool reduce_row(const KernelArgs<T>& a, const StreamKBlock& blk, int row, bool first, int fragment0,
                            float (&acc)[F][4], int* last_flag, Sync sync) {
   if constexpr (BN <= kFencelessColumns)
-    return reduce_row_fenceless<T, BN>(a, blk, row, first, fragment0, acc, last_flag, sync);
-  else
-    return reduce_row_by_counter<T, BN>(a, blk, row, first, fragment0, acc, last_flag, sync);
+    if (a.co_resident) return reduce_row_fenceless<T, BN>(a, blk, first, fragment0, acc);
+  return reduce_row_by_counter<T, BN>(a, blk, row, first, fragment0, acc, last_flag, sync);
 }
 
 }  // namespace sparsellm::stream_k
