@@ -342,9 +342,11 @@ struct Sequence {
 
 // Writes every position < length of each sequence into the cache from one fused QKV buffer
 // ([tokens, (heads + 2 · kv_heads) · head_dim]), then attends with the query tokens `queries`
-// (indices into that buffer) and compares with a double-precision reference.
+// (indices into that buffer) and compares with a double-precision reference. The workspace is
+// `shared_ws` where given (reused across cases, as a model's forward calls share one), else its own.
 void run_attention_case(DType dtype, int32_t heads, int32_t kv_heads, int32_t head_dim,
-                        const std::vector<Sequence>& seqs, bool decode, int32_t max_seq, uint32_t seed) {
+                        const std::vector<Sequence>& seqs, bool decode, int32_t max_seq, uint32_t seed,
+                        DeviceBuffer<char>* shared_ws = nullptr) {
   std::mt19937 rng(seed);
   const int64_t qw = int64_t(heads) * head_dim, kw = int64_t(kv_heads) * head_dim, row = qw + 2 * kw;
   std::vector<int32_t> slot, pos;
@@ -403,7 +405,9 @@ void run_attention_case(DType dtype, int32_t heads, int32_t kv_heads, int32_t he
   DeviceBuffer<int32_t> d_qslot(q_slot), d_qpos(q_pos);
   d_out.poison();
   const size_t ws_bytes = attention_workspace_bytes(nq, heads, head_dim, max_positions);
-  DeviceBuffer<char> d_ws(ws_bytes);
+  DeviceBuffer<char> own_ws(shared_ws ? 0 : ws_bytes);
+  DeviceBuffer<char>& d_ws = shared_ws ? *shared_ws : own_ws;
+  ASSERT_GE(d_ws.count, ws_bytes);
 
   AttentionParams a;
   a.q = decode ? d_q.ptr : d_qkv.ptr;
@@ -416,7 +420,7 @@ void run_attention_case(DType dtype, int32_t heads, int32_t kv_heads, int32_t he
   a.max_positions = max_positions;
   a.scale = 1.f / std::sqrt(float(head_dim));
   a.workspace = d_ws.ptr;
-  a.workspace_bytes = ws_bytes;
+  a.workspace_bytes = d_ws.count;
   a.dtype = dtype;
   attention(a, nullptr);
   SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
@@ -511,6 +515,61 @@ TEST(AttentionDecode, OneSequenceLongContext) {
   SKIP_WITHOUT_GPU();
   // Batch 1, 32 heads: the split count is capped by the target block count, not the key range.
   run_attention_case(DType::kBFloat16, 32, 8, 128, {{0, 4000}}, /*decode=*/true, 4096, 99);
+}
+
+TEST(AttentionDecode, CallsOfEveryShapeShareOneWorkspace) {
+  SKIP_WITHOUT_GPU();
+  // A model's forward calls of every token count and key range share one workspace. Whatever
+  // one call leaves there (records of other random inputs, in another layout) must not change
+  // the next call's result: each case is checked against its own reference.
+  const std::vector<std::vector<Sequence>> batches = {
+      {{0, 1}, {5, 2}, {2, 63}, {7, 257}, {1, 512}, {4, 1000}, {6, 1537}, {3, 2000}},
+      {{0, 700}},
+      {{1, 129}, {0, 1999}, {2, 65}},
+  };
+  size_t bytes = 0;
+  for (int64_t t = 1; t <= 8; ++t) bytes = std::max(bytes, attention_workspace_bytes(t, 8, 64, 2048));
+  DeviceBuffer<char> ws(bytes);
+  for (uint32_t round = 0; round < 2; ++round)
+    for (size_t b = 0; b < batches.size(); ++b)
+      run_attention_case(DType::kFloat16, 8, 2, 64, batches[b], /*decode=*/true, 2048, uint32_t(1000 + 7 * round + b),
+                         &ws);
+}
+
+TEST(AttentionDecode, ATokenOutsideTheCacheGetsZeros) {
+  SKIP_WITHOUT_GPU();
+  // Two decode tokens over a split key range: slot 0 at position 300, and one whose slot lies
+  // outside the cache. The second's output is zero whatever the workspace held; the first's is finite.
+  const int32_t heads = 4, head_dim = 64, max_seq = 512, slots = 1;
+  std::mt19937 rng(5);
+  const size_t cache_elems = size_t(slots) * heads * max_seq * head_dim;
+  Tensor q(2 * heads * head_dim, DType::kFloat16, rng), kv(cache_elems, DType::kFloat16, rng);
+  DeviceBuffer<uint16_t> d_q(q.bits), d_k(kv.bits), d_v(kv.bits), d_out(q.bits.size());
+  DeviceBuffer<int32_t> d_slot(std::vector<int32_t>{0, slots}), d_pos(std::vector<int32_t>{300, 300});
+  const size_t ws_bytes = attention_workspace_bytes(2, heads, head_dim, max_seq);
+  ASSERT_GT(ws_bytes, 0u);
+  DeviceBuffer<char> ws(ws_bytes);
+  ws.poison();
+  AttentionParams a;
+  a.q = d_q.ptr;
+  a.cache = KvCacheView{d_k.ptr, d_v.ptr, slots, heads, max_seq, head_dim};
+  a.place = TokenPlacement{d_slot.ptr, d_pos.ptr};
+  a.out = d_out.ptr;
+  a.tokens = 2;
+  a.heads = heads;
+  a.max_positions = max_seq;
+  a.scale = 0.125f;
+  a.workspace = ws.ptr;
+  a.workspace_bytes = ws_bytes;
+  for (int call = 0; call < 2; ++call) {
+    d_out.poison();
+    attention(a, nullptr);
+    SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+    const std::vector<uint16_t> out = d_out.download();
+    const size_t width = size_t(heads) * head_dim;
+    for (size_t i = 0; i < width; ++i) ASSERT_TRUE(std::isfinite(from_bits(out[i], DType::kFloat16))) << i;
+    for (size_t i = width; i < 2 * width; ++i) ASSERT_EQ(out[i], 0u) << i;
+  }
 }
 
 TEST(AttentionValidation, RejectsBadArguments) {
