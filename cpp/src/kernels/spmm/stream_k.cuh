@@ -48,7 +48,9 @@ struct KernelArgs {
   int m, k, n, tiles_m, tiles_k, blocks;
   bool x_vectors;  // k % 8 == 0 and x 16-byte aligned: cp.async path
   bool x_tma;      // x_vectors on sm_90: X tiles by TMA (x_map) instead
-  bool co_resident;  // every block of the launch resident at once (reduce_row)
+  // Every block of the launch resident at once (reduce_row); at up to kFencelessColumns columns
+  // also at most kFencelessBlocks blocks, whose slots the fenceless zone holds (launch).
+  bool co_resident;
 };
 
 // In a launch of blocks of up to kFencelessColumns columns, all resident at
@@ -182,11 +184,9 @@ __device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock
                                       int fragment0, float (&acc)[F][4], int* last_flag, Sync sync) {
   constexpr size_t kSlotElems = size_t(kTileM) * BN;
   const SharedRow r = shared_row<T, BN>(a, blk, first);
-  const int parts = r.parts, lead = r.lead;
-  float* pass_slots = r.pass_slots;
   int* counter = a.counters + size_t(blockIdx.y) * a.tiles_m + row;
   auto add_slot = [&](int slot) {
-    const float4* part = reinterpret_cast<const float4*>(pass_slots + size_t(slot) * kSlotElems);
+    const float4* part = reinterpret_cast<const float4*>(r.pass_slots + size_t(slot) * kSlotElems);
 #pragma unroll
     for (int f = 0; f < F; ++f) {
       const float4 v = __ldcg(part + fragment0 + f * 32);
@@ -198,9 +198,9 @@ __device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock
   };
   constexpr int kOwnersInFlight = F >= 8 ? 1 : 8 / F;  // about 8 float4 loads in flight per thread
 
-  const bool lead_sums = a.co_resident && lead == int(blockIdx.x);
+  const bool lead_sums = a.co_resident && r.lead == int(blockIdx.x);
   if (!lead_sums) {
-    float4* mine = reinterpret_cast<float4*>(pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
+    float4* mine = reinterpret_cast<float4*>(r.pass_slots + (2 * size_t(blockIdx.x) + (first ? 0 : 1)) * kSlotElems);
 #pragma unroll
     for (int f = 0; f < F; ++f)
       __stcg(mine + fragment0 + f * 32, make_float4(acc[f][0], acc[f][1], acc[f][2], acc[f][3]));
@@ -212,24 +212,24 @@ __device__ bool reduce_row_by_counter(const KernelArgs<T>& a, const StreamKBlock
       }
       return false;
     }
-    if (!arrive_last(counter, parts, last_flag, sync)) return false;
+    if (!arrive_last(counter, r.parts, last_flag, sync)) return false;
 #pragma unroll
     for (int f = 0; f < F; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    const int lead_slot = 2 * lead + (a.plan[lead].unit_begin / a.tiles_k == row ? 0 : 1);
+    const int lead_slot = 2 * r.lead + (a.plan[r.lead].unit_begin / a.tiles_k == row ? 0 : 1);
 #pragma unroll kOwnersInFlight
-    for (int i = 0; i < parts; ++i) add_slot(i == 0 ? lead_slot : 2 * (lead + i));
+    for (int i = 0; i < r.parts; ++i) add_slot(i == 0 ? lead_slot : 2 * (r.lead + i));
     if (threadIdx.x == 0) *counter = 0;
     return true;
   }
 
   if (threadIdx.x == 0) {
-    while (ptx::ld_acquire_gpu(counter) != parts - 1) {
+    while (ptx::ld_acquire_gpu(counter) != r.parts - 1) {
     }
     *counter = 0;  // every owner has arrived: nobody else touches it in this launch
   }
   sync();  // the others' loads come after thread 0's acquire
 #pragma unroll kOwnersInFlight
-  for (int i = 1; i < parts; ++i) add_slot(2 * (lead + i));
+  for (int i = 1; i < r.parts; ++i) add_slot(2 * (r.lead + i));
   return true;
 }
 
