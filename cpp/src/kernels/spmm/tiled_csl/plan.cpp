@@ -27,12 +27,13 @@ namespace {
 constexpr int64_t kTileCostWords = 512;
 // A row flush inside a range: what it costs a block's streaming there. Set at
 // 12,288 words (≈ 4 µs of a block's streaming at decode widths on an H100)
-// when every owner waited for its ticket; since the owners hand partials to
-// the row's lead without waiting for an answer (stream_k.cuh: reduce_row), a per-block timeline of
-// Llama-2-7B's split 2:4 calls on an H200 found that the blocks that end a row
-// inside their range finished ≈ 2 µs (≈ 8,000 words at ≈ 4,000 words a µs)
-// before the others at 12,288, and a decode step was fastest at 2,048 of the
-// values tried (12,288 to 2,048; kernel-notes: "The end of a call").
+// when every owner waited for its ticket. Since the owners hand partials to
+// the row's lead without waiting for an answer (stream_k.cuh: reduce_row), a
+// per-block timeline of Llama-2-7B's split 2:4 calls on an H200 found that the
+// blocks that end a row inside their range finished ≈ 2 µs (≈ 8,000 words at
+// ≈ 4,000 words a µs) before the others at 12,288, and a decode step was
+// fastest at 2,048 of the values tried (12,288 to 2,048; kernel-notes: "The
+// end of a call").
 constexpr int64_t kRowCostWords = 2048;
 constexpr int kBlocksPerSm = 2;
 
