@@ -141,6 +141,9 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
     return v == nullptr || std::string(v) != "0";
   }();
   const bool co_resident = lead_sums && int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
+  // Up to kFencelessColumns columns a co-resident launch is a fenceless one, so that those kernels
+  // compile no counter lead path: one the zone cannot hold (more than kFencelessBlocks blocks, on
+  // a GPU that holds that many at once) runs the ticket protocol instead (reduce_row).
   const bool fenceless = BN <= kFencelessColumns && co_resident && p.plan_blocks <= kFencelessBlocks;
   a.co_resident = BN <= kFencelessColumns ? fenceless : co_resident;
   a.slots = reinterpret_cast<float*>(static_cast<char*>(p.workspace) + kCounterBytes +
