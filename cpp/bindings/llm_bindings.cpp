@@ -119,6 +119,7 @@ class Runtime {
     d["max_seq_len"] = i.max_seq_len;
     d["tp_rank"] = i.tp_rank;
     d["tp_world"] = i.tp_world;
+    d["folds_norms"] = i.folds_norms;
     return d;
   }
 

@@ -79,6 +79,53 @@ TEST(Errors, PlanOfRangesRejectsRangesThatDoNotCoverTheTiles) {
   EXPECT_EQ(plan[3].unit_begin, plan[3].unit_end);
 }
 
+// A norm fold (SpmmNormFold) that is incomplete, too wide or aliased is an
+// InvalidArgument naming it, before the GPU is touched.
+TEST(Errors, SpmmRejectsIncompleteOrWideNormFolds) {
+  auto* fake = reinterpret_cast<void*>(256);
+  SpmmParams p;
+  p.n = 4;
+  p.weight.m = 256;
+  p.weight.k = 128;
+  p.weight.format = SparseFormat::kSplit24;
+  p.x = fake;
+  p.y = static_cast<char*>(fake) + 4096;
+  p.weight.words = p.weight.tile_offsets = static_cast<const uint32_t*>(fake);
+  p.plan = static_cast<const StreamKBlock*>(fake);
+  p.plan_blocks = 1;
+  p.workspace = fake;
+  p.workspace_bytes = spmm_workspace_bytes(256, kSpmmNormFoldMaxRows + 1, 1);
+  float* sums = reinterpret_cast<float*>(8192);
+  const SpmmNormOut out{fake, static_cast<char*>(fake) + 65536, sums};
+  auto expect_rejected = [&](const SpmmParams& q, const char* why) {
+    try {
+      spmm(q, nullptr);
+      ADD_FAILURE() << why << ": no exception";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("norm fold"), std::string::npos) << why << ": " << e.what();
+    }
+  };
+  SpmmParams q = p;
+  q.norm.out = out;
+  q.n = kSpmmNormFoldMaxRows + 1;
+  expect_rejected(q, "wider than a decode step");
+  q = p;
+  q.norm.out = out;
+  q.norm.out.sumsq = nullptr;
+  expect_rejected(q, "out part without its sums");
+  q = p;
+  q.norm.out = out;
+  q.norm.in = {sums, 1e-5f};
+  expect_rejected(q, "in and out on one sums array");
+  q = p;
+  q.norm.out = out;
+  q.norm.out.normed = q.y;
+  expect_rejected(q, "normed on y");
+  q = p;
+  q.norm.in = {sums, -1.0f};
+  expect_rejected(q, "negative eps");
+}
+
 TEST(Errors, NoGpuIsADeviceErrorNotACrash) {
   if (device_count() > 0) GTEST_SKIP() << "a GPU is present";
   EXPECT_THROW(current_device(), DeviceError);

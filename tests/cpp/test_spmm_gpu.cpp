@@ -339,6 +339,125 @@ TEST(Split24ToDense, GivesBackTheMatrix) {
   EXPECT_THROW(spmm_split24_to_dense(bitmap, reinterpret_cast<void*>(16), nullptr), InvalidArgument);
 }
 
+// An RMSNorm folded between two products (SpmmNormFold), against the unfolded
+// math in double on the same masked weights:
+//   h1 = h0 + A · W1ᵀ + b1;  Y = (h1 / rms(h1) ⊙ γ) · W2ᵀ + b2,   rms(h1)[n] = sqrt(mean(h1[n]²) + eps)
+// The out part updates h in place and writes normed = h1 ⊙ γ and the sums of
+// squares; the in part scales by 1 / rms. Widths with a ragged last tile row,
+// decode widths 1 … 16, the plan's blocks and 3 (rows shared by blocks), twice
+// each (the same bits: the sums are per tile row, no atomics).
+TEST(SpmmNormFold, MatchesTheNormBetweenTwoProducts) {
+  if (device_count() == 0) GTEST_SKIP() << "no GPU";
+  const float eps = 1e-5f;
+  for (SparseFormat format : kSparseFormats)
+    for (auto [k1, width, m2, n, dtype] :
+         {std::tuple<int64_t, int64_t, int64_t, int64_t, DType>{500, 300, 200, 5, DType::kFloat16},
+          {1000, 1024, 384, 16, DType::kBFloat16}, {1000, 1024, 384, 1, DType::kFloat16},
+          {256, 640, 1000, 9, DType::kFloat16}})
+      for (int blocks : {spmm_plan_blocks(), 3}) {
+        SCOPED_TRACE(std::string(sparse_format_name(format)) + " width " + std::to_string(width) + " n " +
+                     std::to_string(n) + " blocks " + std::to_string(blocks));
+        std::mt19937 rng(uint32_t(k1 * 31 + width * 7 + n + blocks));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        auto draw = [&](int64_t count, float scale, float offset, double sparsity) {
+          std::vector<uint16_t> v(count);
+          for (auto& e : v) e = u(rng) < sparsity ? 0 : to_bits(offset + scale * normal(rng), dtype);
+          return v;
+        };
+        const std::vector<uint16_t> w1 = draw(width * k1, 0.05f, 0.0f, 0.6), w2 = draw(m2 * width, 0.05f, 0.0f, 0.5);
+        const std::vector<uint16_t> a = draw(n * k1, 1.0f, 0.0f, 0.0), h0 = draw(n * width, 1.0f, 0.0f, 0.0);
+        const std::vector<uint16_t> b1 = draw(width, 0.5f, 0.0f, 0.0), b2 = draw(m2, 0.5f, 0.0f, 0.0);
+        const std::vector<uint16_t> gamma = draw(width, 0.1f, 1.0f, 0.0);
+
+        // Reference in double.
+        auto f = [&](const std::vector<uint16_t>& v, int64_t i) { return double(from_bits(v[i], dtype)); };
+        std::vector<double> h1(n * width), normed_ref(n * width), y_ref(n * m2);
+        for (int64_t r = 0; r < n; ++r) {
+          double sumsq = 0;
+          for (int64_t j = 0; j < width; ++j) {
+            double acc = f(h0, r * width + j) + f(b1, j);
+            for (int64_t c = 0; c < k1; ++c) acc += f(a, r * k1 + c) * f(w1, j * k1 + c);
+            h1[r * width + j] = acc;
+            sumsq += acc * acc;
+          }
+          const double inv_rms = 1.0 / std::sqrt(sumsq / double(width) + eps);
+          for (int64_t j = 0; j < width; ++j) normed_ref[r * width + j] = h1[r * width + j] * f(gamma, j);
+          for (int64_t i = 0; i < m2; ++i) {
+            double acc = 0;
+            for (int64_t j = 0; j < width; ++j) acc += normed_ref[r * width + j] * f(w2, i * width + j);
+            y_ref[r * m2 + i] = acc * inv_rms + f(b2, i);
+          }
+        }
+
+        const auto [offsets1, words1] = encode(format, w1, width, k1, dtype);
+        const auto [offsets2, words2] = encode(format, w2, m2, width, dtype);
+        const std::vector<StreamKBlock> plan1 = spmm_plan(offsets1.data(), width, k1, blocks);
+        const std::vector<StreamKBlock> plan2 = spmm_plan(offsets2.data(), m2, width, blocks);
+        DeviceBuffer<uint32_t> d_words1(words1), d_offsets1(offsets1), d_words2(words2), d_offsets2(offsets2);
+        DeviceBuffer<StreamKBlock> d_plan1(plan1), d_plan2(plan2);
+        DeviceBuffer<uint16_t> d_a(a), d_h(n * width), d_b1(b1), d_b2(b2), d_gamma(gamma), d_normed(n * width),
+            d_y(n * m2);
+        const int64_t tile_rows = (width + 127) / 128;
+        DeviceBuffer<float> d_sumsq(tile_rows * n);
+        const size_t ws_bytes = std::max(spmm_workspace_bytes(width, n, int(plan1.size())),
+                                         spmm_workspace_bytes(m2, n, int(plan2.size())));
+        DeviceBuffer<char> ws(ws_bytes);
+        SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
+
+        SpmmParams out;
+        out.x = d_a.ptr;
+        out.bias = d_b1.ptr;
+        out.y = d_h.ptr;
+        out.n = n;
+        out.weight = {d_words1.ptr, d_offsets1.ptr, width, k1, dtype, format};
+        out.plan = d_plan1.ptr;
+        out.plan_blocks = int(plan1.size());
+        out.workspace = ws.ptr;
+        out.workspace_bytes = ws_bytes;
+        out.norm.out = {d_gamma.ptr, d_normed.ptr, d_sumsq.ptr};
+        SpmmParams in = out;
+        in.x = d_normed.ptr;
+        in.bias = d_b2.ptr;
+        in.y = d_y.ptr;
+        in.weight = {d_words2.ptr, d_offsets2.ptr, m2, width, dtype, format};
+        in.plan = d_plan2.ptr;
+        in.plan_blocks = int(plan2.size());
+        in.norm = SpmmNormFold{{}, {d_sumsq.ptr, eps}};
+
+        std::vector<uint16_t> first_y;
+        for (int rep = 0; rep < 2; ++rep) {
+          SPARSELLM_CHECK_CUDA(cudaMemcpy(d_h.ptr, h0.data(), h0.size() * 2, cudaMemcpyHostToDevice));
+          SPARSELLM_CHECK_CUDA(cudaMemset(d_normed.ptr, 0xFF, n * width * 2));  // poison: NaN in both dtypes
+          SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m2 * 2));
+          SPARSELLM_CHECK_CUDA(cudaMemset(d_sumsq.ptr, 0xFF, tile_rows * n * 4));
+          spmm(out, nullptr);
+          spmm(in, nullptr);
+          SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
+          const double tol = dtype == DType::kFloat16 ? 3e-3 : 2e-2;  // three roundings: h, normed, Y
+          auto expect_close = [&](const std::vector<uint16_t>& got, const std::vector<double>& want, const char* what) {
+            double num = 0, den = 0;
+            for (size_t i = 0; i < want.size(); ++i) {
+              const double g = from_bits(got[i], dtype);
+              ASSERT_TRUE(std::isfinite(g)) << what << " element " << i << " not written";
+              num += (g - want[i]) * (g - want[i]);
+              den += want[i] * want[i];
+            }
+            EXPECT_LT(std::sqrt(num / den), tol) << what;
+          };
+          expect_close(d_h.download(n * width), h1, "h (the residual, updated in place)");
+          expect_close(d_normed.download(n * width), normed_ref, "normed = h ⊙ γ");
+          const std::vector<uint16_t> y = d_y.download(n * m2);
+          expect_close(y, y_ref, "Y of the normed input");
+          if (rep == 0) first_y = y;
+          else EXPECT_TRUE(y == first_y) << "two calls gave different results";
+          const size_t kept = spmm_workspace_scratch_offset();
+          const std::vector<char> head = ws.download(kept);
+          EXPECT_EQ(size_t(std::count(head.begin(), head.end(), char(0))), kept) << "the workspace was not left zero";
+        }
+      }
+}
+
 TEST(SpmmArguments, RejectsTooSmallWorkspace) {
   if (device_count() == 0) GTEST_SKIP() << "no GPU";
   SpmmParams p;

@@ -74,6 +74,8 @@ struct ModelInfo {
   int eos_token_id = -1, bos_token_id = -1;  // −1: none
   int max_batch = 0, max_seq_len = 0;        // as allocated
   int tp_rank = 0, tp_world = 1;             // this process's tensor-parallel rank and the number of ranks
+  bool folds_norms = false;  // decode steps fold the RMSNorms into the sparse projections (Llama, tp = 1,
+                             // every projection sparse; SPARSELLM_FOLD_NORMS=0 turns it off)
 };
 
 class LLM {

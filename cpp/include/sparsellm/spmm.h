@@ -63,6 +63,35 @@ struct SparseMatrixView {
   SparseFormat format = SparseFormat::kTiledCsl;
 };
 
+// RMSNorm folded into the products on either side of it, at up to
+// kSpmmNormFoldMaxRows rows of X (a decode step's widths), so that no kernel
+// of its own runs between them:
+//
+//   out (the product before the norm; Y is the residual stream h, updated in place):
+//     h[n, m] += (X · Wᵀ)[n, m] (+ bias[m])         rounded to the storage type
+//     normed[n, m] = h[n, m] · gamma[m]             (no 1 / rms: the next product applies it)
+//     sumsq[r, n] = Σ over tile row r's m of h[n, m]²   ([ceil(m / 128), n] fp32)
+//   in (the product after it, whose X [n, k] is that `normed`, so k is the out product's m):
+//     Y[n, m] = s[n] · (X · Wᵀ)[n, m] (+ bias[m]),   s[n] = 1 / sqrt(Σ_r sumsq[r, n] / k + eps)
+//
+// s[n] factors out of row n of the product, so Y is the product of the
+// RMSNorm's output. A product may take either part, or both with two sumsq
+// arrays.
+constexpr int64_t kSpmmNormFoldMaxRows = 16;
+struct SpmmNormOut {
+  const void* gamma = nullptr;  // [m] the norm's weight; null: no out part
+  void* normed = nullptr;       // [n, m]
+  float* sumsq = nullptr;       // [ceil(m / 128), n]
+};
+struct SpmmNormIn {
+  const float* sumsq = nullptr;  // [ceil(k / 128), n] the out part's sumsq; null: no in part
+  float eps = 0.0f;
+};
+struct SpmmNormFold {
+  SpmmNormOut out;
+  SpmmNormIn in;
+};
+
 struct SpmmParams {
   const void* x = nullptr;       // [n, k]
   const void* bias = nullptr;    // [m] or nullptr
@@ -74,6 +103,7 @@ struct SpmmParams {
   int plan_blocks = 0;
   void* workspace = nullptr;     // spmm_workspace_bytes(); zero-filled once before first use
   size_t workspace_bytes = 0;
+  SpmmNormFold norm;             // none by default
 };
 
 // Thread blocks a plan should have on the current GPU.

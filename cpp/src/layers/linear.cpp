@@ -247,10 +247,17 @@ void Linear::gemm(const void* w, const void* x, void* y, int64_t n, const Linear
   dense_gemm(p, stream);
 }
 
+bool Linear::folds_norm(int64_t n) const {
+  return sparse_.has_value() && n <= kSpmmNormFoldMaxRows && !expands_to_dense(n);
+}
+
 void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
-                     bool relu) const {
+                     bool relu, const SpmmNormFold& norm) const {
   SPARSELLM_CHECK_ARG(n > 0, "Linear ", name_, ": n must be positive, got ", n);
   SPARSELLM_CHECK_ARG(x != nullptr && y != nullptr, "Linear ", name_, ": x and y must be device pointers, not null");
+  SPARSELLM_CHECK_ARG((!norm.out.gamma && !norm.in.sumsq) || folds_norm(n), "Linear ", name_,
+                      ": a norm fold needs a sparse weight and at most ", kSpmmNormFoldMaxRows, " rows, got ",
+                      format(), " and ", n);
   if (!sparse_) return gemm(weight_ptr_, x, y, n, workspace, stream, relu);
   if (expands_to_dense(n)) {  // W expanded into the SpMM workspace's scratch, then multiplied by cuBLAS
     SPARSELLM_CHECK_ARG(workspace.spmm_bytes >= dense_scratch_end(), "Linear ", name_, ": the SpMM workspace of ",
@@ -271,6 +278,7 @@ void Linear::forward(const void* x, void* y, int64_t n, const LinearWorkspace& w
   p.plan_blocks = plan_blocks_;
   p.workspace = workspace.spmm;
   p.workspace_bytes = workspace.spmm_bytes;
+  p.norm = norm;
   spmm(p, stream);
 }
 

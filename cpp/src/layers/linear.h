@@ -60,9 +60,14 @@ class Linear {
   // beyond kSplit24SpmmMaxRows), in the SpMM workspace, by cuBLAS.
   bool expands_to_dense(int64_t n) const;
 
-  // y = x · Wᵀ (+ b); with relu, max(·, 0) in the same GEMM or SpMM (its epilogue).
+  // Whether a product of n rows may fold an RMSNorm in (SpmmNormFold): a
+  // sparse weight multiplied by its SpMM, n ≤ kSpmmNormFoldMaxRows.
+  bool folds_norm(int64_t n) const;
+
+  // y = x · Wᵀ (+ b); with relu, max(·, 0) in the same GEMM or SpMM (its
+  // epilogue); with a norm fold (folds_norm(n) only) as SpmmNormFold says.
   void forward(const void* x, void* y, int64_t n, const LinearWorkspace& workspace, cudaStream_t stream,
-               bool relu = false) const;
+               bool relu = false, const SpmmNormFold& norm = {}) const;
 
  private:
   Linear() = default;

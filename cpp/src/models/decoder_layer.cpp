@@ -51,12 +51,13 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
   const int64_t q_stride = qkv_ ? qkv_width() : qw, kv_stride = qkv_ ? qkv_width() : kvw;
   {
     NvtxRange r("qkv");
+    const SpmmNormFold norm{{}, s.qkv_norm};
     if (qkv_) {
-      qkv_->forward(s.x, q, t, s.ws->linear, stream);
+      qkv_->forward(s.x, q, t, s.ws->linear, stream, false, norm);
     } else {
-      q_->forward(s.x, q, t, s.ws->linear, stream);
-      k_->forward(s.x, k, t, s.ws->linear, stream);
-      v_->forward(s.x, v, t, s.ws->linear, stream);
+      q_->forward(s.x, q, t, s.ws->linear, stream, false, norm);
+      k_->forward(s.x, k, t, s.ws->linear, stream, false, norm);
+      v_->forward(s.x, v, t, s.ws->linear, stream, false, norm);
     }
   }
   // The keys and values into the cache: by the rotary kernel where the family has one, else on their own.
@@ -110,7 +111,7 @@ void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, c
   }
   {
     NvtxRange r(o_name_.c_str());
-    o_->forward(s.attn, s.out, t, s.ws->linear, stream);
+    o_->forward(s.attn, s.out, t, s.ws->linear, stream, false, SpmmNormFold{s.o_norm, {}});
     if (s.comm) s.comm->all_reduce_sum(s.out, size_t(t * hidden_), s.dtype, stream);  // sum over the ranks' heads
   }
 }

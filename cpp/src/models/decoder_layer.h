@@ -32,7 +32,11 @@ struct SelfAttentionStep {
   const void* x = nullptr;  // [T, H] the layer's (normed) input
   void* qkv = nullptr;      // [T · (heads + 2 · kv_heads) · head_dim] the projections (SelfAttention::qkv_width)
   void* attn = nullptr;     // [T, heads · head_dim] attention output
-  void* out = nullptr;      // [T, H] o_proj output (q's buffer may serve: q is dead by then)
+  void* out = nullptr;      // [T, H] o_proj output (q's buffer may serve: q is dead by then); with
+                            // o_norm, the residual stream o_proj's output is added to
+  // RMSNorms folded into the projections (sparsellm/spmm.h: SpmmNormFold), where the model folds them.
+  SpmmNormIn qkv_norm;      // q/k/v scale by the norm before them: x is its unscaled output
+  SpmmNormOut o_norm;       // o_proj adds into `out` and writes the next norm's unscaled output
   const float* inv_freq = nullptr;  // [head_dim / 2] fp32 RoPE inverse frequencies; null: no RoPE
   const ForwardWorkspaces* ws = nullptr;
   const Communicator* comm = nullptr;  // null when tp = 1

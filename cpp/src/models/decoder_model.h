@@ -59,6 +59,8 @@ class DecoderModel {
   virtual DType dtype() const = 0;
   virtual size_t weight_bytes() const = 0;     // weights on the device
   virtual size_t workspace_bytes() const = 0;  // activations and scratch
+  // Whether decode steps fold the norms into the sparse projections (sparsellm/spmm.h: SpmmNormFold).
+  virtual bool folds_norms() const { return false; }
   // Enqueues the forward on `stream` (no host synchronization, no allocation:
   // decode steps are captured into CUDA graphs).
   virtual void forward(const ForwardBatch& batch, const KvCache& cache, cudaStream_t stream) const = 0;

@@ -91,6 +91,7 @@ Generator::Generator(const std::string& dir, const LLMOptions& options) : option
       graphs_enabled_ = comm_->all_agree(graphs_enabled_, stream_);  // graphs on every rank or on none
     }
     model_ = load_decoder_model(*ckpt, where, prefill_chunk_, max_batch, options_.max_seq_len, stream_, comm_.get());
+    info_.folds_norms = model_->folds_norms();
     cache_ = KvCache(cfg.num_layers, options_.max_batch, cfg.cache_kv_heads, options_.max_seq_len, cfg.head_dim,
                      ckpt->dtype());
     logits_ = DeviceBuffer(size_t(max_batch) * size_t(cfg.vocab_size) * dtype_size(ckpt->dtype()), "logits");

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "kernels/device_math.cuh"
+#include "kernels/spmm/norm_fold.cuh"
 #include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/stream_k.cuh"
 #include "kernels/spmm/wgmma.cuh"
@@ -240,25 +241,50 @@ __device__ __forceinline__ void wgmma_tile(const uint32_t (&a)[4][4], uint32_t x
 }
 #endif
 
-// Y[n, m] = acc (+ bias), then max(·, 0) where asked, for this consumer thread's fragments of tile row `row`.
+// Shared memory after a block's stage metadata: its last-block flag (16
+// bytes), then the norm fold's scratch (norm_fold.cuh) where it has one.
+template <int BN>
+constexpr int kEpilogueBytes = 16 + norm_fold::kScratchBytes<BN>;
+__device__ __forceinline__ float* epilogue_scratch(int* last_flag) { return reinterpret_cast<float*>(last_flag + 4); }
+
+// Y[n, m] = acc (+ bias), then max(·, 0) where asked, for this consumer
+// thread's fragments of tile row `row` (every consumer thread of the block
+// calls it); with a norm fold (norm_fold.cuh) acc is first scaled by s[n]
+// (in part), and Y is added to the residual it holds (out part).
 template <typename T, int BN>
 __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int row, int n0,
-                                        const Accumulators<BN>& acc) {
+                                        const Accumulators<BN>& acc, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool scales = norm_fold::scales<BN>(a), updates_residual = norm_fold::updates_residual<BN>(a);
+  float sq[BN / 8][2] = {};  // out part: Σ h² over this thread's rows, per column
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int m = row * stream_k::kTileM + warp * 16 + (lane >> 2) + h * 8;
     if (m >= a.m) continue;
     const float b = a.bias ? kernels::to_float(a.bias[m]) : 0.0f;
+    float gamma = 0.0f;
+    if constexpr (norm_fold::kFolds<BN>)
+      if (updates_residual) gamma = kernels::to_float(a.norm_gamma[m]);
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
-        const float v = acc[nt][h * 2 + e] + b;
-        if (n < a.n) a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(a.relu ? fmaxf(v, 0.0f) : v);
+        const int c = nt * 8 + (lane & 3) * 2 + e, n = n0 + c;
+        const float v = (scales ? acc[nt][h * 2 + e] * scratch[c] : acc[nt][h * 2 + e]) + b;
+        if (n >= a.n) continue;
+        if constexpr (norm_fold::kFolds<BN>)
+          if (updates_residual) {
+            T* y = a.y + int64_t(n) * a.m + m;
+            const float r = kernels::to_float(kernels::from_float<T>(kernels::to_float(*y) + (a.relu ? fmaxf(v, 0.0f) : v)));
+            *y = kernels::from_float<T>(r);
+            sq[nt][e] += r * r;
+            a.norm_normed[int64_t(n) * a.m + m] = kernels::from_float<T>(r * gamma);
+            continue;
+          }
+        a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(a.relu ? fmaxf(v, 0.0f) : v);
       }
   }
+  if (updates_residual) norm_fold::store_sumsq<BN>(a, row, n0, sq, scratch, [] { consumer_sync(); });
 }
 
 // A finished tile row segment (consumer threads only), then acc cleared:
@@ -275,7 +301,7 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
     store = stream_k::reduce_row<T, BN>(a, blk, row, first, warp * (BN / 8) * 32 + lane, acc, last_flag,
                                         [] { consumer_sync(); });
   }
-  if (store) store_y<T, BN>(a, row, n0, acc);
+  if (store) store_y<T, BN>(a, row, n0, acc, epilogue_scratch(last_flag));
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 }
@@ -283,7 +309,7 @@ __device__ void flush_row(const stream_k::KernelArgs<T>& a, const StreamKBlock& 
 // A block's view of its shared memory, laid out by the format's Config C:
 // kStages stages of kStageBytes from the start (1024-byte aligned: checked),
 // the stage barriers at kBarOffset, the stages' tile word counts at
-// kMetaOffset and the last-block flag after them.
+// kMetaOffset and the epilogue's bytes after them (kEpilogueBytes).
 struct StageRing {
   uint32_t stages, bars;          // shared addresses
   const volatile uint32_t* meta;  // [kStages] words of the tile in each stage
@@ -325,6 +351,7 @@ __device__ __forceinline__ void consume_range(const stream_k::KernelArgs<T>& a, 
   const int n0 = blockIdx.y * BN;
   const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
   int kt = blk.unit_begin - first_row * a.tiles_k;
+  norm_fold::prologue<BN>(a, first_row, last_row, epilogue_scratch(last_flag), [] { consumer_sync(); });
   Accumulators<BN> acc = {};
   for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
     const int s = i % kStages;

@@ -51,7 +51,17 @@ struct KernelArgs {
   // Every block of the launch resident at once (reduce_row); at up to kFencelessColumns columns
   // also at most kFencelessBlocks blocks, whose slots the fenceless zone holds (launch).
   bool co_resident;
+  // The norm fold (sparsellm/spmm.h: SpmmNormFold; kernels/spmm/norm_fold.cuh), at up to
+  // kNormFoldColumns columns; null pointers where a part is not asked for.
+  const T* norm_gamma;          // out: [m]
+  T* norm_normed;               // out: [n, m] the updated Y ⊙ γ
+  float* norm_sumsq_out;        // out: [tiles_m, n]
+  const float* norm_sumsq_in;   // in: [ceil(k / kTileM), n]
+  float norm_inv_k, norm_eps;   // in
 };
+
+// The widest block pass that folds a norm: decode widths (kSpmmNormFoldMaxRows).
+constexpr int kNormFoldColumns = int(kSpmmNormFoldMaxRows);
 
 // In a launch of blocks of up to kFencelessColumns columns, all resident at
 // once, the blocks hand partials over without a fence (reduce_row_fenceless),
@@ -91,6 +101,19 @@ inline const DeviceInfo& check_params(const SpmmParams& p) {
   SPARSELLM_CHECK_ARG(p.workspace != nullptr && p.workspace_bytes >= need, "spmm: workspace of ", p.workspace_bytes,
                       " bytes given, ", need, " needed");
   SPARSELLM_CHECK_ARG(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "spmm: workspace must be 16-byte aligned");
+  const SpmmNormOut& out = p.norm.out;
+  const SpmmNormIn& in = p.norm.in;
+  if (out.gamma || out.normed || out.sumsq || in.sumsq) {
+    SPARSELLM_CHECK_ARG(p.n <= kSpmmNormFoldMaxRows, "spmm: a norm fold takes up to ", kSpmmNormFoldMaxRows,
+                        " rows of x, got ", p.n);
+    SPARSELLM_CHECK_ARG(!out.gamma == !out.normed && !out.gamma == !out.sumsq,
+                        "spmm: a norm fold's out part needs gamma, normed and sumsq together");
+    SPARSELLM_CHECK_ARG(in.eps >= 0.0f, "spmm: a norm fold's eps must be >= 0, got ", in.eps);
+    SPARSELLM_CHECK_ARG(!in.sumsq || in.sumsq != out.sumsq,
+                        "spmm: a norm fold's in and out parts need sumsq arrays of their own");
+    SPARSELLM_CHECK_ARG(!out.normed || (out.normed != p.y && out.normed != p.x),
+                        "spmm: a norm fold's normed output may alias neither x nor y");
+  }
   return current_device();
 }
 
@@ -122,6 +145,12 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   a.bias = static_cast<const T*>(p.bias);
   a.y = static_cast<T*>(p.y);
   a.relu = p.relu;
+  a.norm_gamma = static_cast<const T*>(p.norm.out.gamma);
+  a.norm_normed = static_cast<T*>(p.norm.out.normed);
+  a.norm_sumsq_out = p.norm.out.sumsq;
+  a.norm_sumsq_in = p.norm.in.sumsq;
+  a.norm_inv_k = 1.0f / float(w.k);
+  a.norm_eps = p.norm.in.eps;
   a.m = int(w.m);
   a.k = int(w.k);
   a.n = int(p.n);

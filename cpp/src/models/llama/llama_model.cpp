@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "comm/communicator.h"
 #include "common/check.h"
@@ -167,19 +169,35 @@ class LlamaDecoderLayer {
 
   size_t spmm_workspace_bytes(int64_t max_n) const { return sparsellm::spmm_workspace_bytes(linears(), max_n); }
 
+  // Whether every projection of the layer may fold a norm in at n rows (Linear::folds_norm).
+  bool folds_norms(int64_t n) const {
+    const std::vector<const Linear*> all = linears();
+    return std::all_of(all.begin(), all.end(), [n](const Linear* l) { return l->folds_norm(n); });
+  }
+
   //   h += branch (down_proj's output, pending from the previous layer; none for layer 0)
   //   x = RMSNorm1(h);  q, k, v = proj(x);  rope(q, k);  cache ← k, v;  a = attention(q)
   //   branch = o_proj(a);  h += branch;  x = RMSNorm2(h)
   //   branch = down_proj(silu(gate_proj(x)) · up_proj(x))   (left pending; gate and up one
   //            GEMM / SpMM when they stack)
+  // Folded (LlamaModel::folds_norms, at decode widths) no norm kernel runs but layer 0's first:
+  // o_proj and down_proj add into h and write x unscaled (h ⊙ γ of the norm after them, down_proj
+  // the next layer's; the last layer's down_proj stays pending) with the sums of squares, from
+  // which q/k/v and gate/up scale their outputs (sparsellm/spmm.h: SpmmNormFold).
   void forward(const LlamaModel& m, const ForwardBatch& b, const KvCache& cache, cudaStream_t stream) const {
     NvtxRange layer_range(range_name_.c_str());
     const LlamaConfig& cfg = m.config_;
     const int64_t t = b.tokens_count, h = cfg.hidden_size;
     const DType dt = m.dtype_;
+    const bool folded = m.folds_norms_ && t <= kSpmmNormFoldMaxRows;
+    const bool last = size_t(index_) + 1 == m.layers_.size();
+    // Sums of squares: [0] from down_proj for the next layer's q/k/v, [1] from o_proj for gate/up.
+    auto sumsq = [&](int i) {
+      return static_cast<float*>(m.norm_sumsq_.data()) + size_t(i) * m.norm_sumsq_.bytes() / (2 * sizeof(float));
+    };
 
     NormParams norm = layer_norms(NormKind::kRmsNorm, t, h, cfg.norm_eps, dt);
-    {
+    if (!folded || index_ == 0) {
       NvtxRange r("attention norm");
       norm.x = index_ == 0 ? nullptr : m.branch_.data();
       norm.residual = m.hidden_.data();
@@ -197,9 +215,14 @@ class LlamaDecoderLayer {
       step.ws = &m.ws_;
       step.comm = m.comm_;
       step.dtype = dt;
+      if (folded) {
+        if (index_ > 0) step.qkv_norm = SpmmNormIn{sumsq(0), cfg.norm_eps};
+        step.o_norm = SpmmNormOut{ffn_norm_.data(), m.normed_.data(), sumsq(1)};
+        step.out = m.hidden_.data();
+      }
       attn_.forward(step, b, cache.layer(index_), stream);
     }
-    {
+    if (!folded) {
       NvtxRange r("residual norm");
       norm.x = m.branch_.data();
       norm.residual = m.hidden_.data();
@@ -213,11 +236,12 @@ class LlamaDecoderLayer {
       const int64_t f = m.ffn_;
       char* gate = static_cast<char*>(m.gate_up_.data());
       char* up = gate + dtype_size(dt) * (gate_up_ ? f : t * f);
+      const SpmmNormFold in{{}, folded ? SpmmNormIn{sumsq(1), cfg.norm_eps} : SpmmNormIn{}};
       if (gate_up_) {
-        gate_up_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream);
+        gate_up_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream, false, in);
       } else {
-        gate_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream);
-        up_->forward(m.normed_.data(), up, t, m.ws_.linear, stream);
+        gate_->forward(m.normed_.data(), gate, t, m.ws_.linear, stream, false, in);
+        up_->forward(m.normed_.data(), up, t, m.ws_.linear, stream, false, in);
       }
       GatedActivationParams act;
       act.gate = gate;
@@ -229,7 +253,12 @@ class LlamaDecoderLayer {
       act.kind = Activation::kSilu;
       act.dtype = dt;
       gated_activation(act, stream);
-      down_->forward(m.act_.data(), m.branch_.data(), t, m.ws_.linear, stream);
+      if (folded && !last) {
+        const SpmmNormOut out{m.layers_[size_t(index_) + 1]->attn_norm_.data(), m.normed_.data(), sumsq(0)};
+        down_->forward(m.act_.data(), m.hidden_.data(), t, m.ws_.linear, stream, false, SpmmNormFold{out, {}});
+      } else {
+        down_->forward(m.act_.data(), m.branch_.data(), t, m.ws_.linear, stream);
+      }
       if (m.comm_) m.comm_->all_reduce_sum(m.branch_.data(), size_t(t * h), dt, stream);  // sum over the ranks' units
     }
   }
@@ -312,6 +341,18 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   alloc(last_, max_outputs, h, "output rows");
   alloc(last_normed_, max_outputs, h, "normed output rows");
   workspace_bytes_ += alloc.bytes;
+
+  // The RMSNorms fold into the projections at decode widths where every projection is sparse and
+  // o_proj's and down_proj's outputs are whole sums (tp = 1). SPARSELLM_FOLD_NORMS=0 keeps the norm
+  // kernels (measurements of the two against each other).
+  const char* fold_env = std::getenv("SPARSELLM_FOLD_NORMS");
+  folds_norms_ = comm_ == nullptr && !(fold_env && std::string(fold_env) == "0") &&
+                 std::all_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->folds_norms(1); });
+  if (folds_norms_) {
+    const size_t floats = 2 * size_t((h + 127) / 128) * size_t(kSpmmNormFoldMaxRows);
+    norm_sumsq_ = DeviceBuffer(floats * sizeof(float), "RMSNorm sums of squares");
+    workspace_bytes_ += norm_sumsq_.bytes();
+  }
 
   size_t spmm_bytes = lm_head_->spmm_workspace_bytes(max_outputs);
   for (const auto& layer : layers_) spmm_bytes = std::max(spmm_bytes, layer->spmm_workspace_bytes(max_tokens));

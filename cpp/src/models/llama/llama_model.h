@@ -20,7 +20,11 @@
 // Fusions as in OPT's pre-LN path: the residual add goes into the RMSNorm
 // that follows it; down_proj's output stays pending and is added by the next
 // layer's first RMSNorm (or by the gather of the output rows after the last
-// layer). SiLU and the gate · up product are one kernel.
+// layer). SiLU and the gate · up product are one kernel. At decode widths
+// (up to kSpmmNormFoldMaxRows tokens), with every projection sparse and
+// tp = 1, the RMSNorms fold into the SpMMs around them instead
+// (sparsellm/spmm.h: SpmmNormFold): o_proj and down_proj add into h and write
+// the next norm's input unscaled, q/k/v and gate/up scale their outputs.
 //
 // Tensor parallelism (checkpoint tp = N > 1, a Communicator of N ranks):
 // q/k/v/gate/up are split by rows (heads/N query heads and kv_heads/N whole
@@ -96,6 +100,7 @@ class LlamaModel final : public DecoderModel {
   DType dtype() const override { return dtype_; }
   size_t weight_bytes() const override { return weight_bytes_; }
   size_t workspace_bytes() const override { return workspace_bytes_; }
+  bool folds_norms() const override { return folds_norms_; }
 
   void forward(const ForwardBatch& batch, const KvCache& cache, cudaStream_t stream) const override;
 
@@ -106,6 +111,7 @@ class LlamaModel final : public DecoderModel {
   int32_t heads_ = 0, kv_heads_ = 0, ffn_ = 0;  // this rank's shares
   int64_t max_tokens_ = 0, max_outputs_ = 0;
   size_t weight_bytes_ = 0, workspace_bytes_ = 0;
+  bool folds_norms_ = false;  // decode steps fold the RMSNorms into the projections (LlamaDecoderLayer::forward)
 
   DeviceBuffer embed_tokens_;  // [vocab, H]
   DeviceBuffer final_gamma_;   // [H]
@@ -123,6 +129,7 @@ class LlamaModel final : public DecoderModel {
   DeviceBuffer branch_;      // [T, H] o_proj output, then down_proj output (pending)
   DeviceBuffer last_;        // [outputs, H] gathered output rows
   DeviceBuffer last_normed_; // [outputs, H]
+  DeviceBuffer norm_sumsq_;  // [2][ceil(H / 128), kSpmmNormFoldMaxRows] fp32, where the norms fold
   ForwardWorkspaces ws_;
 
   friend class LlamaDecoderLayer;

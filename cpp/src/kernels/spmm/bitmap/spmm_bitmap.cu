@@ -136,7 +136,7 @@ struct Config {
   static constexpr int kStageBytes = kTileBytes + kXStageBytes<BN>;
   static constexpr int kBarOffset = kStages * kStageBytes;          // stage barriers (consumer_warps.cuh)
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;  // tile words per stage
-  static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + 16;  // after the last-block flag
+  static constexpr int kReleasedOffset = kMetaOffset + kStages * 4 + kEpilogueBytes<BN>;  // after the epilogue's bytes
   static constexpr int kSmemBytes = kReleasedOffset + (kSelfFed ? kStages * 4 : 0);
   static_assert(kSmemBytes <= 113 * 1024, "shared memory over two blocks' budget");
 };

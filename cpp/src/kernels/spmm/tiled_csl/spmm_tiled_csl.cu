@@ -66,7 +66,7 @@ struct Config {
   static constexpr int kXOffset = x_aligned(kDenseOffset + kDenseBytes);  // check_x_alignment
   static constexpr int kBarOffset = kXOffset + kStages * kXStageBytes<BN>;  // stage barriers
   static constexpr int kMetaOffset = kBarOffset + 2 * kStages * 8;         // tile word end per stage
-  static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + 16;
+  static constexpr int kSmemBytes = kMetaOffset + kStages * 4 + kEpilogueBytes<BN>;
   static constexpr int kBlocksPerSm = BN >= 128 ? 1 : 2;
   static_assert(kSmemBytes <= (kBlocksPerSm == 2 ? 113 : 227) * 1024, "shared memory over budget");
   static_assert(kDenseOffset % 1024 == 0, "the dense tile's rows are stepped by XOR from 128-byte aligned starts");
