@@ -351,7 +351,7 @@ __device__ __forceinline__ void consume_range(const stream_k::KernelArgs<T>& a, 
   const int n0 = blockIdx.y * BN;
   const int first_row = blk.unit_begin / a.tiles_k, last_row = (blk.unit_end - 1) / a.tiles_k;
   int kt = blk.unit_begin - first_row * a.tiles_k;
-  norm_fold::prologue<BN>(a, first_row, last_row, epilogue_scratch(last_flag), [] { consumer_sync(); });
+  norm_fold::prologue<BN>(a, epilogue_scratch(last_flag), [] { consumer_sync(); });
   Accumulators<BN> acc = {};
   for (int u = blk.unit_begin, i = 0, row = first_row; u < blk.unit_end; ++u, ++i) {
     const int s = i % kStages;

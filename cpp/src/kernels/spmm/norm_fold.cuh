@@ -29,7 +29,6 @@
 #include <cstdint>
 
 #include "kernels/device_math.cuh"
-#include "kernels/spmm/ptx.cuh"
 #include "kernels/spmm/stream_k.cuh"
 
 namespace sparsellm::norm_fold {
@@ -52,36 +51,17 @@ __device__ __forceinline__ bool updates_residual(const stream_k::KernelArgs<T>& 
   return false;
 }
 
-// Once the previous kernel has ended (consumer threads; `sync` is their
-// barrier): the out part's h and γ at this thread's stores of the block's
-// first and last tile rows are prefetched into L1, so that the store's read of
-// h does not wait a round trip to memory (h was last written two products
-// before, and their weights have streamed through L2 since); the in part's
-// s[c] for the block's columns c < BN goes into scratch[c].
+// The in part's s[c] for the block's columns c < BN into scratch[c] (consumer
+// threads; `sync` is their barrier), after the wait for the previous kernel:
+// the sums of up to 32 tile rows (a width of 4096) in flight at once.
 template <int BN, typename T, typename Sync>
-__device__ __forceinline__ void prologue(const stream_k::KernelArgs<T>& a, int first_row, int last_row, float* scratch,
-                                         Sync sync) {
-  if (updates_residual<BN>(a)) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n0 = blockIdx.y * BN;
-    for (int row = first_row; row <= last_row; row += max(last_row - first_row, 1))
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int m = row * stream_k::kTileM + warp * 16 + (lane >> 2) + h * 8;
-        if (m >= a.m) continue;
-        ptx::prefetch_l1(a.norm_gamma + m);
-#pragma unroll
-        for (int c = (lane & 3) * 2; c < BN; c += 8)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            if (n0 + c + e < a.n) ptx::prefetch_l1(a.y + int64_t(n0 + c + e) * a.m + m);
-      }
-  }
+__device__ __forceinline__ void prologue(const stream_k::KernelArgs<T>& a, float* scratch, Sync sync) {
   if (!scales<BN>(a)) return;
   const int c = threadIdx.x, n = blockIdx.y * BN + c;
   if (c < BN && n < a.n) {
     const int parts = (a.k + stream_k::kTileM - 1) / stream_k::kTileM;
     float sum = 0.0f;
-#pragma unroll 8
+#pragma unroll 32
     for (int r = 0; r < parts; ++r) sum += a.norm_sumsq_in[size_t(r) * a.n + n];
     scratch[c] = rsqrtf(sum * a.norm_inv_k + a.norm_eps);
   }

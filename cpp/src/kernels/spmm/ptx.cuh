@@ -209,7 +209,4 @@ __device__ __forceinline__ void tensor_copy_2d_g2s(uint32_t dst, const void* map
 }
 #endif
 
-// A global line into L1 (and L2), without waiting for it.
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p)); }
-
 }  // namespace sparsellm::ptx
