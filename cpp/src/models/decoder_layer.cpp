@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "comm/communicator.h"
+#include "common/check.h"
 #include "kernels/attention/attention.h"
 #include "kernels/rope/rope.h"
 #include "models/model_loading.h"
@@ -42,6 +43,8 @@ std::vector<const Linear*> SelfAttention::linears() const {
 void SelfAttention::forward(const SelfAttentionStep& s, const ForwardBatch& b, const KvCacheView& cache,
                             cudaStream_t stream) const {
   const int64_t t = b.tokens_count;
+  SPARSELLM_CHECK_ARG(!(s.comm && s.o_norm.gamma), "SelfAttention: o_proj cannot fold a norm under tensor "
+                      "parallelism (its output is a partial sum until the all-reduce)");
   const int64_t qw = int64_t(heads_) * head_dim_, kvw = int64_t(kv_heads_) * head_dim_;
   const size_t elem = dtype_size(s.dtype);
   // Stacked: row i of qkv is [q_i | k_i | v_i]. Else q [T, qw], k [T, kvw], v [T, kvw] one after another.
