@@ -275,7 +275,7 @@ __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int ro
         if constexpr (norm_fold::kFolds<BN>)
           if (updates_residual) {
             T* y = a.y + int64_t(n) * a.m + m;
-            const float r = kernels::to_float(kernels::from_float<T>(kernels::to_float(*y) + (a.relu ? fmaxf(v, 0.0f) : v)));
+            const float r = kernels::round_to<T>(kernels::to_float(*y) + (a.relu ? fmaxf(v, 0.0f) : v));
             *y = kernels::from_float<T>(r);
             sq[nt][e] += r * r;
             a.norm_normed[int64_t(n) * a.m + m] = kernels::from_float<T>(r * gamma);
