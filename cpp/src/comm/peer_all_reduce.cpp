@@ -3,7 +3,6 @@
 
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -29,10 +28,6 @@ struct PeerInfo {
   int32_t pad = 0;
 };
 
-bool disabled_by_environment() {
-  const char* v = std::getenv("SPARSELLM_PEER_ALL_REDUCE");
-  return v != nullptr && std::string(v) == "0";
-}
 
 uint64_t host_hash() {
   char name[256] = {};
@@ -62,7 +57,7 @@ std::unique_ptr<PeerAllReduce> PeerAllReduce::create(const Communicator& comm, i
   PeerInfo mine{};
   mine.host = host_hash();
   mine.pid = int64_t(getpid());
-  bool ok = world <= kMaxRanks && !disabled_by_environment();
+  bool ok = world <= kMaxRanks && !detail::switched_off("SPARSELLM_PEER_ALL_REDUCE");
   ok = ok && succeeded(cudaMalloc(reinterpret_cast<void**>(&self->region_), kRegionBytes));
   ok = ok && succeeded(cudaMemset(self->region_ + 2 * kMaxBytes, 0, kFlagBytes));
   ok = ok && succeeded(cudaMalloc(reinterpret_cast<void**>(&p.epochs), (kBlocks + 1) * sizeof(uint32_t)));

@@ -47,4 +47,9 @@ bool debug_sync_enabled() {
   return enabled;
 }
 
+bool switched_off(const char* variable) {
+  const char* v = std::getenv(variable);
+  return v != nullptr && std::strcmp(v, "0") == 0;
+}
+
 }  // namespace sparsellm::detail

@@ -20,6 +20,9 @@ namespace sparsellm::detail {
 [[noreturn]] void throw_cuda(cudaError_t status, const char* stmt, const char* file, int line);
 [[noreturn]] void throw_cublas(cublasStatus_t status, const char* stmt, const char* file, int line);
 bool debug_sync_enabled();
+// Whether the environment sets `variable` to "0": the switch that turns a path
+// off for measurements of it against the one it replaced.
+bool switched_off(const char* variable);
 
 // Message building without iostreams (no locale machinery on the error path).
 inline void append(std::string& out, const std::string& s) { out += s; }

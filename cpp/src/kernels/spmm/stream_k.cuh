@@ -13,7 +13,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -165,10 +164,7 @@ void launch(const SpmmParams& p, const DeviceInfo& device, int threads, int smem
   a.x_tma = a.x_vectors && device.cc_major >= 9;
   // Judged from the SMs the device reports: a process confined to fewer (a green context, an MPS
   // thread limit the count does not show) sets SPARSELLM_SPMM_LEAD_SUMS=0 to keep the ticket protocol.
-  static const bool lead_sums = [] {
-    const char* v = std::getenv("SPARSELLM_SPMM_LEAD_SUMS");
-    return v == nullptr || std::string(v) != "0";
-  }();
+  static const bool lead_sums = !detail::switched_off("SPARSELLM_SPMM_LEAD_SUMS");
   const bool co_resident = lead_sums && int64_t(p.plan_blocks) * passes <= int64_t(per_sm) * device.sm_count;
   // Up to kFencelessColumns columns a co-resident launch is a fenceless one, so that those kernels
   // compile no counter lead path: one the zone cannot hold (more than kFencelessBlocks blocks, on

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 #include "comm/communicator.h"
@@ -345,8 +344,7 @@ LlamaModel::LlamaModel(const Checkpoint& ckpt, const LlamaConfig& cfg, int64_t m
   // The RMSNorms fold into the projections at decode widths where every projection is sparse and
   // o_proj's and down_proj's outputs are whole sums (tp = 1). SPARSELLM_FOLD_NORMS=0 keeps the norm
   // kernels (measurements of the two against each other).
-  const char* fold_env = std::getenv("SPARSELLM_FOLD_NORMS");
-  folds_norms_ = comm_ == nullptr && !(fold_env && std::string(fold_env) == "0") &&
+  folds_norms_ = comm_ == nullptr && !detail::switched_off("SPARSELLM_FOLD_NORMS") &&
                  std::all_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->folds_norms(1); });
   if (folds_norms_) {
     const size_t floats = 2 * size_t((h + 127) / 128) * size_t(kSpmmNormFoldMaxRows);
