@@ -517,6 +517,37 @@ TEST(AttentionDecode, OneSequenceLongContext) {
   run_attention_case(DType::kBFloat16, 32, 8, 128, {{0, 4000}}, /*decode=*/true, 4096, 99);
 }
 
+TEST(AttentionDecode, MergesChunksInClusters) {
+  SKIP_WITHOUT_GPU();
+  // Launches of 2 to 8 key chunks a (token, head) merge them inside a thread-block cluster on
+  // compute capability 9.0: a decode step of Llama-2-7B's attention at batch 1 (3 chunks) and 16
+  // (2), and 8 chunks with tokens whose keys fill 1 to 8 of them (the other blocks of their
+  // clusters have nothing to do).
+  struct Case {
+    int32_t heads, kv_heads, head_dim;
+    std::vector<Sequence> seqs;
+    int32_t max_seq;
+    DType dtype;
+  };
+  std::vector<Sequence> sixteen;
+  for (int32_t s = 0; s < 16; ++s) sixteen.push_back({s, 100 + 5 * s});
+  const std::vector<Case> cases = {
+      {32, 32, 128, {{0, 190}}, 256, DType::kFloat16},
+      {32, 8, 128, sixteen, 256, DType::kBFloat16},
+      {8, 2, 64, {{0, 1}, {5, 2}, {2, 63}, {7, 65}, {1, 129}, {4, 200}, {6, 257}, {3, 500}}, 512, DType::kFloat16},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    int32_t max_positions = 0;
+    for (const Sequence& s : c.seqs) max_positions = std::max(max_positions, s.length);
+    EXPECT_EQ(attention_merges_in_clusters(int64_t(c.seqs.size()), c.heads, max_positions),
+              current_device().cc_major >= 9 && !detail::switched_off("SPARSELLM_ATTENTION_CLUSTERS"))
+        << "case " << i;
+    run_attention_case(c.dtype, c.heads, c.kv_heads, c.head_dim, c.seqs, /*decode=*/true, c.max_seq,
+                       uint32_t(300 + i));
+  }
+}
+
 TEST(AttentionDecode, CallsOfEveryShapeShareOneWorkspace) {
   SKIP_WITHOUT_GPU();
   // A model's forward calls of every token count and key range share one workspace. Whatever

@@ -26,21 +26,40 @@
 
 namespace sparsellm::kernels {
 
+// The same in clusters of `cluster` consecutive blocks along x (thread-block
+// clusters: compute capability ≥ 9.0, at most 8 blocks; grid.x a multiple of
+// it), whose blocks may read and write each other's shared memory.
 template <typename... Params, typename... Args>
-void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
-                    cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute early;
-  early.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early.val.programmaticStreamSerializationAllowed = 1;
+void launch_chained_in_clusters(const char* name, unsigned cluster, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                size_t smem_bytes, cudaStream_t stream, Args&&... args) {
+  const bool hopper = current_device().cc_major >= 9;
+  SPARSELLM_CHECK_ARG(cluster == 1 || (hopper && cluster <= 8 && grid.x % cluster == 0), name, ": clusters of ",
+                      cluster, " blocks over ", grid.x, " need compute capability 9.0, at most 8 and a divisor");
+  cudaLaunchAttribute attrs[2];
+  unsigned count = 0;
+  if (hopper) {
+    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count++].val.clusterDim = {cluster, 1, 1};
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
-  config.attrs = &early;
-  config.numAttrs = current_device().cc_major >= 9 ? 1 : 0;
+  config.attrs = attrs;
+  config.numAttrs = count;
   SPARSELLM_CHECK_CUDA(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
   SPARSELLM_CHECK_LAUNCH(name);
+}
+
+template <typename... Params, typename... Args>
+void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                    cudaStream_t stream, Args&&... args) {
+  launch_chained_in_clusters(name, 1, kernel, grid, block, smem_bytes, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace sparsellm::kernels

@@ -17,15 +17,21 @@
 //   merge:   the groups' (m, l, acc) through shared memory into the block's
 //            M = max m, L = Σ l · 2^(m − M), O = Σ acc · 2^(m − M)
 //
-// With one split the block writes out = O / L directly. With several, it
-// writes O (unnormalized, fp32) and (M, L) to the workspace, and pass 2 (one
-// block per (token, head)) merges the chunks that hold keys of the token,
-// ⌈(p + 1) / chunk⌉ of them, the same way. A chunk beyond a token's position
-// has nothing to do and returns at once. A token whose slot or position lies
-// outside the cache gets a zero output; nothing outside the cache is read.
+// With one split the block writes out = O / L directly. With several, the
+// chunks' records (O unnormalized, M, L; fp32) are merged over the chunks that
+// hold keys of the token, ⌈(p + 1) / chunk⌉ of them, the same way:
+//   clusters (sm_90, 2 ≤ splits ≤ kMaxClusterSplits): a (token, head)'s chunks
+//            are one thread-block cluster; each block stores its record into
+//            block 0's shared memory, and after the cluster's barrier block 0
+//            merges and writes out. No second kernel, no global round trip.
+//   else     each block writes its record to the workspace, and pass 2 (one
+//            block per (token, head)) merges them.
+// A chunk beyond a token's position has nothing to do. A token whose slot or
+// position lies outside the cache gets a zero output; nothing outside the
+// cache is read.
 //
-// Workspace (splits > 1): o [tokens, heads, splits, head_dim] fp32, then
-// ml [tokens, heads, splits, 2] fp32.
+// Workspace (splits > 1, no clusters): o [tokens, heads, splits, head_dim]
+// fp32, then ml [tokens, heads, splits, 2] fp32.
 #include "kernels/attention/attention.h"
 
 #include <algorithm>
@@ -46,6 +52,7 @@ constexpr int kMinChunk = 64;         // keys per split at least (32 KiB of K an
 constexpr int kChunkAlign = 64;
 constexpr int64_t kTargetBlocks = 1024;  // enough blocks of pass 1 to fill a large GPU several times
 constexpr int kMaxSplits = 64;
+constexpr int kMaxClusterSplits = 8;  // the portable cluster size
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Split {
@@ -76,6 +83,7 @@ struct AttentionArgs {
   int64_t q_stride;
   int32_t heads, kv_heads, head_dim, slots, max_seq, splits, chunk;
   float scale_log2;         // scale · log2 e
+  bool clustered;           // one cluster per (token, head): its chunks merge in block 0
 };
 
 __device__ __forceinline__ bool placed(const AttentionArgs& a, int32_t slot, int32_t pos) {
@@ -89,33 +97,86 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[8]) {
   for (int i = 0; i < 8; ++i) f[i] = to_float(e[i]);
 }
 
+// Thread-block clusters (sm_90): the cluster's barrier in two halves, and
+// stores into another block's shared memory.
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+// The address of `p`, in this block's shared memory, in block `rank`'s.
+__device__ __forceinline__ uint32_t cluster_address(const void* p, uint32_t rank) {
+  const uint32_t local = uint32_t(__cvta_generic_to_shared(p));
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+__device__ __forceinline__ void st_cluster(uint32_t address, float v) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(address), "f"(v) : "memory");
+}
+#endif
+
+// out[0 .. head_dim) = Σ_c o[c] · 2^(M_c − M) / Σ_c L_c · 2^(M_c − M) over
+// `chunks` records: (M_c, L_c) at ml[2 c], o[c] at o + c · o_stride. Every
+// thread of the block calls it; s_w holds at least `chunks` floats.
+template <typename T>
+__device__ void merge_chunks(const float* ml, const float* o, int64_t o_stride, int chunks, int head_dim, T* out,
+                             float* s_w) {
+  float big = -INFINITY;
+  for (int c = 0; c < chunks; ++c) big = fmaxf(big, ml[2 * c]);
+  if (threadIdx.x < chunks) s_w[threadIdx.x] = exp2f(ml[2 * threadIdx.x] - big);
+  __syncthreads();
+  float total = 0.f;
+  for (int c = 0; c < chunks; ++c) total += ml[2 * c + 1] * s_w[c];
+  const float inv = 1.f / total;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float v = 0.f;
+    for (int c = 0; c < chunks; ++c) v += o[c * o_stride + d] * s_w[c];
+    out[d] = from_float<T>(v * inv);
+  }
+}
+
 template <typename T>
 __device__ void write_zeros(const AttentionArgs& a, int64_t t, int h) {
   T* out = static_cast<T*>(a.out) + (t * a.heads + h) * a.head_dim;
   for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) out[d] = from_float<T>(0.f);
 }
 
-// Pass 1: one block per (token, head, chunk); blockIdx.x = (t · heads + h) · splits + c.
+// Pass 1: one block per (token, head, chunk); blockIdx.x = (t · heads + h) · splits + c
+// (with clusters, cluster rank c).
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs a) {
   kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   constexpr int kGroups = kThreads / G;
   constexpr int kStep = kGroups * kKeysPerGroup;  // keys per step of the block
   __shared__ float s_acc[kGroups][G * 8];
-  __shared__ float s_m[kGroups], s_l[kGroups], s_w[kGroups];
+  __shared__ float s_m[kGroups], s_l[kGroups], s_w[kGroups > kMaxClusterSplits ? kGroups : kMaxClusterSplits];
 
   const int c = int(blockIdx.x % unsigned(a.splits));
   const int64_t th = blockIdx.x / unsigned(a.splits);
   const int h = int(th % a.heads);
   const int64_t t = th / a.heads;
   const int32_t slot = a.slot[t], pos = a.position[t];
-  if (!placed(a, slot, pos)) {
-    if (a.splits == 1) write_zeros<T>(a, t, h);
+  if (!placed(a, slot, pos)) {  // the same for every block of a cluster
+    if (a.splits == 1 || (a.clustered && c == 0)) write_zeros<T>(a, t, h);
     return;
   }
+#if __CUDA_ARCH__ >= 900
+  if (a.clustered) cluster_arrive_relaxed();  // first half: this block has started
+#endif
   const int begin = c * a.chunk;
   const int end = min(begin + a.chunk, pos + 1);
-  if (begin >= end) return;  // uniform over the block: no barrier is skipped by part of it
+  if (begin >= end) {  // uniform over the block: no barrier is skipped by part of it
+#if __CUDA_ARCH__ >= 900
+    if (a.clustered) {  // no record, but the cluster's barriers count every block
+      cluster_wait();
+      cluster_arrive();
+      cluster_wait();
+    }
+#endif
+    return;
+  }
 
   const int lane = threadIdx.x % G, group = threadIdx.x / G;
   const bool active = lane * 8 < a.head_dim;  // head_dim not a power of two: idle lanes add zeros
@@ -193,31 +254,48 @@ __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs
   __syncthreads();
   float total = 0.f;
   for (int i = 0; i < kGroups; ++i) total += s_l[i] * s_w[i];
+  auto chunk_output = [&](int d) {  // O[d]
+    float o = 0.f;
+    for (int i = 0; i < kGroups; ++i) o += s_acc[i][d] * s_w[i];
+    return o;
+  };
   const int64_t row = t * a.heads + h;
   if (a.splits == 1) {
     const float inv = 1.f / total;
     T* out = static_cast<T*>(a.out) + row * a.head_dim;
-    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
-      float o = 0.f;
-      for (int i = 0; i < kGroups; ++i) o += s_acc[i][d] * s_w[i];
-      out[d] = from_float<T>(o * inv);
-    }
-  } else {
+    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) out[d] = from_float<T>(chunk_output(d) * inv);
+  } else if (!a.clustered) {
     const int64_t rec = row * a.splits + c;
     float* ws_o = a.ws_o + rec * a.head_dim;
-    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
-      float o = 0.f;
-      for (int i = 0; i < kGroups; ++i) o += s_acc[i][d] * s_w[i];
-      ws_o[d] = o;
-    }
+    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) ws_o[d] = chunk_output(d);
     if (threadIdx.x == 0) {
       a.ws_ml[rec * 2] = big;
       a.ws_ml[rec * 2 + 1] = total;
     }
+  } else {
+#if __CUDA_ARCH__ >= 900
+    __shared__ float s_rec_o[kMaxClusterSplits][G * 8], s_rec_ml[kMaxClusterSplits][2];  // block 0's: the records
+    cluster_wait();  // every block of the cluster has started: block 0's shared memory may be written
+    const uint32_t o_at = cluster_address(&s_rec_o[c][0], 0), ml_at = cluster_address(&s_rec_ml[c][0], 0);
+    for (int d = threadIdx.x; d < a.head_dim; d += kThreads) st_cluster(o_at + 4 * d, chunk_output(d));
+    if (threadIdx.x == 0) {
+      st_cluster(ml_at, big);
+      st_cluster(ml_at + 4, total);
+    }
+    cluster_arrive();  // second half: the records are in block 0
+    cluster_wait();
+    if (c == 0) {
+      const int chunks = min(a.splits, (pos + a.chunk) / a.chunk);  // ≥ 1
+      merge_chunks<T>(&s_rec_ml[0][0], &s_rec_o[0][0], G * 8, chunks, a.head_dim,
+                      static_cast<T*>(a.out) + row * a.head_dim, s_w);
+    }
+#else
+    __trap();  // the host launches clusters only for code compiled for sm_90 (launch_chunks)
+#endif
   }
 }
 
-// Pass 2 (splits > 1): one block per (token, head); merges its chunks 0 … ⌈(p + 1) / chunk⌉ − 1.
+// Pass 2 (splits > 1, no clusters): one block per (token, head); merges its chunks 0 … ⌈(p + 1) / chunk⌉ − 1.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionArgs a) {
   kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
@@ -231,30 +309,33 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(AttentionAr
     return;
   }
   const int chunks = min(a.splits, (pos + a.chunk) / a.chunk);  // ≥ 1
-  const float* ml = a.ws_ml + row * a.splits * 2;
-  float big = -INFINITY;
-  for (int c = 0; c < chunks; ++c) big = fmaxf(big, ml[2 * c]);
-  if (threadIdx.x < chunks) s_w[threadIdx.x] = exp2f(ml[2 * threadIdx.x] - big);
-  __syncthreads();
-  float total = 0.f;
-  for (int c = 0; c < chunks; ++c) total += ml[2 * c + 1] * s_w[c];
-  const float inv = 1.f / total;
-  const float* ws_o = a.ws_o + row * a.splits * a.head_dim;
-  T* out = static_cast<T*>(a.out) + row * a.head_dim;
-  for (int d = threadIdx.x; d < a.head_dim; d += kThreads) {
-    float o = 0.f;
-    for (int c = 0; c < chunks; ++c) o += ws_o[int64_t(c) * a.head_dim + d] * s_w[c];
-    out[d] = from_float<T>(o * inv);
-  }
+  merge_chunks<T>(a.ws_ml + row * a.splits * 2, a.ws_o + row * a.splits * a.head_dim, a.head_dim, chunks, a.head_dim,
+                  static_cast<T*>(a.out) + row * a.head_dim, s_w);
 }
 
+// Pass 1, in clusters where `clusters` allows it and the kernel's code has them (a build
+// for sm_90 or later; a device of compute capability 9.0 running older PTX does not).
+// Returns whether it merged the chunks (no pass 2).
 template <typename T, int G>
-void launch_chunks(const AttentionArgs& args, int64_t blocks, cudaStream_t stream) {
-  kernels::launch_chained("attention_chunk_kernel", attention_chunk_kernel<T, G>, unsigned(blocks), kThreads, 0,
-                          stream, args);
+bool launch_chunks(AttentionArgs args, int64_t blocks, bool clusters, cudaStream_t stream) {
+  static const bool has_clusters = [] {
+    cudaFuncAttributes f;
+    SPARSELLM_CHECK_CUDA(cudaFuncGetAttributes(&f, attention_chunk_kernel<T, G>));
+    return f.ptxVersion >= 90;
+  }();
+  args.clustered = clusters && has_clusters;
+  kernels::launch_chained_in_clusters("attention_chunk_kernel", args.clustered ? unsigned(args.splits) : 1u,
+                                      attention_chunk_kernel<T, G>, unsigned(blocks), kThreads, 0, stream, args);
+  return args.clustered;
 }
 
 }  // namespace
+
+bool attention_merges_in_clusters(int64_t tokens, int32_t heads, int32_t max_positions) {
+  static const bool allowed = !detail::switched_off("SPARSELLM_ATTENTION_CLUSTERS");
+  const Split split = attention_split(tokens, heads, max_positions);
+  return allowed && split.splits > 1 && split.splits <= kMaxClusterSplits && current_device().cc_major >= 9;
+}
 
 size_t attention_workspace_bytes(int64_t tokens, int32_t heads, int32_t head_dim, int32_t max_positions) {
   SPARSELLM_CHECK_ARG(tokens >= 0 && heads > 0 && head_dim > 0 && max_positions > 0,
@@ -302,20 +383,22 @@ void attention(const AttentionParams& p, cudaStream_t stream) {
   const AttentionArgs args{p.q, c.k, c.v, p.out, p.place.slot, p.place.position,
                            need ? ws : nullptr, need ? ws + rows * split.splits * c.head_dim : nullptr,
                            q_stride, p.heads, c.kv_heads, c.head_dim, c.slots, c.max_seq, split.splits, split.chunk,
-                           p.scale * kLog2e};
+                           p.scale * kLog2e, false};
+  const bool clusters = attention_merges_in_clusters(p.tokens, p.heads, p.max_positions);
   const int lanes = c.head_dim <= 8 ? 1 : c.head_dim <= 16 ? 2 : c.head_dim <= 32 ? 4 : c.head_dim <= 64 ? 8
                   : c.head_dim <= 128 ? 16 : 32;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);
+    bool merged = false;
     switch (lanes) {
-      case 1: launch_chunks<T, 1>(args, blocks, stream); break;
-      case 2: launch_chunks<T, 2>(args, blocks, stream); break;
-      case 4: launch_chunks<T, 4>(args, blocks, stream); break;
-      case 8: launch_chunks<T, 8>(args, blocks, stream); break;
-      case 16: launch_chunks<T, 16>(args, blocks, stream); break;
-      default: launch_chunks<T, 32>(args, blocks, stream); break;
+      case 1: merged = launch_chunks<T, 1>(args, blocks, clusters, stream); break;
+      case 2: merged = launch_chunks<T, 2>(args, blocks, clusters, stream); break;
+      case 4: merged = launch_chunks<T, 4>(args, blocks, clusters, stream); break;
+      case 8: merged = launch_chunks<T, 8>(args, blocks, clusters, stream); break;
+      case 16: merged = launch_chunks<T, 16>(args, blocks, clusters, stream); break;
+      default: merged = launch_chunks<T, 32>(args, blocks, clusters, stream); break;
     }
-    if (split.splits > 1) {
+    if (split.splits > 1 && !merged) {
       kernels::launch_chained("attention_combine_kernel", attention_combine_kernel<T>,
                               unsigned(rows), kThreads, 0, stream, args);
     }

@@ -7,7 +7,8 @@
 //
 // The token's own key must already be in the cache (kv_cache_write first).
 // Long contexts are split over the key range (flash-decoding): partial maxima,
-// sums and outputs in fp32 in the workspace, combined by a second pass. The
+// sums and outputs in fp32, combined inside a thread-block cluster or, through
+// the workspace, by a second pass. The
 // launch shape depends only on (tokens, heads, head_dim, max_positions), never
 // on the positions themselves, so a decode step can be captured in a graph.
 #pragma once
@@ -38,6 +39,12 @@ struct AttentionParams {
 };
 
 size_t attention_workspace_bytes(int64_t tokens, int32_t heads, int32_t head_dim, int32_t max_positions);
+
+// Whether a launch of this shape merges its key chunks inside thread-block
+// clusters instead of a second pass (compute capability 9.0, 2 to 8 chunks;
+// SPARSELLM_ATTENTION_CLUSTERS=0 keeps the second pass). The workspace is the
+// same either way.
+bool attention_merges_in_clusters(int64_t tokens, int32_t heads, int32_t max_positions);
 
 void attention(const AttentionParams& params, cudaStream_t stream);
 
