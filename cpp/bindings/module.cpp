@@ -99,6 +99,7 @@ PYBIND11_MODULE(_C, m) {
         out["sm_count"] = d.sm_count;
         out["max_smem_per_block"] = d.max_smem_per_block;
         out["global_mem_bytes"] = d.global_mem_bytes;
+        out["l2_bytes"] = d.l2_bytes;
         return out;
       },
       "Properties of the current GPU; raises DeviceError when there is none.");

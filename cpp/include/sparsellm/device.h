@@ -12,6 +12,7 @@ struct DeviceInfo {
   int sm_count = 0;                 // streaming multiprocessors
   int max_smem_per_block = 0;       // bytes of shared memory a block may opt in to
   long long global_mem_bytes = 0;
+  int l2_bytes = 0;                 // L2 cache
 };
 
 // Properties of the current device. Throws DeviceError when there is no usable

@@ -48,6 +48,7 @@ const DeviceInfo& current_device() {
     info.sm_count = prop.multiProcessorCount;
     info.max_smem_per_block = static_cast<int>(prop.sharedMemPerBlockOptin);
     info.global_mem_bytes = static_cast<long long>(prop.totalGlobalMem);
+    info.l2_bytes = prop.l2CacheSize;
     if (prop.major < 8) {
       throw DeviceError(detail::concat("GPU ", id, " (", prop.name, ") has compute capability ", prop.major, ".",
                                        prop.minor, "; sparsellm needs 8.0 or newer (A100, H100, ...)"));

@@ -30,6 +30,16 @@
 // position lies outside the cache gets a zero output; nothing outside the
 // cache is read.
 //
+// Chained launch (kernels/launch.h): where the launch's cached keys and values
+// take at most a quarter of L2 (a decode step at small batches), a block hints
+// its chunk's rows into L2 before its wait, placed by the slot and position it
+// reads then (relaxed loads: the kernel before may still be writing them, so
+// they steer the prefetch only; the values used are read after the wait). The
+// keys before the token's own were written by earlier steps. A prefetch never
+// changes what is read, only how soon; over larger caches it would evict its
+// own lines before their use (docs/kernel-notes.md, "The attention's chunks
+// merged in a cluster").
+//
 // Workspace (splits > 1, no clusters): o [tokens, heads, splits, head_dim]
 // fp32, then ml [tokens, heads, splits, 2] fp32.
 #include "kernels/attention/attention.h"
@@ -84,6 +94,7 @@ struct AttentionArgs {
   int32_t heads, kv_heads, head_dim, slots, max_seq, splits, chunk;
   float scale_log2;         // scale · log2 e
   bool clustered;           // one cluster per (token, head): its chunks merge in block 0
+  bool prefetch;            // hint the chunk's keys and values into L2 before the wait
 };
 
 __device__ __forceinline__ bool placed(const AttentionArgs& a, int32_t slot, int32_t pos) {
@@ -117,6 +128,30 @@ __device__ __forceinline__ void st_cluster(uint32_t address, float v) {
 }
 #endif
 
+__device__ __forceinline__ int32_t load_relaxed(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Before the wait: chunk c's cached keys and values of token t (kv head g)
+// into L2, placed by a relaxed read of its slot and position (a hint only).
+template <typename T>
+__device__ __forceinline__ void prefetch_chunk(const AttentionArgs& a, int64_t t, int g, int c) {
+  const int32_t slot = load_relaxed(a.slot + t), pos = load_relaxed(a.position + t);
+  if (!placed(a, slot, pos)) return;
+  const int begin = c * a.chunk, end = min(begin + a.chunk, pos + 1);
+  if (begin >= end) return;
+  const int64_t first = ((int64_t(slot) * a.kv_heads + g) * a.max_seq + begin) * a.head_dim;
+  const char* k = reinterpret_cast<const char*>(static_cast<const T*>(a.k) + first);
+  const char* v = reinterpret_cast<const char*>(static_cast<const T*>(a.v) + first);
+  const int64_t bytes = int64_t(end - begin) * a.head_dim * int64_t(sizeof(T));
+  for (int64_t at = int64_t(threadIdx.x) * 128; at < bytes; at += 128 * kThreads) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k + at));
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v + at));
+  }
+}
+
 // out[0 .. head_dim) = Σ_c o[c] · 2^(M_c − M) / Σ_c L_c · 2^(M_c − M) over
 // `chunks` records: (M_c, L_c) at ml[2 c], o[c] at o + c · o_stride. Every
 // thread of the block calls it; s_w holds at least `chunks` floats.
@@ -147,7 +182,6 @@ __device__ void write_zeros(const AttentionArgs& a, int64_t t, int h) {
 // (with clusters, cluster rank c).
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs a) {
-  kernels::begin_chained_kernel();  // chained launch (kernels/launch.h)
   constexpr int kGroups = kThreads / G;
   constexpr int kStep = kGroups * kKeysPerGroup;  // keys per step of the block
   __shared__ float s_acc[kGroups][G * 8];
@@ -157,6 +191,10 @@ __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs
   const int64_t th = blockIdx.x / unsigned(a.splits);
   const int h = int(th % a.heads);
   const int64_t t = th / a.heads;
+  const int g = h / (a.heads / a.kv_heads);
+  kernels::allow_dependent_launch();  // chained launch (kernels/launch.h)
+  if (a.prefetch) prefetch_chunk<T>(a, t, g, c);
+  kernels::wait_for_prerequisite_grids();
   const int32_t slot = a.slot[t], pos = a.position[t];
   if (!placed(a, slot, pos)) {  // the same for every block of a cluster
     if (a.splits == 1 || (a.clustered && c == 0)) write_zeros<T>(a, t, h);
@@ -180,7 +218,6 @@ __global__ void __launch_bounds__(kThreads) attention_chunk_kernel(AttentionArgs
 
   const int lane = threadIdx.x % G, group = threadIdx.x / G;
   const bool active = lane * 8 < a.head_dim;  // head_dim not a power of two: idle lanes add zeros
-  const int g = h / (a.heads / a.kv_heads);
 
   float q[8];
   {
@@ -380,10 +417,14 @@ void attention(const AttentionParams& p, cudaStream_t stream) {
   SPARSELLM_CHECK_ARG(blocks <= INT32_MAX, "attention: tokens * heads = ", rows, " too large for one launch");
 
   float* ws = static_cast<float*>(p.workspace);
-  const AttentionArgs args{p.q, c.k, c.v, p.out, p.place.slot, p.place.position,
+  AttentionArgs args{p.q, c.k, c.v, p.out, p.place.slot, p.place.position,
                            need ? ws : nullptr, need ? ws + rows * split.splits * c.head_dim : nullptr,
                            q_stride, p.heads, c.kv_heads, c.head_dim, c.slots, c.max_seq, split.splits, split.chunk,
-                           p.scale * kLog2e, false};
+                           p.scale * kLog2e, false, false};
+  // The launch's cached keys and values, at most: prefetched where they take at most a quarter of L2.
+  const int64_t cached_bytes =
+      p.tokens * c.kv_heads * int64_t(p.max_positions) * c.head_dim * 2 * int64_t(dtype_size(p.dtype));
+  args.prefetch = cached_bytes <= current_device().l2_bytes / 4;
   const bool clusters = attention_merges_in_clusters(p.tokens, p.heads, p.max_positions);
   const int lanes = c.head_dim <= 8 ? 1 : c.head_dim <= 16 ? 2 : c.head_dim <= 32 ? 4 : c.head_dim <= 64 ? 8
                   : c.head_dim <= 128 ? 16 : 32;
