@@ -10,7 +10,8 @@
 // reads or writes any memory an earlier kernel may touch (the transformer
 // kernels first thing, the norm after reading its gamma and beta; the SpMM
 // kernels once their weights are streaming: no kernel writes a weight once the
-// model is loaded),
+// model is loaded; the attention's relaxed read of a token's place before it,
+// which only steers an L2 prefetch hint, is no use of that memory's value),
 // and allow_dependent_launch() as early as it likes (every kernel here at its
 // start, so up to three grids overlap: an SpMM ending, the small kernel after
 // it waiting, and the next SpMM streaming weights). Errors become exceptions
