@@ -366,12 +366,16 @@ bool launch_chunks(AttentionArgs args, int64_t blocks, bool clusters, cudaStream
   return args.clustered;
 }
 
+// Whether a launch of this split merges in clusters (attention_merges_in_clusters).
+bool merges_in_clusters(const Split& split) {
+  static const bool allowed = !detail::switched_off("SPARSELLM_ATTENTION_CLUSTERS");
+  return allowed && split.splits > 1 && split.splits <= kMaxClusterSplits && current_device().cc_major >= 9;
+}
+
 }  // namespace
 
 bool attention_merges_in_clusters(int64_t tokens, int32_t heads, int32_t max_positions) {
-  static const bool allowed = !detail::switched_off("SPARSELLM_ATTENTION_CLUSTERS");
-  const Split split = attention_split(tokens, heads, max_positions);
-  return allowed && split.splits > 1 && split.splits <= kMaxClusterSplits && current_device().cc_major >= 9;
+  return merges_in_clusters(attention_split(tokens, heads, max_positions));
 }
 
 size_t attention_workspace_bytes(int64_t tokens, int32_t heads, int32_t head_dim, int32_t max_positions) {
@@ -425,7 +429,7 @@ void attention(const AttentionParams& p, cudaStream_t stream) {
   const int64_t cached_bytes =
       p.tokens * c.kv_heads * int64_t(p.max_positions) * c.head_dim * 2 * int64_t(dtype_size(p.dtype));
   args.prefetch = cached_bytes <= current_device().l2_bytes / 4;
-  const bool clusters = attention_merges_in_clusters(p.tokens, p.heads, p.max_positions);
+  const bool clusters = merges_in_clusters(split);
   const int lanes = c.head_dim <= 8 ? 1 : c.head_dim <= 16 ? 2 : c.head_dim <= 32 ? 4 : c.head_dim <= 64 ? 8
                   : c.head_dim <= 128 ? 16 : 32;
   dispatch_dtype(p.dtype, [&](auto tag) {

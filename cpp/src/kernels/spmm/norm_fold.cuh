@@ -1,5 +1,5 @@
 // RMSNorm folded into the SpMMs on either side of it (sparsellm/spmm.h:
-// SpmmNormFold), in blocks of up to kNormFoldColumns columns (one column
+// SpmmNormFold), in blocks of up to kSpmmNormFoldMaxRows columns (one column
 // pass: a decode step). With h the residual stream, γ the norm's weight and
 // H its width, the unfolded step
 //
@@ -36,7 +36,7 @@ namespace sparsellm::norm_fold {
 constexpr int kWarps = stream_k::kTileM / 16;  // the consumer warps, one per 16 rows of a tile
 
 template <int BN>
-constexpr bool kFolds = BN <= stream_k::kNormFoldColumns;
+constexpr bool kFolds = BN <= kSpmmNormFoldMaxRows;
 template <int BN>
 constexpr int kScratchBytes = kFolds<BN> ? (BN + 2 * kWarps * BN) * 4 : 0;
 

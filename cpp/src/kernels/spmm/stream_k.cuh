@@ -51,16 +51,13 @@ struct KernelArgs {
   // also at most kFencelessBlocks blocks, whose slots the fenceless zone holds (launch).
   bool co_resident;
   // The norm fold (sparsellm/spmm.h: SpmmNormFold; kernels/spmm/norm_fold.cuh), at up to
-  // kNormFoldColumns columns; null pointers where a part is not asked for.
+  // kSpmmNormFoldMaxRows columns; null pointers where a part is not asked for.
   const T* norm_gamma;          // out: [m]
   T* norm_normed;               // out: [n, m] the updated Y ⊙ γ
   float* norm_sumsq_out;        // out: [tiles_m, n]
   const float* norm_sumsq_in;   // in: [ceil(k / kTileM), n]
   float norm_inv_k, norm_eps;   // in
 };
-
-// The widest block pass that folds a norm: decode widths (kSpmmNormFoldMaxRows).
-constexpr int kNormFoldColumns = int(kSpmmNormFoldMaxRows);
 
 // In a launch of blocks of up to kFencelessColumns columns, all resident at
 // once, the blocks hand partials over without a fence (reduce_row_fenceless),
