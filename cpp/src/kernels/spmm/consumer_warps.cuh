@@ -251,34 +251,53 @@ __device__ __forceinline__ float* epilogue_scratch(int* last_flag) { return rein
 // thread's fragments of tile row `row` (every consumer thread of the block
 // calls it); with a norm fold (norm_fold.cuh) acc is first scaled by s[n]
 // (in part), and Y is added to the residual it holds (out part).
+// Every global load (bias, γ, the residual) is issued before the first store,
+// and kept raw until used: to the compiler a store to y may alias any of them,
+// so a load after a store (or after a use of an earlier load) would wait a
+// round trip to L2.
 template <typename T, int BN>
 __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int row, int n0,
                                         const Accumulators<BN>& acc, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool scales = norm_fold::scales<BN>(a), updates_residual = norm_fold::updates_residual<BN>(a);
+  const int m0 = row * stream_k::kTileM + warp * 16 + (lane >> 2);  // rows m0 + 8h, h = 0, 1
+  T bias[2] = {}, gamma[2] = {};
+  T residual[2][BN / 8][2] = {};  // out part: h[n, m] before the update
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int m = m0 + h * 8;
+    if (m >= a.m) continue;
+    if (a.bias) bias[h] = a.bias[m];
+    if constexpr (norm_fold::kFolds<BN>)
+      if (updates_residual) {
+        gamma[h] = a.norm_gamma[m];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int n = n0 + nt * 8 + (lane & 3) * 2 + e;
+            if (n < a.n) residual[h][nt][e] = a.y[int64_t(n) * a.m + m];
+          }
+      }
+  }
   float sq[BN / 8][2] = {};  // out part: Σ h² over this thread's rows, per column
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int m = row * stream_k::kTileM + warp * 16 + (lane >> 2) + h * 8;
+    const int m = m0 + h * 8;
     if (m >= a.m) continue;
-    const float b = a.bias ? kernels::to_float(a.bias[m]) : 0.0f;
-    float gamma = 0.0f;
-    if constexpr (norm_fold::kFolds<BN>)
-      if (updates_residual) gamma = kernels::to_float(a.norm_gamma[m]);
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + (lane & 3) * 2 + e, n = n0 + c;
-        const float v = (scales ? acc[nt][h * 2 + e] * scratch[c] : acc[nt][h * 2 + e]) + b;
+        const float v = (scales ? acc[nt][h * 2 + e] * scratch[c] : acc[nt][h * 2 + e]) + kernels::to_float(bias[h]);
         if (n >= a.n) continue;
         if constexpr (norm_fold::kFolds<BN>)
           if (updates_residual) {
-            T* y = a.y + int64_t(n) * a.m + m;
-            const float r = kernels::round_to<T>(kernels::to_float(*y) + (a.relu ? fmaxf(v, 0.0f) : v));
-            *y = kernels::from_float<T>(r);
+            const float r = kernels::round_to<T>(kernels::to_float(residual[h][nt][e]) + (a.relu ? fmaxf(v, 0.0f) : v));
+            a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(r);
             sq[nt][e] += r * r;
-            a.norm_normed[int64_t(n) * a.m + m] = kernels::from_float<T>(r * gamma);
+            a.norm_normed[int64_t(n) * a.m + m] = kernels::from_float<T>(r * kernels::to_float(gamma[h]));
             continue;
           }
         a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(a.relu ? fmaxf(v, 0.0f) : v);
