@@ -84,50 +84,27 @@ __global__ void __launch_bounds__(kMaxThreads) norm_kernel(NormArgs a) {
   const T* src = res ? res : x;  // where v lives once pass 1 is done
   T* out = static_cast<T*>(a.out) + row * a.width;
 
-  // Pass 1: v (with the residual add), cached; Σv or Σv². With vectors of 8
-  // every load of the cached ones is issued before the first store: to the
-  // compiler a store to the residual may alias x, so a load after it would
-  // wait a round trip. (Single elements keep the plain loop: holding x too
-  // would spill.)
+  // Pass 1: v (with the residual add), cached; Σv or Σv².
   float cache[kIters][VEC];
   float acc = 0.f;
-  auto add_input = [&](int64_t c, float (&v)[VEC], const float (&xv)[VEC]) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = round_to<T>(v[e] + xv[e]);
-    store_vec<T, VEC>(res + c * VEC, v);
-  };
   auto input = [&](int64_t c, float (&v)[VEC]) {
     load_vec<T, VEC>(src + c * VEC, v);
     if (res && x) {
       float xv[VEC];
       load_vec<T, VEC>(x + c * VEC, xv);
-      add_input(c, v, xv);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) v[e] = round_to<T>(v[e] + xv[e]);
+      store_vec<T, VEC>(res + c * VEC, v);
     }
   };
   auto accumulate = [&](const float (&v)[VEC]) {
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc += a.rms ? v[e] * v[e] : v[e];
   };
-  if constexpr (VEC == 8) {
-    float x_cache[kIters][VEC];
 #pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + it * step;
-      if (c >= vectors) continue;
-      load_vec<T, VEC>(src + c * VEC, cache[it]);
-      if (res && x) load_vec<T, VEC>(x + c * VEC, x_cache[it]);
-    }
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      if (threadIdx.x + it * step >= vectors) continue;
-      if (res && x) add_input(threadIdx.x + it * step, cache[it], x_cache[it]);
-      accumulate(cache[it]);
-    }
-  } else {
-#pragma unroll
-    for (int it = 0; it < kIters; ++it) {
-      const int64_t c = threadIdx.x + it * step;
-      if (c >= vectors) continue;
+  for (int it = 0; it < kIters; ++it) {
+    const int64_t c = threadIdx.x + it * step;
+    if (c < vectors) {
       input(c, cache[it]);
       accumulate(cache[it]);
     }
