@@ -341,11 +341,17 @@ def test_bench_e2e_run_loop_with_a_stand_in_runtime(fake_gpu, tmp_path, capsys):
         assert set(e2e.RECORD_FIELDS) <= set(r) and r["impl"] == "sparsellm" and r["gen_len"] == 6
         assert r["decode_ms_per_step"] == (10.0 if r["sparsity"] == 0 else 4.0)
         assert r["floor_ms"] == pytest.approx((1 << 28) / 3e12 * 1e3, rel=1e-3)
-    assert (out / "e2e-fake-gpu.md").is_file() and not (out / "e2e-work").exists()
+    md = (out / "e2e-fake-gpu.md").read_text()
+    assert "prompt 8 tokens, 6 new tokens" in md and "| tokens |" not in md and not (out / "e2e-work").exists()
     # --append: a second model's run merges into the same file
     assert bench_main(argv[:6] + ["0"] + argv[7:] + ["--append", "--gen-len", "7"]) == 0
     doc = json.loads((out / "e2e-fake-gpu.json").read_text())
     assert sorted({r["gen_len"] for r in doc["records"]}) == [6, 7] and len(doc["records"]) == 6
+    # ... and the table says which lengths each row ran at; sparse rows are held against dense ones of theirs
+    md = (out / "e2e-fake-gpu.md").read_text()
+    assert "as in each row's column \"tokens\"" in md and "| tokens |" in md
+    assert "| 1 | 8 + 6 |" in md and "| 1 | 8 + 7 |" in md and "| 4 | 8 + 6 |" in md
+    assert "batch 16 (8 + 6 tokens)" not in md  # no batch 16 here: no dense comparison line at all
     assert "| tiled_csl | 70% |" in capsys.readouterr().out
 
 

@@ -78,22 +78,29 @@ def summary_markdown(doc: dict) -> str:
     recs = sorted(doc["records"], key=lambda r: (r["model"], _tp(r), _weights(r), r["impl"] != "sparsellm",
                                                  r.get("setting", ""), r["format"], r["sparsity"], r["batch"]))
     s = doc.get("settings", {})
+    # Records merged from runs of other lengths carry theirs in a column of their own.
+    lengths = {(r["prompt_len"], r["gen_len"]) for r in recs}
+    per_row = len(lengths) > 1
+    (prompt_len, gen_len), = lengths if not per_row and recs else {(s.get("prompt_len"), s.get("gen_len"))}
+    tokens = ("prompt and new tokens as in each row's column \"tokens\"" if per_row
+              else f"prompt {prompt_len} tokens, {gen_len} new tokens")
     lines = [f"# End-to-end generation on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
-             f"Random-weight models, fp16, prompt {s.get('prompt_len')} tokens, {s.get('gen_len')} new tokens, "
+             f"Random-weight models, fp16, {tokens}, "
              f"greedy. Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s; floor = weight bytes ÷ "
              "copy bandwidth.", ""]
     if any(_weights(r) == "generated" and r["impl"] == "sparsellm" for r in recs):
         lines += [WEIGHTS_NOTE, ""]
     if any(_tp(r) > 1 for r in recs):
         lines += [TP_NOTE, ""]
-    lines += ["| model | tp | weights | impl | setting | format | sparsity | batch | prefill ms | decode ms/step | "
-              "tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor | commit |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | tp | weights | impl | setting | format | sparsity | batch | " + ("tokens | " if per_row else "")
+              + "prefill ms | decode ms/step | tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor | commit |",
+              "|---" * (17 if per_row else 16) + "|"]
     for r in recs:
         floor = f"{r['floor_ms']:.2f} | {r['floor_ratio']:.2f}" if "floor_ms" in r else "– | –"
         lines.append(f"| {r['model']} | {_tp(r)} | {_weights(r)} | {r['impl']} | {r.get('setting', '')} | "
                      f"{r['format']} | {r['sparsity']:.0%} | "
-                     f"{r['batch']} | {r['prefill_ms']:.1f} | {r['decode_ms_per_step']:.2f} | "
+                     f"{r['batch']} | " + (f"{r['prompt_len']} + {r['gen_len']} | " if per_row else "")
+                     + f"{r['prefill_ms']:.1f} | {r['decode_ms_per_step']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | "
                      f"{r['tokens_per_gpu_s']:.0f} | {r['peak_mem_gib']:.1f} | {floor} | {_commit_of(r)} |")
     lines += ["", "## Against the targets", ""]
@@ -103,6 +110,12 @@ def summary_markdown(doc: dict) -> str:
     if doc.get("skipped"):
         lines += ["", "## Not measured", ""] + [f"- {m}" for m in doc["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _tokens_note(r: dict, recs: list[dict]) -> str:
+    """' (P + G tokens)' where recs hold runs of more than one prompt and generation length, else ''."""
+    varies = len({(x["prompt_len"], x["gen_len"]) for x in recs}) > 1
+    return f" ({r['prompt_len']} + {r['gen_len']} tokens)" if varies else ""
 
 
 def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[str]:
@@ -117,19 +130,21 @@ def _target_lines(recs: list[dict], model: str, tp: int, weights: str) -> list[s
         lines.append(f"- {name}, dense, batch 1–16: decode within {worst['floor_ratio']:.2f}× of the "
                      "weight-bytes "
                      f"floor (worst at batch {worst['batch']}; target ≤ 1.15×)")
-    d16 = _find(ours, sparsity=0.0, batch=16)
     for r in ours:
+        d16 = _find(ours, sparsity=0.0, batch=16, prompt_len=r["prompt_len"], gen_len=r["gen_len"])
         if r["batch"] == 16 and r["sparsity"] > 0 and d16:
-            lines.append(f"- {name}, batch 16, {r['format']} {r['sparsity']:.0%}: decode step "
+            lines.append(f"- {name}, batch 16{_tokens_note(r, ours)}, {r['format']} {r['sparsity']:.0%}: decode step "
                          f"{r['decode_ms_per_step'] / d16['decode_ms_per_step']:.2f}× our dense path"
                          + _measured_apart(r, d16, "dense")
                          + (" (target ≤ 0.45× for OPT-30B at 80%)" if model == "opt-30b" and r["sparsity"] == 0.8
                             else ""))
-    for setting in ("static cache", "dynamic cache"):
-        hf = _find(recs, model=model, impl="hf", setting=setting, batch=16)
-        if hf and d16 and tp == 1:
+    for setting, d16 in ((s, r) for s in ("static cache", "dynamic cache") for r in ours
+                         if r["sparsity"] == 0 and r["batch"] == 16):
+        hf = _find(recs, model=model, impl="hf", setting=setting, batch=16, prompt_len=d16["prompt_len"],
+                   gen_len=d16["gen_len"])
+        if hf and tp == 1:
             ratio = d16["tokens_per_s"] / hf["tokens_per_s"]
-            lines.append(f"- {name}, batch 16: our dense path {ratio:.2f}× the "
+            lines.append(f"- {name}, batch 16{_tokens_note(d16, ours)}: our dense path {ratio:.2f}× the "
                          f"tokens/s of transformers with its {setting}" + _measured_apart(d16, hf, "transformers")
                          + " (target ≥ 1.5× its fastest)")
     return lines
