@@ -43,13 +43,11 @@ __global__ void __launch_bounds__(kThreads) kv_cache_write_kernel(KvWriteArgs a)
   if (!kv_cache_holds(slot, pos, a.slots, a.max_seq)) return;
   const int64_t g = e / a.head_dim, d = e % a.head_dim;  // VEC divides head_dim: a vector stays in one head
   const int64_t dst = kv_cache_row(slot, g, pos, a.kv_heads, a.max_seq, a.head_dim) + d;
-  // Both loads before either store: to the compiler the key's store may alias the value's load,
-  // which would then wait an L2 round trip of its own.
-  float k[VEC], v[VEC];
-  load_vec<T, VEC>(static_cast<const T*>(a.k) + t * a.k_stride + e, k);
-  load_vec<T, VEC>(static_cast<const T*>(a.v) + t * a.v_stride + e, v);
-  store_vec<T, VEC>(static_cast<T*>(a.cache_k) + dst, k);
-  store_vec<T, VEC>(static_cast<T*>(a.cache_v) + dst, v);
+  float buf[VEC];
+  load_vec<T, VEC>(static_cast<const T*>(a.k) + t * a.k_stride + e, buf);
+  store_vec<T, VEC>(static_cast<T*>(a.cache_k) + dst, buf);
+  load_vec<T, VEC>(static_cast<const T*>(a.v) + t * a.v_stride + e, buf);
+  store_vec<T, VEC>(static_cast<T*>(a.cache_v) + dst, buf);
 }
 
 }  // namespace

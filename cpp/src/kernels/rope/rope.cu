@@ -57,25 +57,21 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeArgs a) {
     auto cache_row = [&](void* base, int32_t g) {
       return static_cast<T*>(base) + kv_cache_row(slot, g, position, a.cache.kv_heads, a.cache.max_seq, 2 * a.half);
     };
-    // Both elements of the pair (and the angle's frequency) are loaded before either store, and
-    // before the wait for the token's slot and position: to the compiler a store may alias the
-    // next load, which would then wait an L2 round trip of its own.
     if (kv_head >= a.k_heads) {  // value pair: copied to the cache
-      const T* x = static_cast<const T*>(a.v) + t * a.v_stride + int64_t(kv_head - a.k_heads) * 2 * a.half;
-      const T x0 = x[i], x1 = x[i + a.half];
       if (!in_cache) continue;
+      const T* x = static_cast<const T*>(a.v) + t * a.v_stride + int64_t(kv_head - a.k_heads) * 2 * a.half;
       T* row = cache_row(a.cache.v, kv_head - a.k_heads);
-      row[i] = x0;
-      row[i + a.half] = x1;
+      row[i] = x[i];
+      row[i + a.half] = x[i + a.half];
       continue;
     }
     T* x = kv_head < 0 ? static_cast<T*>(a.q) + t * a.q_stride + int64_t(head) * 2 * a.half
                        : static_cast<T*>(a.k) + t * a.k_stride + int64_t(kv_head) * 2 * a.half;
-    const float x0 = to_float(x[i]), x1 = to_float(x[i + a.half]);
     // fp32 angle as transformers forms it (inv_freq · position in fp32), then accurate sincos.
     const float angle = pos * a.inv_freq[i];
     float s, c;
     sincosf(angle, &s, &c);
+    const float x0 = to_float(x[i]), x1 = to_float(x[i + a.half]);
     const T y0 = from_float<T>(x0 * c - x1 * s), y1 = from_float<T>(x1 * c + x0 * s);
     x[i] = y0;
     x[i + a.half] = y1;
