@@ -347,11 +347,10 @@ def test_bench_e2e_run_loop_with_a_stand_in_runtime(fake_gpu, tmp_path, capsys):
     assert bench_main(argv[:6] + ["0"] + argv[7:] + ["--append", "--gen-len", "7"]) == 0
     doc = json.loads((out / "e2e-fake-gpu.json").read_text())
     assert sorted({r["gen_len"] for r in doc["records"]}) == [6, 7] and len(doc["records"]) == 6
-    # ... and the table says which lengths each row ran at; sparse rows are held against dense ones of theirs
+    # ... and the table says which lengths each row ran at
     md = (out / "e2e-fake-gpu.md").read_text()
     assert "as in each row's column \"tokens\"" in md and "| tokens |" in md
     assert "| 1 | 8 + 6 |" in md and "| 1 | 8 + 7 |" in md and "| 4 | 8 + 6 |" in md
-    assert "batch 16 (8 + 6 tokens)" not in md  # no batch 16 here: no dense comparison line at all
     assert "| tiled_csl | 70% |" in capsys.readouterr().out
 
 
@@ -460,6 +459,19 @@ def test_a_comparison_across_commits_says_so():
     assert "static cache (transformers measured at old)" not in md  # both of the old commit
     legacy = [{k: v for k, v in r.items() if k != "commit"} for r in doc["records"]]  # written before the field
     assert "| – |" in e2e_report.summary_markdown(dict(doc, records=legacy))
+
+
+def test_rows_of_other_lengths_are_held_against_dense_rows_of_theirs():
+    longer = [dict(r, gen_len=512, decode_ms_per_step=2 * r["decode_ms_per_step"] if r["sparsity"] > 0
+                   else r["decode_ms_per_step"]) for r in _records()]
+    doc = dict(gpu="g", commit="c", date="d", copy_gbps=3000.0, settings={}, records=_records() + longer, skipped=[])
+    md = e2e_report.summary_markdown(doc)
+    assert "| tokens |" in md and "| 16 | 128 + 256 |" in md and "| 16 | 128 + 512 |" in md
+    assert "- opt-30b, batch 16 (128 + 256 tokens), tiled_csl 80%: decode step 0.40× our dense path" in md
+    assert "- opt-30b, batch 16 (128 + 512 tokens), tiled_csl 80%: decode step 0.80× our dense path" in md
+    assert "- opt-30b, batch 16 (128 + 512 tokens): our dense path 1.59× the tokens/s" in md
+    one = e2e_report.summary_markdown(dict(doc, records=_records()))
+    assert "| tokens |" not in one and "prompt 128 tokens, 256 new tokens" in one and "(128 + 256 tokens)" not in one
 
 
 def test_append_replaces_remeasured_records():

@@ -79,11 +79,10 @@ def summary_markdown(doc: dict) -> str:
                                                  r.get("setting", ""), r["format"], r["sparsity"], r["batch"]))
     s = doc.get("settings", {})
     # Records merged from runs of other lengths carry theirs in a column of their own.
-    lengths = {(r["prompt_len"], r["gen_len"]) for r in recs}
+    lengths = {(r["prompt_len"], r["gen_len"]) for r in recs} or {(s.get("prompt_len"), s.get("gen_len"))}
     per_row = len(lengths) > 1
-    (prompt_len, gen_len), = lengths if not per_row and recs else {(s.get("prompt_len"), s.get("gen_len"))}
     tokens = ("prompt and new tokens as in each row's column \"tokens\"" if per_row
-              else f"prompt {prompt_len} tokens, {gen_len} new tokens")
+              else "prompt {} tokens, {} new tokens".format(*next(iter(lengths))))
     lines = [f"# End-to-end generation on {doc['gpu']} (commit {doc['commit']}, {doc['date']})", "",
              f"Random-weight models, fp16, {tokens}, "
              f"greedy. Copy bandwidth measured in the same run: {doc['copy_gbps']:.0f} GB/s; floor = weight bytes ÷ "
@@ -92,9 +91,11 @@ def summary_markdown(doc: dict) -> str:
         lines += [WEIGHTS_NOTE, ""]
     if any(_tp(r) > 1 for r in recs):
         lines += [TP_NOTE, ""]
-    lines += ["| model | tp | weights | impl | setting | format | sparsity | batch | " + ("tokens | " if per_row else "")
-              + "prefill ms | decode ms/step | tokens/s | tokens/GPU-s | peak GiB | floor ms | decode ÷ floor | commit |",
-              "|---" * (17 if per_row else 16) + "|"]
+    columns = (["model", "tp", "weights", "impl", "setting", "format", "sparsity", "batch"]
+               + (["tokens"] if per_row else [])
+               + ["prefill ms", "decode ms/step", "tokens/s", "tokens/GPU-s", "peak GiB", "floor ms", "decode ÷ floor",
+                  "commit"])
+    lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in recs:
         floor = f"{r['floor_ms']:.2f} | {r['floor_ratio']:.2f}" if "floor_ms" in r else "– | –"
         lines.append(f"| {r['model']} | {_tp(r)} | {_weights(r)} | {r['impl']} | {r.get('setting', '')} | "

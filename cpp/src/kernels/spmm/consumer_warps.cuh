@@ -290,11 +290,13 @@ __device__ __forceinline__ void store_y(const stream_k::KernelArgs<T>& a, int ro
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int c = nt * 8 + (lane & 3) * 2 + e, n = n0 + c;
-        const float v = (scales ? acc[nt][h * 2 + e] * scratch[c] : acc[nt][h * 2 + e]) + kernels::to_float(bias[h]);
+        const float v =
+            (scales ? acc[nt][h * 2 + e] * scratch[c] : acc[nt][h * 2 + e]) + kernels::to_float(bias[h]);
         if (n >= a.n) continue;
         if constexpr (norm_fold::kFolds<BN>)
           if (updates_residual) {
-            const float r = kernels::round_to<T>(kernels::to_float(residual[h][nt][e]) + (a.relu ? fmaxf(v, 0.0f) : v));
+            const float r =
+                kernels::round_to<T>(kernels::to_float(residual[h][nt][e]) + (a.relu ? fmaxf(v, 0.0f) : v));
             a.y[int64_t(n) * a.m + m] = kernels::from_float<T>(r);
             sq[nt][e] += r * r;
             a.norm_normed[int64_t(n) * a.m + m] = kernels::from_float<T>(r * kernels::to_float(gamma[h]));
