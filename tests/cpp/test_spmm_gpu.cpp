@@ -45,6 +45,12 @@ float from_bits(uint16_t b, DType t) {
   return t == DType::kFloat16 ? __half2float(__ushort_as_half(b)) : __bfloat162float(__ushort_as_bfloat16(b));
 }
 
+// y = x [n, k] · Wᵀ (+ bias) by an encoded weight, under a plan of plan_blocks blocks, in `workspace`.
+SpmmParams spmm_call(const void* x, const void* bias, void* y, int64_t n, const SparseMatrixView& weight,
+                     const StreamKBlock* plan, int plan_blocks, void* workspace, size_t workspace_bytes) {
+  return {x, bias, y, /*relu=*/false, n, weight, plan, plan_blocks, workspace, workspace_bytes, /*norm=*/{}};
+}
+
 // m, k, n, sparsity (kUneven: the first half of the rows dense, the rest 99% sparse), dtype
 using Shape = std::tuple<int64_t, int64_t, int64_t, double, DType>;
 using Case = std::tuple<SparseFormat, Shape>;
@@ -108,16 +114,8 @@ void expect_matches_cublas(SparseFormat format, const Shape& shape, int blocks,
   SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
   SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));  // poison: NaN in both dtypes
 
-  SpmmParams p;
-  p.x = d_x.ptr;
-  p.bias = d_bias.ptr;
-  p.y = d_y.ptr;
-  p.n = n;
-  p.weight = {d_words.ptr, d_offsets.ptr, m, k, dtype, format};
-  p.plan = d_plan.ptr;
-  p.plan_blocks = blocks;
-  p.workspace = ws.ptr;
-  p.workspace_bytes = ws_bytes;
+  SpmmParams p = spmm_call(d_x.ptr, d_bias.ptr, d_y.ptr, n, {d_words.ptr, d_offsets.ptr, m, k, dtype, format},
+                           d_plan.ptr, blocks, ws.ptr, ws_bytes);
   p.relu = relu;
   DenseGemmParams g;
   g.x = d_x.ptr;
@@ -288,16 +286,9 @@ TEST(SpmmEmptyWeight, WritesTheBias) {
       DeviceBuffer<char> ws(ws_bytes);
       SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
       SPARSELLM_CHECK_CUDA(cudaMemset(d_y.ptr, 0xFF, n * m * 2));
-      SpmmParams p;
-      p.x = d_x.ptr;
-      p.bias = d_bias.ptr;
-      p.y = d_y.ptr;
-      p.n = n;
-      p.weight = {d_words.ptr, d_offsets.ptr, m, k, DType::kFloat16, format};
-      p.plan = d_plan.ptr;
-      p.plan_blocks = blocks;
-      p.workspace = ws.ptr;
-      p.workspace_bytes = ws_bytes;
+      const SpmmParams p = spmm_call(d_x.ptr, d_bias.ptr, d_y.ptr, n,
+                                     {d_words.ptr, d_offsets.ptr, m, k, DType::kFloat16, format}, d_plan.ptr, blocks,
+                                     ws.ptr, ws_bytes);
       spmm(p, nullptr);
       SPARSELLM_CHECK_CUDA(cudaDeviceSynchronize());
       EXPECT_EQ(d_y.download(n * m), [&] {
@@ -405,25 +396,14 @@ TEST(SpmmNormFold, MatchesTheNormBetweenTwoProducts) {
         DeviceBuffer<char> ws(ws_bytes);
         SPARSELLM_CHECK_CUDA(cudaMemset(ws.ptr, 0, ws_bytes));
 
-        SpmmParams out;
-        out.x = d_a.ptr;
-        out.bias = d_b1.ptr;
-        out.y = d_h.ptr;
-        out.n = n;
-        out.weight = {d_words1.ptr, d_offsets1.ptr, width, k1, dtype, format};
-        out.plan = d_plan1.ptr;
-        out.plan_blocks = int(plan1.size());
-        out.workspace = ws.ptr;
-        out.workspace_bytes = ws_bytes;
+        SpmmParams out = spmm_call(d_a.ptr, d_b1.ptr, d_h.ptr, n,
+                                   {d_words1.ptr, d_offsets1.ptr, width, k1, dtype, format}, d_plan1.ptr,
+                                   int(plan1.size()), ws.ptr, ws_bytes);
         out.norm.out = {d_gamma.ptr, d_normed.ptr, d_sumsq.ptr};
-        SpmmParams in = out;
-        in.x = d_normed.ptr;
-        in.bias = d_b2.ptr;
-        in.y = d_y.ptr;
-        in.weight = {d_words2.ptr, d_offsets2.ptr, m2, width, dtype, format};
-        in.plan = d_plan2.ptr;
-        in.plan_blocks = int(plan2.size());
-        in.norm = SpmmNormFold{{}, {d_sumsq.ptr, eps}};
+        SpmmParams in = spmm_call(d_normed.ptr, d_b2.ptr, d_y.ptr, n,
+                                  {d_words2.ptr, d_offsets2.ptr, m2, width, dtype, format}, d_plan2.ptr,
+                                  int(plan2.size()), ws.ptr, ws_bytes);
+        in.norm.in = {d_sumsq.ptr, eps};
 
         std::vector<uint16_t> first_y;
         for (int rep = 0; rep < 2; ++rep) {

@@ -32,7 +32,7 @@
 
 namespace sparsellm::consumer_warps {
 
-constexpr int kConsumerWarps = stream_k::kTileM / 16;  // one per 16-row block
+using stream_k::kConsumerWarps;  // one per 16-row block
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kProducerWarps = 2;
 constexpr int kThreads = kConsumers + 32 * kProducerWarps;

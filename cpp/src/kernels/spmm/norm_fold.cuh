@@ -20,7 +20,7 @@
 //
 // Shared memory (a block's epilogue bytes, after its last-block flag):
 //   [BN] fp32 s of the block's columns
-//   [2][kWarps][BN] fp32 per-warp sums of a stored tile row, by row parity: a
+//   [2][kConsumerWarps][BN] fp32 per-warp sums of a stored tile row, by row parity: a
 //                   warp's next store never lands on sums still being read
 //                   (between two stores of a block every warp passes the
 //                   barrier of the store in the middle)
@@ -33,12 +33,12 @@
 
 namespace sparsellm::norm_fold {
 
-constexpr int kWarps = stream_k::kTileM / 16;  // the consumer warps, one per 16 rows of a tile
+using stream_k::kConsumerWarps;
 
 template <int BN>
 constexpr bool kFolds = BN <= kSpmmNormFoldMaxRows;
 template <int BN>
-constexpr int kScratchBytes = kFolds<BN> ? (BN + 2 * kWarps * BN) * 4 : 0;
+constexpr int kScratchBytes = kFolds<BN> ? (BN + 2 * kConsumerWarps * BN) * 4 : 0;
 
 template <int BN, typename T>
 __device__ __forceinline__ bool scales(const stream_k::KernelArgs<T>& a) {
@@ -75,7 +75,7 @@ template <int BN, typename T, typename Sync>
 __device__ __forceinline__ void store_sumsq(const stream_k::KernelArgs<T>& a, int row, int n0,
                                             float (&sq)[BN / 8][2], float* scratch, Sync sync) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* sums = scratch + BN + (row & 1) * kWarps * BN;  // [kWarps][BN]
+  float* sums = scratch + BN + (row & 1) * kConsumerWarps * BN;  // [kConsumerWarps][BN]
 #pragma unroll
   for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -90,7 +90,7 @@ __device__ __forceinline__ void store_sumsq(const stream_k::KernelArgs<T>& a, in
   if (c < BN && n0 + c < a.n) {
     float total = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += sums[w * BN + c];
+    for (int w = 0; w < kConsumerWarps; ++w) total += sums[w * BN + c];
     a.norm_sumsq_out[size_t(row) * a.n + n0 + c] = total;
   }
 }

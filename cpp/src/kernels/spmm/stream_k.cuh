@@ -26,6 +26,7 @@
 namespace sparsellm::stream_k {
 
 constexpr int kTileM = 128, kTileK = 64;
+constexpr int kConsumerWarps = kTileM / 16;  // the warps that hold a tile row's accumulators, one per 16 rows
 
 // Arrival counters live at the start of the workspace, at a fixed size, so that
 // the fp32 partials of a call with other shapes never land on them.
